@@ -1,0 +1,1 @@
+//! `lethe-policy`: pure decay and budget decisions. Time is always a parameter.

@@ -1,0 +1,1 @@
+//! Lethe: optical context-compression memory for LLM agents.

@@ -1,0 +1,2 @@
+//! `memctl`: the command-line front end of Lethe.
+fn main() {}
