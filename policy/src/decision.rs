@@ -1,0 +1,78 @@
+//! What the policy decided for a page, and why.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::curve::Clock;
+use crate::ladder::Tier;
+
+/// The tier chosen for one page, with the reason, ready for the store's audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The page's id.
+    pub id: u64,
+    /// The tier the page was at.
+    pub from: Tier,
+    /// The tier the page should be at now.
+    pub tier: Tier,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    /// True when the page changes tier.
+    pub fn changed(&self) -> bool {
+        self.from != self.tier
+    }
+}
+
+/// Which rule settled a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rule {
+    /// The page was already evicted; nothing is left to move.
+    AlreadyEvicted,
+    /// The page is pinned: it stays where it is, or goes to the policy's pin tier.
+    Pinned,
+    /// The page outlived a TTL and is evicted (floors do not hold against a TTL).
+    TtlExpired,
+    /// The forgetting curve's tier, applied as it is (down, or unchanged).
+    Curve,
+    /// The curve asked for a tier below the floor; the floor holds the page.
+    Floor,
+    /// The curve asked for a higher tier, but the page was not accessed since its last tier
+    /// change, so it stays (pages never move up without an access or a pin).
+    Held,
+    /// The page was accessed since its last tier change and moves up to the curve's tier.
+    Reinforced,
+    /// Budget fitting lowered the page below what decay alone chose.
+    Budget,
+}
+
+/// A structured explanation of a [`Decision`]: the rule that settled it, the numbers behind it,
+/// and the same in words (its `Display`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// The rule that settled the tier.
+    pub rule: Rule,
+    /// The clock ages are counted in.
+    pub clock: Clock,
+    /// The page's age used by the curve, in `clock` units.
+    pub age: u64,
+    /// Retention `exp(-age / stability)`, in `[0, 1]`.
+    pub retention: f64,
+    /// Stability after the page's accesses, in `clock` units.
+    pub stability: f64,
+    /// The tier the curve alone asked for (before pins, TTL, floor, hold and budget).
+    pub wanted: Tier,
+    /// The explanation in words, with tier names.
+    pub text: String,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
