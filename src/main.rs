@@ -1,2 +1,83 @@
 //! `memctl`: the command-line front end of Lethe.
-fn main() {}
+//!
+//! Each subcommand lives in its own module under `src/cmd/`; this file only parses arguments,
+//! dispatches, prints errors with their causes and maps outcomes to exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// Exit codes, documented in `--help`.
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  error (bad input, missing or corrupt files, I/O); the message names what and where
+  2  usage error (bad arguments)
+  3  completed with a warning that needs attention (e.g. generation hit --max-tokens,
+     characters no font covers)";
+
+/// Optical context-compression memory for LLM agents.
+///
+/// Old dialogue is rendered to page images, encoded to a few vision tokens, kept in a tiered
+/// store that re-renders older pages at lower resolution, and decoded back to text on demand.
+#[derive(Debug, Parser)]
+#[command(name = "memctl", version, after_help = AFTER_HELP, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Render a transcript to page images at one resolution mode.
+    Render(cmd::render::Args),
+    /// Encode one image to vision tokens with a DeepSeek-OCR checkpoint.
+    Encode(cmd::encode::Args),
+    /// Run the whole DeepSeek-OCR pipeline (encode + decode) on one image.
+    Ocr(cmd::ocr::Args),
+    /// Ingest a transcript turn by turn and report tokens, bytes and recall per tier.
+    Compress(cmd::compress::Args),
+    /// Read pages back: decoded text (with a model) and the retained text.
+    Recall(cmd::store::RecallArgs),
+    /// Pages, tokens, compression ratios and bytes per tier.
+    Stats(cmd::store::StatsArgs),
+    /// A page's tier changes, with their reasons.
+    History(cmd::store::HistoryArgs),
+    /// Page out old turns and apply the forgetting policy now.
+    Maintain(cmd::store::MaintainArgs),
+    /// Pin a page at its tier (or unpin it).
+    Pin(cmd::store::PinArgs),
+    /// Export the store to a portable folder.
+    Export(cmd::store::PortableArgs),
+    /// Import a portable folder into the store.
+    Import(cmd::store::PortableArgs),
+    /// Measure compression against recall at every mode, with baselines.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Render(args) => cmd::render::run(args),
+        Command::Encode(args) => cmd::encode::run(args),
+        Command::Ocr(args) => cmd::ocr::run(args),
+        Command::Compress(args) => cmd::compress::run(args),
+        Command::Recall(args) => cmd::store::recall(args),
+        Command::Stats(args) => cmd::store::stats(args),
+        Command::History(args) => cmd::store::history(args),
+        Command::Maintain(args) => cmd::store::maintain(args),
+        Command::Pin(args) => cmd::store::pin(args),
+        Command::Export(args) => cmd::store::export(args),
+        Command::Import(args) => cmd::store::import(args),
+        Command::Bench(args) => cmd::bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("memctl: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

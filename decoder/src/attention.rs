@@ -1,0 +1,123 @@
+//! Multi-head self-attention with rotary positions and a KV cache.
+//!
+//! Mirrors the attention DeepSeek-OCR's decoder runs when `use_mla = false`: transformers'
+//! `LlamaAttention` (eager) as called from `modeling_deepseekv2.py` of the DeepSeek-OCR HF remote
+//! code. q, k, v, o without bias; rotate-half RoPE over the whole head; causal; softmax in f32.
+
+use candle_core::{DType, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::config::DecoderConfig;
+use crate::error::Result;
+use crate::ops::{Linear, Quantization, Rotary};
+
+/// One attention block (`model.layers.N.self_attn`).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    kv_cache: Option<(Tensor, Tensor)>,
+}
+
+impl Attention {
+    /// Loads `q_proj`, `k_proj`, `v_proj`, `o_proj` under `vb`.
+    pub fn new(cfg: &DecoderConfig, vb: VarBuilder, quant: Quantization) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim();
+        let nh = cfg.num_attention_heads;
+        let nkv = cfg.num_kv_heads();
+        Ok(Self {
+            q_proj: Linear::load(&vb.pp("q_proj"), h, nh * hd, quant)?,
+            k_proj: Linear::load(&vb.pp("k_proj"), h, nkv * hd, quant)?,
+            v_proj: Linear::load(&vb.pp("v_proj"), h, nkv * hd, quant)?,
+            o_proj: Linear::load(&vb.pp("o_proj"), nh * hd, h, quant)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            kv_cache: None,
+        })
+    }
+
+    /// Attends `x` `[b, t, hidden]` at positions `offset..offset + t` over the cached keys plus
+    /// its own; `mask` is the additive causal mask `[t, offset + t]` (`None` when `t == 1`).
+    pub fn forward(
+        &mut self,
+        x: &Tensor,
+        rotary: &Rotary,
+        mask: Option<&Tensor>,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let split = |y: Tensor, heads: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let q = rotary.apply(&q, offset)?;
+        let k = rotary.apply(&k, offset)?;
+
+        let (k, v) = match &self.kv_cache {
+            Some((ck, cv)) if offset > 0 => {
+                (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?)
+            }
+            _ => (k, v),
+        };
+        self.kv_cache = Some((k.clone(), v.clone()));
+
+        let rep = self.num_heads / self.num_kv_heads;
+        let (k, v) = if rep > 1 {
+            (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?)
+        } else {
+            (k, v)
+        };
+        let dt = q.dtype();
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dt)?;
+        let out = probs.matmul(&v.contiguous()?)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+
+    /// Number of cached positions.
+    pub fn cached_len(&self) -> usize {
+        self.kv_cache
+            .as_ref()
+            .map(|(k, _)| k.dim(D::Minus2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Drops the cached keys and values.
+    pub fn clear_kv_cache(&mut self) {
+        self.kv_cache = None;
+    }
+
+    /// Bytes held by the projection weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.q_proj.weight_bytes()
+            + self.k_proj.weight_bytes()
+            + self.v_proj.weight_bytes()
+            + self.o_proj.weight_bytes()
+    }
+}
+
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, h, rep, t, d))?
+        .reshape((b, h * rep, t, d))?)
+}

@@ -1,0 +1,175 @@
+//! The decoder's feed-forward blocks: the dense SwiGLU MLP and the DeepSeek-V2 MoE.
+//!
+//! Mirrors `DeepseekV2MLP`, `MoEGate` and `DeepseekV2MoE` (eval path, `moe_infer`) of
+//! `modeling_deepseekv2.py` in the DeepSeek-OCR HF remote code: gate logits and softmax in f32,
+//! greedy top-k, weights renormalised only with `norm_topk_prob` (else times
+//! `routed_scaling_factor`), expert outputs combined in f32, shared experts always added.
+//!
+//! Tokens are routed in groups: each selected expert runs one matmul over all the tokens that
+//! chose it, never a per-token loop.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::DecoderConfig;
+use crate::error::Result;
+use crate::ops::{swiglu, Linear, Quantization};
+
+/// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    /// Loads `gate_proj`, `up_proj`, `down_proj` under `vb`.
+    pub fn new(vb: VarBuilder, hidden: usize, inter: usize, quant: Quantization) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(&vb.pp("gate_proj"), hidden, inter, quant)?,
+            up_proj: Linear::load(&vb.pp("up_proj"), hidden, inter, quant)?,
+            down_proj: Linear::load(&vb.pp("down_proj"), inter, hidden, quant)?,
+        })
+    }
+
+    /// Applies the MLP to `x` (any rank, last dimension `hidden`).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?;
+        let u = self.up_proj.forward(x)?;
+        self.down_proj.forward(&swiglu(&g, &u)?)
+    }
+
+    /// Bytes held by the weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.gate_proj.weight_bytes() + self.up_proj.weight_bytes() + self.down_proj.weight_bytes()
+    }
+}
+
+/// Routing decision for a set of tokens: for each token, `k` expert ids and weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// Experts chosen per token, `[tokens][k]`, in descending score order.
+    pub experts: Vec<Vec<u32>>,
+    /// Their weights (after renormalisation or scaling), `[tokens][k]`.
+    pub weights: Vec<Vec<f32>>,
+}
+
+/// The MoE block (`model.layers.N.mlp` for N >= `first_k_dense_replace`).
+#[derive(Debug, Clone)]
+pub struct Moe {
+    gate: Tensor,
+    experts: Vec<Mlp>,
+    shared_experts: Option<Mlp>,
+    top_k: usize,
+    norm_topk_prob: bool,
+    routed_scaling_factor: f64,
+}
+
+impl Moe {
+    /// Loads `gate.weight`, `experts.E.*` and `shared_experts.*` under `vb`.
+    pub fn new(cfg: &DecoderConfig, vb: VarBuilder, quant: Quantization) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let n = cfg.n_routed_experts.unwrap_or(0);
+        let m = cfg.moe_intermediate_size;
+        let gate = vb.pp("gate").get((n, h), "weight")?.to_dtype(DType::F32)?;
+        let experts = (0..n)
+            .map(|e| Mlp::new(vb.pp("experts").pp(e), h, m, quant))
+            .collect::<Result<Vec<_>>>()?;
+        let shared_experts = match cfg.n_shared_experts {
+            Some(s) if s > 0 => Some(Mlp::new(vb.pp("shared_experts"), h, m * s, quant)?),
+            _ => None,
+        };
+        Ok(Self {
+            gate,
+            experts,
+            shared_experts,
+            top_k: cfg.experts_per_token(),
+            norm_topk_prob: cfg.norm_topk_prob,
+            routed_scaling_factor: cfg.routed_scaling_factor,
+        })
+    }
+
+    /// Routes `x` `[tokens, hidden]`: f32 gate logits, softmax, greedy top-k.
+    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        let logits = x.to_dtype(DType::F32)?.matmul(&self.gate.t()?)?;
+        let scores = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        let mut experts = Vec::with_capacity(scores.len());
+        let mut weights = Vec::with_capacity(scores.len());
+        for row in &scores {
+            let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+            // Descending score; ties broken by the lower expert id.
+            idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+            idx.truncate(self.top_k);
+            let mut w: Vec<f32> = idx.iter().map(|&e| row[e as usize]).collect();
+            if self.top_k > 1 && self.norm_topk_prob {
+                let denom: f32 = w.iter().sum::<f32>() + 1e-20;
+                w.iter_mut().for_each(|v| *v /= denom);
+            } else {
+                let s = self.routed_scaling_factor as f32;
+                w.iter_mut().for_each(|v| *v *= s);
+            }
+            experts.push(idx);
+            weights.push(w);
+        }
+        Ok(Routing { experts, weights })
+    }
+
+    /// Applies the block to `x` `[tokens, hidden]`, returning the output and the routing used.
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Routing)> {
+        let routing = self.route(x)?;
+        let (tokens, hidden) = x.dims2()?;
+        let device = x.device();
+        let dt = x.dtype();
+        // Group (token, weight) pairs by expert.
+        let mut groups: Vec<(Vec<u32>, Vec<f32>)> =
+            vec![(Vec::new(), Vec::new()); self.experts.len()];
+        for (t, (ids, ws)) in routing.experts.iter().zip(&routing.weights).enumerate() {
+            for (&e, &w) in ids.iter().zip(ws) {
+                let g = &mut groups[e as usize];
+                g.0.push(t as u32);
+                g.1.push(w);
+            }
+        }
+        let mut acc = Tensor::zeros((tokens, hidden), DType::F32, device)?;
+        for (e, (toks, ws)) in groups.iter().enumerate() {
+            if toks.is_empty() {
+                continue;
+            }
+            let y = self.run_expert(e, x, toks, ws, device)?;
+            let idx = Tensor::from_slice(toks, toks.len(), device)?;
+            acc = acc.index_add(&idx, &y, 0)?;
+        }
+        let mut out = acc.to_dtype(dt)?;
+        if let Some(shared) = &self.shared_experts {
+            out = (out + shared.forward(x)?)?;
+        }
+        Ok((out, routing))
+    }
+
+    fn run_expert(
+        &self,
+        e: usize,
+        x: &Tensor,
+        toks: &[u32],
+        ws: &[f32],
+        device: &Device,
+    ) -> Result<Tensor> {
+        let n = toks.len();
+        let xe = if n == x.dim(0)? && toks.iter().enumerate().all(|(i, &t)| i as u32 == t) {
+            x.clone()
+        } else {
+            x.index_select(&Tensor::from_slice(toks, n, device)?, 0)?
+        };
+        let y = self.experts[e].forward(&xe)?.to_dtype(DType::F32)?;
+        let w = Tensor::from_slice(ws, (n, 1), device)?;
+        Ok(y.broadcast_mul(&w)?)
+    }
+
+    /// Bytes held by the weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.gate.elem_count() * 4
+            + self.experts.iter().map(Mlp::weight_bytes).sum::<usize>()
+            + self.shared_experts.as_ref().map_or(0, Mlp::weight_bytes)
+    }
+}

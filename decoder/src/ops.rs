@@ -1,0 +1,398 @@
+//! Tensor helpers shared by the decoder's blocks: linear layers (plain or quantised), RMSNorm,
+//! rotary position tables, the causal mask.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Shape, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::error::{Error, Result};
+
+/// How the decoder's linear layers are stored and multiplied.
+///
+/// Quantised forms are made from the f32/bf16 checkpoint at load time and multiplied with
+/// candle's quantised matmul. Norms, the MoE gate, the embedding and everything outside the
+/// linear layers stay in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Quantization {
+    /// No quantisation: weights in the compute dtype (f32 on CPU).
+    #[default]
+    None,
+    /// ggml `Q8_0`: 8-bit blocks of 32 with an f16 scale (8.5 bits a weight).
+    Q8_0,
+    /// ggml `Q4_K`: 4-bit super-blocks of 256 (4.5 bits a weight). Layers whose input width is
+    /// not a multiple of 256 (e.g. the experts' `down_proj`, width 896) fall back to `Q8_0`.
+    Q4K,
+}
+
+impl Quantization {
+    /// Parses `none`/`f32`, `q8_0`/`q8`, `q4k`/`q4_k`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "f32" | "bf16" | "f16" => Ok(Self::None),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            "q4k" | "q4_k" => Ok(Self::Q4K),
+            other => Err(Error::Input(format!(
+                "unknown quantisation {other:?} (expected none, q8_0 or q4k)"
+            ))),
+        }
+    }
+
+    /// The ggml type for a weight of input width `in_dim`, or `None` to keep it unquantised.
+    fn ggml_type(self, in_dim: usize) -> Option<GgmlDType> {
+        match self {
+            Self::None => None,
+            Self::Q8_0 if in_dim % 32 == 0 => Some(GgmlDType::Q8_0),
+            Self::Q4K if in_dim % 256 == 0 => Some(GgmlDType::Q4K),
+            Self::Q4K if in_dim % 32 == 0 => Some(GgmlDType::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// Short name (`none`, `q8_0`, `q4k`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4k",
+        }
+    }
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    Dense(Tensor),
+    Quant(QMatMul),
+}
+
+/// A bias-free linear layer `y = x W^T`, with `W` stored `[out, in]` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: LinearWeight,
+    out_dim: usize,
+}
+
+impl Linear {
+    /// Reads `weight` of shape `[out_dim, in_dim]` under `vb` and stores it as `quant` asks.
+    pub fn load(
+        vb: &VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        quant: Quantization,
+    ) -> Result<Self> {
+        let w = vb.get((out_dim, in_dim), "weight")?;
+        Self::from_weight(w, quant)
+    }
+
+    /// Wraps a `[out, in]` weight.
+    pub fn from_weight(w: Tensor, quant: Quantization) -> Result<Self> {
+        let (out_dim, in_dim) = w.dims2()?;
+        let weight = match quant.ggml_type(in_dim) {
+            Some(t) => {
+                let q = QTensor::quantize(&w.to_dtype(DType::F32)?, t)?;
+                LinearWeight::Quant(QMatMul::from_qtensor(q)?)
+            }
+            _ => LinearWeight::Dense(w),
+        };
+        Ok(Self { weight, out_dim })
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// Bytes held by the weight.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            LinearWeight::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            LinearWeight::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+        }
+    }
+
+    /// Applies the layer over the last dimension of `x` (any rank).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims.last().copied().unwrap_or(0);
+        let rows = x.elem_count() / in_dim.max(1);
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = match &self.weight {
+            LinearWeight::Dense(w)
+                if rows <= GEMV_MAX_ROWS && w.device().is_cpu() && w.dtype() == DType::F32 =>
+            {
+                x2.to_dtype(DType::F32)?
+                    .contiguous()?
+                    .apply_op2_no_bwd(w, &ParallelGemv)?
+                    .to_dtype(x2.dtype())?
+            }
+            LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
+            LinearWeight::Quant(q) => {
+                let dt = x2.dtype();
+                q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(dt)?
+            }
+        };
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.out_dim;
+        }
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Up to this many rows, CPU f32 products use [`ParallelGemv`] instead of the general matmul.
+const GEMV_MAX_ROWS: usize = 4;
+
+/// `y = x W^T` for a few rows of `x`, split over the CPU threads by output column.
+///
+/// The general CPU matmul runs matrix-vector products (one decode step) on one thread; a decode
+/// step is bound by reading the weights from memory, so spreading the weight rows over every core
+/// is what makes cached decoding fast. Each output is a plain dot product over the input width,
+/// accumulated in f32 in eight interleaved partial sums.
+#[derive(Debug, Clone, Copy)]
+pub struct ParallelGemv;
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+impl CustomOp2 for ParallelGemv {
+    fn name(&self) -> &'static str {
+        "lethe-parallel-gemv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, in_dim) = xl.shape().dims2()?;
+        let (out_dim, w_in) = wl.shape().dims2()?;
+        if w_in != in_dim {
+            candle_core::bail!("gemv: x is [{rows}, {in_dim}] but W is [{out_dim}, {w_in}]");
+        }
+        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
+        else {
+            candle_core::bail!("gemv: x and W must be contiguous");
+        };
+        let x = &xs.as_slice::<f32>()?[xa..xb];
+        let w = &ws.as_slice::<f32>()?[wa..wb];
+        let threads = candle_core::utils::get_num_threads()
+            .min(out_dim / 256)
+            .max(1);
+        let chunk = out_dim.div_ceil(threads);
+        // Each thread fills its own [rows, chunk] block.
+        let run = |j0: usize, j1: usize| -> Vec<f32> {
+            let n = j1 - j0;
+            let mut out = vec![0f32; rows * n];
+            for j in j0..j1 {
+                let wr = &w[j * in_dim..(j + 1) * in_dim];
+                for r in 0..rows {
+                    out[r * n + (j - j0)] = dot_f32(&x[r * in_dim..(r + 1) * in_dim], wr);
+                }
+            }
+            out
+        };
+        let blocks: Vec<(usize, Vec<f32>)> = if threads == 1 {
+            vec![(0, run(0, out_dim))]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (1..threads)
+                    .map(|t| {
+                        let j0 = (t * chunk).min(out_dim);
+                        let j1 = ((t + 1) * chunk).min(out_dim);
+                        (j0, s.spawn(move || run(j0, j1)))
+                    })
+                    .collect();
+                let mut blocks = vec![(0, run(0, chunk.min(out_dim)))];
+                for (j0, h) in handles {
+                    match h.join() {
+                        Ok(b) => blocks.push((j0, b)),
+                        Err(_) => blocks.push((j0, Vec::new())),
+                    }
+                }
+                blocks
+            })
+        };
+        let mut out = vec![0f32; rows * out_dim];
+        for (j0, block) in blocks {
+            let n = block.len().checked_div(rows).unwrap_or(0);
+            if n == 0 && j0 < out_dim && rows > 0 {
+                candle_core::bail!("gemv: a worker thread panicked");
+            }
+            for r in 0..rows {
+                out[r * out_dim + j0..r * out_dim + j0 + n]
+                    .copy_from_slice(&block[r * n..(r + 1) * n]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
+    }
+}
+
+/// RMSNorm as the reference: normalise in f32, cast back, then multiply by the weight.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Reads `weight` of shape `[dim]` under `vb`.
+    pub fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            eps,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dt = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = xf.broadcast_mul(&(var + self.eps)?.sqrt()?.recip()?)?;
+        normed
+            .to_dtype(dt)?
+            .broadcast_mul(&self.weight.to_dtype(dt)?)
+    }
+}
+
+/// Rotary position tables (non-interleaved, rotate-half), computed in f32 as the reference.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rotary {
+    /// Tables for positions `0..max_positions` and head dimension `head_dim`.
+    pub fn new(head_dim: usize, theta: f64, max_positions: usize, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let base = theta as f32;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0f32 / base.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for f in &inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max_positions, half), device)?,
+            sin: Tensor::from_vec(sin, (max_positions, half), device)?,
+        })
+    }
+
+    /// Number of positions the tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Rotates `x` of shape `[b, heads, t, head_dim]` at positions `offset..offset + t`.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, _, t, _) = x.dims4()?;
+        if offset + t > self.max_positions() {
+            return Err(Error::Input(format!(
+                "sequence of {} positions exceeds max_position_embeddings {}",
+                offset + t,
+                self.max_positions()
+            )));
+        }
+        let dt = x.dtype();
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let y = candle_nn::rotary_emb::rope(&x.to_dtype(DType::F32)?.contiguous()?, &cos, &sin)?;
+        Ok(y.to_dtype(dt)?)
+    }
+}
+
+/// Additive causal mask `[t, offset + t]`: 0 where query `i` may see key `j`, -inf elsewhere.
+pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let total = offset + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= i + offset {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, total), device)?)
+}
+
+/// `silu(gate) * up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((candle_nn::ops::silu(gate)? * up)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_gemv_equals_matmul() {
+        let dev = Device::Cpu;
+        for rows in 1..=GEMV_MAX_ROWS {
+            let x = Tensor::randn(0f32, 1.0, (rows, 300), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (1001, 300), &dev).unwrap();
+            let want = x.matmul(&w.t().unwrap()).unwrap();
+            let got = x.apply_op2_no_bwd(&w, &ParallelGemv).unwrap();
+            let d = (want - got)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "rows {rows}: {d}");
+        }
+    }
+
+    #[test]
+    fn quantization_names_parse() {
+        assert_eq!(Quantization::parse("q8_0").unwrap(), Quantization::Q8_0);
+        assert_eq!(Quantization::parse("Q4K").unwrap(), Quantization::Q4K);
+        assert_eq!(Quantization::parse("none").unwrap(), Quantization::None);
+        assert!(Quantization::parse("q3").is_err());
+    }
+}

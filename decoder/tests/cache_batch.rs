@@ -1,0 +1,105 @@
+//! Cross-path agreement: cached decoding equals uncached recompute; a batch of two equals two
+//! singles.
+
+mod common;
+
+use candle_core::{IndexOp, Tensor};
+use common::{load_case, max_abs_diff, FakeTokenizer};
+use lethe_decoder::{build_prompt, generate, GenerationConfig, Quantization, DEFAULT_PROMPT};
+
+fn embeds_for(model: &lethe_decoder::DecoderModel, name: &str) -> (Vec<u32>, Tensor) {
+    let case = load_case(name);
+    let image = case["image_embeds"].clone();
+    let cfg = model.config();
+    let p = build_prompt(
+        &FakeTokenizer,
+        DEFAULT_PROMPT,
+        &[image.dim(0).unwrap()],
+        cfg.bos(),
+        cfg.image_token_id(),
+    )
+    .unwrap();
+    let e = model
+        .embed_prompt(&p.ids, cfg.image_token_id(), Some(&image))
+        .unwrap();
+    (p.ids, e)
+}
+
+#[test]
+fn cached_decoding_equals_uncached_recompute() {
+    let mut model = common::tiny_model(Quantization::None);
+    for name in ["card_small", "wide_base"] {
+        let (ids, embeds) = embeds_for(&model, name);
+        let cfg = GenerationConfig::builder()
+            .max_new_tokens(16)
+            .eos_token_ids(vec![])
+            .record_step_logits(true)
+            .build()
+            .unwrap();
+        let out = generate(&mut model, &ids, &embeds, &cfg, &mut |_| true).unwrap();
+        let steps = out.step_logits.unwrap();
+        // One cache-less forward over prompt + generated tokens.
+        let gen_ids =
+            Tensor::from_slice(&out.tokens, (1, out.tokens.len()), model.device()).unwrap();
+        let gen_emb = model.embed_ids(&gen_ids).unwrap();
+        let full = Tensor::cat(&[&embeds, &gen_emb], 1).unwrap();
+        let logits = model.forward(&full, 0).unwrap().squeeze(0).unwrap();
+        let t = ids.len();
+        let mut worst = 0f32;
+        for (s, row) in steps.iter().enumerate() {
+            let want = logits.i(t - 1 + s).unwrap().to_vec1::<f32>().unwrap();
+            worst = worst.max(common::max_abs_diff_vec(row, &want));
+        }
+        eprintln!("{name}: cached vs uncached max |diff| {worst:.3e}");
+        assert!(
+            worst <= 2e-5,
+            "{name}: cached vs uncached max |diff| {worst:.3e}"
+        );
+    }
+}
+
+#[test]
+fn batch_of_two_equals_two_singles() {
+    let mut model = common::tiny_model(Quantization::None);
+    let (_, a) = embeds_for(&model, "doc_tiny");
+    let (_, b) = embeds_for(&model, "wide_tiny");
+    let la = model.forward(&a, 0).unwrap();
+    let lb = model.forward(&b, 0).unwrap();
+    let both = model
+        .forward(&Tensor::cat(&[&a, &b], 0).unwrap(), 0)
+        .unwrap();
+    let da = max_abs_diff(&both.i(0).unwrap(), &la.squeeze(0).unwrap());
+    let db = max_abs_diff(&both.i(1).unwrap(), &lb.squeeze(0).unwrap());
+    eprintln!("batch vs single max |diff|: {da:.3e}, {db:.3e}");
+    assert!(
+        da <= 1e-5 && db <= 1e-5,
+        "batch vs single: {da:.3e}, {db:.3e}"
+    );
+    // Cached decoding of a batch: one more position for both sequences.
+    let next = model
+        .embed_ids(&Tensor::new(&[[5u32], [9u32]], model.device()).unwrap())
+        .unwrap();
+    let step = model.forward(&next, a.dim(1).unwrap()).unwrap();
+    model.forward(&a, 0).unwrap();
+    let sa = model
+        .forward(&next.i(0..1).unwrap(), a.dim(1).unwrap())
+        .unwrap();
+    let d = max_abs_diff(&step.i(0).unwrap(), &sa.squeeze(0).unwrap());
+    assert!(d <= 1e-5, "batched cached step vs single: {d:.3e}");
+}
+
+#[test]
+fn mismatched_offset_and_slot_counts_are_errors() {
+    let mut model = common::tiny_model(Quantization::None);
+    let (ids, embeds) = embeds_for(&model, "card_tiny");
+    model.forward(&embeds, 0).unwrap();
+    let err = model
+        .forward(&embeds.i((.., 0..1, ..)).unwrap(), 5)
+        .unwrap_err();
+    assert!(err.to_string().contains("seqlen_offset"), "{err}");
+    let image = load_case("card_tiny")["image_embeds"].clone();
+    let err = model
+        .embed_prompt(&ids[..ids.len() - 10], 1000, Some(&image))
+        .unwrap_err();
+    assert!(err.to_string().contains("image placeholder"), "{err}");
+}

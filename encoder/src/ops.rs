@@ -1,0 +1,403 @@
+//! Tensor helpers shared by the SAM and CLIP towers: PyTorch-exact table interpolation,
+//! convolutions as im2col matmuls over token-major (HWC) activations, and weight fetching with
+//! shape checks.
+
+use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::cpu::{self, Act, MatRef};
+use crate::error::{Error, Result};
+
+/// Read access to the f32 values of a contiguous CPU tensor.
+pub(crate) struct HostView<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    len: usize,
+}
+
+impl HostView<'_> {
+    /// The tensor's values in row-major order.
+    pub(crate) fn slice(&self) -> &[f32] {
+        match &*self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.start + self.len],
+            // `host_view` only builds views over CPU f32 storage.
+            _ => &[],
+        }
+    }
+}
+
+/// A [`HostView`] when `t` is a contiguous f32 tensor in CPU memory, `None` otherwise (then
+/// callers take the device-generic candle path).
+pub(crate) fn host_view(t: &Tensor) -> Option<HostView<'_>> {
+    let (guard, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    if !matches!(&*guard, Storage::Cpu(CpuStorage::F32(_))) {
+        return None;
+    }
+    Some(HostView {
+        guard,
+        start,
+        len: end - start,
+    })
+}
+
+/// Fetches `name` under `vb` as f32 and checks its shape, naming the full tensor path on error.
+pub(crate) fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
+    let full = if vb.prefix().is_empty() {
+        name.to_owned()
+    } else {
+        format!("{}.{name}", vb.prefix())
+    };
+    if !vb.contains_tensor(name) {
+        return Err(Error::MissingTensor { name: full });
+    }
+    let t = vb.get_unchecked_dtype(name, DType::F32)?;
+    if t.dims() != shape {
+        return Err(Error::TensorShape {
+            name: full,
+            expected: shape.to_vec(),
+            found: t.dims().to_vec(),
+        });
+    }
+    Ok(t)
+}
+
+/// A linear layer `y = x W^T + b` over the last dimension.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` `[out, in]` and `bias` `[out]` (when `bias`) under `vb`.
+    pub(crate) fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = get(vb, &[out_dim, in_dim], "weight")?;
+        let bias = if bias {
+            Some(get(vb, &[out_dim], "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// From an already shaped `[out, in]` weight.
+    pub(crate) fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// Applies the layer to `x` of shape `[.., in]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Act::None)
+    }
+
+    /// Applies the layer and then `act`, fused on CPU.
+    pub(crate) fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let (out_dim, w_in) = self.weight.dims2()?;
+        if in_dim != w_in {
+            return Err(Error::BadInput(format!(
+                "linear layer expects width {w_in}, got {in_dim}"
+            )));
+        }
+        let rows = x.elem_count() / in_dim.max(1);
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = out_dim;
+        let x = x.contiguous()?;
+        if let (Some(xv), Some(wv)) = (host_view(&x), host_view(&self.weight)) {
+            let bv = self.bias.as_ref().and_then(host_view);
+            if self.bias.is_none() || bv.is_some() {
+                let mut out = vec![0f32; rows * out_dim];
+                cpu::sgemm(
+                    rows,
+                    out_dim,
+                    in_dim,
+                    MatRef {
+                        data: xv.slice(),
+                        rs: in_dim,
+                        cs: 1,
+                    },
+                    MatRef {
+                        data: wv.slice(),
+                        rs: 1,
+                        cs: in_dim,
+                    },
+                    bv.as_ref().map(|b| b.slice()),
+                    act,
+                    &mut out,
+                );
+                return Ok(Tensor::from_vec(out, out_dims, x.device())?);
+            }
+        }
+        let mut y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let y = match act {
+            Act::None => y,
+            Act::Gelu => gelu(&y)?,
+            Act::QuickGelu => quick_gelu(&y)?,
+        };
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// Multiply-accumulates of one row.
+    pub(crate) fn macs_per_row(&self) -> usize {
+        self.weight.elem_count()
+    }
+}
+
+/// A LayerNorm over the last dimension.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` `[dim]` under `vb`.
+    pub(crate) fn load(vb: &VarBuilder, dim: usize, eps: f32) -> Result<Self> {
+        Ok(Self {
+            weight: get(vb, &[dim], "weight")?,
+            bias: get(vb, &[dim], "bias")?,
+            eps,
+        })
+    }
+
+    /// Normalises the last dimension of `x`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        Ok(candle_nn::ops::layer_norm(
+            &x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
+    }
+}
+
+/// A bias-free 3x3 convolution (padding 1) over an HWC image, as an im2col matmul.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv3x3 {
+    /// `[out, 3 * 3 * in]`, taps ordered (kh, kw, in).
+    weight: Tensor,
+    linear: Linear,
+    stride: usize,
+}
+
+impl Conv3x3 {
+    /// Loads a PyTorch `[out, in, 3, 3]` weight stored at `vb` + `weight` and reorders it once.
+    pub(crate) fn load(
+        vb: &VarBuilder,
+        in_ch: usize,
+        out_ch: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let w = get(vb, &[out_ch, in_ch, 3, 3], "weight")?;
+        let weight = w
+            .permute((0, 2, 3, 1))?
+            .contiguous()?
+            .reshape((out_ch, 9 * in_ch))?;
+        Ok(Self {
+            linear: Linear::from_weight(weight.clone(), None),
+            weight,
+            stride,
+        })
+    }
+
+    /// `x`: `[h, w, c]`; returns `[ho, wo, out]`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (h, w, c) = x.dims3()?;
+        let s = self.stride;
+        let ho = (h + 2 - 3) / s + 1;
+        let wo = (w + 2 - 3) / s + 1;
+        // Pad so that every strided window fits a reshape by `s`.
+        let ph = (ho - 1) * s + 3;
+        let pw = (wo - 1) * s + 3;
+        let padded = x
+            .pad_with_zeros(0, 1, (ph + s).saturating_sub(h + 1))?
+            .pad_with_zeros(1, 1, (pw + s).saturating_sub(w + 1))?;
+        let mut taps = Vec::with_capacity(9);
+        for kh in 0..3 {
+            let rows = padded.narrow(0, kh, ho * s)?;
+            let rows = if s > 1 {
+                rows.reshape((ho, s, padded.dim(1)?, c))?
+                    .narrow(1, 0, 1)?
+                    .squeeze(1)?
+            } else {
+                rows
+            };
+            for kw in 0..3 {
+                let cols = rows.narrow(1, kw, wo * s)?;
+                let cols = if s > 1 {
+                    cols.reshape((ho, wo, s, c))?.narrow(2, 0, 1)?.squeeze(2)?
+                } else {
+                    cols
+                };
+                taps.push(cols);
+            }
+        }
+        let col = Tensor::cat(&taps, 2)?.reshape((ho * wo, 9 * c))?;
+        let out = self.linear.forward(&col)?;
+        Ok(out.reshape((ho, wo, self.weight.dim(0)?))?)
+    }
+
+    /// Multiply-accumulates per output pixel.
+    pub(crate) fn macs_per_pixel(&self) -> usize {
+        self.weight.elem_count()
+    }
+}
+
+/// Reads a CPU-resident tensor as a host `Vec<f32>` (any layout).
+pub(crate) fn to_host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}
+
+/// Weights and first index of an antialiased bicubic resize along one axis, as PyTorch's
+/// `_upsample_bicubic2d_aa` computes them (`align_corners=False`, Keys `a = -0.5`).
+fn aa_bicubic_weights(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
+    fn filter(x: f64) -> f64 {
+        const A: f64 = -0.5;
+        let x = x.abs();
+        if x < 1.0 {
+            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+        } else {
+            0.0
+        }
+    }
+    let scale = in_size as f64 / out_size as f64;
+    let support = if scale >= 1.0 { 2.0 * scale } else { 2.0 };
+    let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    (0..out_size)
+        .map(|i| {
+            let center = scale * (i as f64 + 0.5);
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let mut w: Vec<f64> = (xmin..xmax)
+                .map(|j| filter((j as f64 - center + 0.5) * invscale))
+                .collect();
+            let total: f64 = w.iter().sum();
+            if total != 0.0 {
+                w.iter_mut().for_each(|v| *v /= total);
+            }
+            (xmin, w)
+        })
+        .collect()
+}
+
+/// `F.interpolate(x, (out_h, out_w), mode="bicubic", antialias=True, align_corners=False)` on
+/// an HWC table `[in_h, in_w, c]`, width pass first as PyTorch does. Returns `[out_h, out_w, c]`.
+pub(crate) fn resize_bicubic_aa(
+    src: &[f32],
+    (in_h, in_w, c): (usize, usize, usize),
+    (out_h, out_w): (usize, usize),
+) -> Vec<f32> {
+    let wx = aa_bicubic_weights(in_w, out_w);
+    let wy = aa_bicubic_weights(in_h, out_h);
+    let mut tmp = vec![0f64; in_h * out_w * c];
+    for y in 0..in_h {
+        for (x, (x0, w)) in wx.iter().enumerate() {
+            let dst = &mut tmp[(y * out_w + x) * c..(y * out_w + x + 1) * c];
+            for (t, &wt) in w.iter().enumerate() {
+                let s = &src[(y * in_w + x0 + t) * c..(y * in_w + x0 + t + 1) * c];
+                for (d, &v) in dst.iter_mut().zip(s) {
+                    *d += wt * v as f64;
+                }
+            }
+        }
+    }
+    let mut out = vec![0f32; out_h * out_w * c];
+    for (y, (y0, w)) in wy.iter().enumerate() {
+        for x in 0..out_w {
+            let dst = &mut out[(y * out_w + x) * c..(y * out_w + x + 1) * c];
+            for (ch, d) in dst.iter_mut().enumerate() {
+                let mut acc = 0f64;
+                for (t, &wt) in w.iter().enumerate() {
+                    acc += wt * tmp[((y0 + t) * out_w + x) * c + ch];
+                }
+                *d = acc as f32;
+            }
+        }
+    }
+    out
+}
+
+/// `F.interpolate(x, size=out, mode="linear", align_corners=False)` along the rows of a
+/// `[in, c]` table, with the source coordinate computed in f32 as PyTorch does on CPU.
+pub(crate) fn resize_linear_rows(src: &[f32], (rows, c): (usize, usize), out: usize) -> Vec<f32> {
+    let scale = rows as f32 / out as f32;
+    let mut dst = vec![0f32; out * c];
+    for i in 0..out {
+        let real = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = real as usize;
+        let i1 = if i0 < rows - 1 { i0 + 1 } else { i0 };
+        let l1 = real - i0 as f32;
+        let l0 = 1.0 - l1;
+        for ch in 0..c {
+            dst[i * c + ch] = l0 * src[i0 * c + ch] + l1 * src[i1 * c + ch];
+        }
+    }
+    dst
+}
+
+/// Softmax over the last dimension, in f32.
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+}
+
+/// `x * sigmoid(1.702 x)`.
+pub(crate) fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?)
+}
+
+/// Exact (erf) GELU, PyTorch's `nn.GELU()` default.
+pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.gelu_erf()?)
+}
+
+/// Scaled dot-product attention without mask over `[b, t, d]` inputs.
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let d = q.dim(D::Minus1)?;
+    let scale = 1.0 / (d as f64).sqrt();
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    if let (Some(qv), Some(kv), Some(vv)) = (host_view(&q), host_view(&k), host_view(&v)) {
+        let (b, t, _) = q.dims3()?;
+        let mut out = vec![0f32; b * t * d];
+        cpu::attention(
+            b,
+            t,
+            d,
+            qv.slice(),
+            kv.slice(),
+            vv.slice(),
+            scale as f32,
+            None,
+            &mut out,
+        );
+        return Ok(Tensor::from_vec(out, (b, t, d), q.device())?);
+    }
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let probs = softmax_last_dim(&scores)?;
+    Ok(probs.matmul(&v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_sizes_are_identity() {
+        let src: Vec<f32> = (0..4 * 4 * 2).map(|v| v as f32).collect();
+        let out = resize_bicubic_aa(&src, (4, 4, 2), (4, 4));
+        for (a, b) in src.iter().zip(&out) {
+            assert!((a - b).abs() < 1e-5);
+        }
+        let lin = resize_linear_rows(&src, (8, 4), 8);
+        assert_eq!(lin, src);
+    }
+}

@@ -1,0 +1,73 @@
+//! The storage engine behind the store, kept behind one small trait.
+//!
+//! Everything above this module speaks [`Engine`]: ordered byte keys, byte values, prefix scans and
+//! atomic batches. Switching engines means writing one file like `sled_engine.rs` and changing
+//! [`DefaultEngine`] and [`open_default`] here.
+
+use std::path::Path;
+
+use crate::error::Result;
+
+/// One write inside an atomic [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or overwrite a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove a key (no error if absent).
+    Delete(Vec<u8>),
+}
+
+/// A group of writes applied all together or not at all, even across a crash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(key.into(), value.into()));
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(key.into()));
+    }
+
+    /// Whether the batch has no writes.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// An ordered key-value engine with atomic batches.
+pub trait Engine: Send + Sync {
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Writes one key.
+    fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
+    /// Removes one key (no error if absent).
+    fn delete(&self, key: &[u8]) -> Result<()>;
+    /// All pairs whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Applies every write of `batch` atomically: after a crash either all or none are visible.
+    fn apply(&self, batch: Batch) -> Result<()>;
+    /// Makes every applied write durable on disk.
+    fn flush(&self) -> Result<()>;
+    /// Bytes the engine's files take on disk.
+    fn size_on_disk(&self) -> Result<u64>;
+}
+
+/// The engine [`Store`](crate::Store) uses.
+pub type DefaultEngine = crate::sled_engine::SledEngine;
+
+/// Opens (creating if needed) the default engine's files in `dir`.
+pub fn open_default(dir: &Path) -> Result<DefaultEngine> {
+    crate::sled_engine::SledEngine::open(dir)
+}

@@ -1,0 +1,236 @@
+//! Key layout and value framing.
+//!
+//! One ordered keyspace, namespaced by a leading byte:
+//!
+//! | key | value |
+//! |---|---|
+//! | `M` `schema` | schema version (JSON number) |
+//! | `M` `next_page` | next page id (JSON number) |
+//! | `C` scope | `{"scope":..,"next_turn":n}`: the scope and its next turn index |
+//! | `T` scope index(u64 BE) | a hot [`TurnRecord`](crate::TurnRecord) (JSON) |
+//! | `P` id(u64 BE) | a [`PageRecord`](crate::PageRecord) (JSON) |
+//! | `I` id | the page's PNG bytes |
+//! | `V` id | the page's vision-token bytes |
+//! | `S` scope id | empty: index of pages by scope |
+//! | `A` id seq(u64 BE) | a [`TierChange`](crate::TierChange) (JSON), kept after the page is deleted |
+//!
+//! A scope is encoded self-delimiting (per field: a presence byte, a u32 BE length, the UTF-8 bytes),
+//! so a prefix scan over one scope never matches another. Every value is framed as
+//! `b'L'`, a frame version byte, the CRC-32 of the payload (u32 LE), then the payload; a value whose
+//! frame does not check out is reported as corrupt, naming its key.
+
+use crate::error::{Error, Result};
+use crate::types::{PageId, Scope};
+
+const MAGIC: u8 = b'L';
+const FRAME_VERSION: u8 = 1;
+const HEADER: usize = 6;
+
+/// Key of the schema version record.
+pub const SCHEMA: &[u8] = b"Mschema";
+/// Key of the next page id counter.
+pub const NEXT_PAGE: &[u8] = b"Mnext_page";
+
+fn push_field(out: &mut Vec<u8>, field: Option<&str>) {
+    match field {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            // Scope fields are short names; a field over 4 GiB is rejected before it gets here.
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// Self-delimiting encoding of a scope.
+pub fn scope_bytes(scope: &Scope) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_field(&mut out, scope.user.as_deref());
+    push_field(&mut out, scope.agent.as_deref());
+    push_field(&mut out, Some(&scope.session));
+    out
+}
+
+fn with(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![tag];
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// Key of a scope's counter record.
+pub fn scope_counter(scope: &Scope) -> Vec<u8> {
+    with(b'C', &[&scope_bytes(scope)])
+}
+
+/// Prefix of every scope counter record.
+pub const SCOPE_COUNTERS: &[u8] = b"C";
+
+/// Prefix of a scope's hot turns.
+pub fn turns_prefix(scope: &Scope) -> Vec<u8> {
+    with(b'T', &[&scope_bytes(scope)])
+}
+
+/// Prefix of every hot turn.
+pub const ALL_TURNS: &[u8] = b"T";
+
+/// Key of one hot turn.
+pub fn turn(scope: &Scope, index: u64) -> Vec<u8> {
+    with(b'T', &[&scope_bytes(scope), &index.to_be_bytes()])
+}
+
+/// Key of a page record.
+pub fn page(id: PageId) -> Vec<u8> {
+    with(b'P', &[&id.0.to_be_bytes()])
+}
+
+/// Prefix of every page record.
+pub const ALL_PAGES: &[u8] = b"P";
+
+/// Key of a page's PNG.
+pub fn image(id: PageId) -> Vec<u8> {
+    with(b'I', &[&id.0.to_be_bytes()])
+}
+
+/// Key of a page's token bytes.
+pub fn tokens(id: PageId) -> Vec<u8> {
+    with(b'V', &[&id.0.to_be_bytes()])
+}
+
+/// Key of a page's entry in the by-scope index.
+pub fn scope_page(scope: &Scope, id: PageId) -> Vec<u8> {
+    with(b'S', &[&scope_bytes(scope), &id.0.to_be_bytes()])
+}
+
+/// Prefix of a scope's entries in the by-scope page index.
+pub fn scope_pages_prefix(scope: &Scope) -> Vec<u8> {
+    with(b'S', &[&scope_bytes(scope)])
+}
+
+/// Key of one history entry.
+pub fn history(id: PageId, seq: u64) -> Vec<u8> {
+    with(b'A', &[&id.0.to_be_bytes(), &seq.to_be_bytes()])
+}
+
+/// Prefix of one page's history.
+pub fn history_prefix(id: PageId) -> Vec<u8> {
+    with(b'A', &[&id.0.to_be_bytes()])
+}
+
+/// Prefix of the whole audit log.
+pub const ALL_HISTORY: &[u8] = b"A";
+
+/// The last 8 bytes of a key as a big-endian u64 (ids and indices sit at the end of keys).
+pub fn trailing_u64(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// The page a key belongs to, when it is a page, image, token or history key.
+pub fn page_of(key: &[u8]) -> Option<PageId> {
+    match key.first()? {
+        b'P' | b'I' | b'V' if key.len() == 9 => trailing_u64(key).map(PageId),
+        b'A' if key.len() >= 9 => {
+            let id: [u8; 8] = key.get(1..9)?.try_into().ok()?;
+            Some(PageId(u64::from_be_bytes(id)))
+        }
+        b'S' => trailing_u64(key).map(PageId),
+        _ => None,
+    }
+}
+
+/// A readable name for a key, used in error messages.
+pub fn describe(key: &[u8]) -> String {
+    let page = page_of(key);
+    match (key.first(), page) {
+        (Some(b'P'), Some(p)) => format!("page/{p}"),
+        (Some(b'I'), Some(p)) => format!("image/{p}"),
+        (Some(b'V'), Some(p)) => format!("tokens/{p}"),
+        (Some(b'A'), Some(p)) if key.len() == 17 => {
+            format!("history/{p}/{}", trailing_u64(key).unwrap_or(0))
+        }
+        (Some(b'A'), Some(p)) => format!("history/{p}"),
+        (Some(b'S'), Some(p)) => format!("scope-index/{p}"),
+        (Some(b'T'), _) => format!("turn/{}", trailing_u64(key).unwrap_or(0)),
+        (Some(b'C'), _) => "scope-counter".to_string(),
+        (Some(b'M'), _) => format!("meta/{}", String::from_utf8_lossy(&key[1..])),
+        _ => format!("{key:02x?}"),
+    }
+}
+
+/// Frames a payload with its CRC-32.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.push(MAGIC);
+    out.push(FRAME_VERSION);
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks a framed value and returns its payload, or a corrupt-record error naming `key`.
+pub fn unframe<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8]> {
+    let corrupt = |reason: String| Error::Corrupt {
+        key: describe(key),
+        page: page_of(key),
+        reason,
+    };
+    if value.len() < HEADER {
+        return Err(corrupt(format!(
+            "value is {} bytes, shorter than its frame",
+            value.len()
+        )));
+    }
+    if value[0] != MAGIC || value[1] != FRAME_VERSION {
+        return Err(corrupt(format!(
+            "bad frame header {:02x} {:02x}",
+            value[0], value[1]
+        )));
+    }
+    let want = u32::from_le_bytes([value[2], value[3], value[4], value[5]]);
+    let payload = &value[HEADER..];
+    let got = crc32fast::hash(payload);
+    if want != got {
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {want:08x}, computed {got:08x})"
+        )));
+    }
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_encoding_is_prefix_free() {
+        let a = Scope::session("ab");
+        let b = Scope::session("abc");
+        assert!(!turns_prefix(&b).starts_with(&turns_prefix(&a)));
+        let c = Scope::session("x").with_user("u");
+        assert!(!turns_prefix(&c).starts_with(&turns_prefix(&Scope::session("x"))));
+    }
+
+    #[test]
+    fn frame_round_trips_and_detects_flips() {
+        let f = frame(b"hello");
+        assert_eq!(unframe(b"P12345678", &f).ok(), Some(&b"hello"[..]));
+        let mut bad = f.clone();
+        bad[7] ^= 1;
+        let err = unframe(&page(PageId(3)), &bad).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref()
+                .map(|e| e.contains("page/3") && e.contains("checksum")),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn describe_names_pages() {
+        assert_eq!(describe(&image(PageId(7))), "image/7");
+        assert_eq!(describe(&history(PageId(7), 2)), "history/7/2");
+        assert_eq!(page_of(&history(PageId(7), 2)), Some(PageId(7)));
+    }
+}

@@ -1,0 +1,409 @@
+//! Plain-data records kept by the store.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Who a conversation belongs to: an optional user and agent, and a session.
+///
+/// Everything (turns and pages) is keyed by scope, as agent-memory layers key by user, agent and run.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Scope {
+    /// The end user, if any.
+    pub user: Option<String>,
+    /// The agent, if any.
+    pub agent: Option<String>,
+    /// The session (conversation) id.
+    pub session: String,
+}
+
+impl Scope {
+    /// A scope with only a session.
+    pub fn session(session: impl Into<String>) -> Self {
+        Self {
+            user: None,
+            agent: None,
+            session: session.into(),
+        }
+    }
+
+    /// Sets the user.
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Sets the agent.
+    pub fn with_agent(mut self, agent: impl Into<String>) -> Self {
+        self.agent = Some(agent.into());
+        self
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(u) = &self.user {
+            write!(f, "user={u:?} ")?;
+        }
+        if let Some(a) = &self.agent {
+            write!(f, "agent={a:?} ")?;
+        }
+        write!(f, "session={:?}", self.session)
+    }
+}
+
+/// A page's id, unique in its store and never reused.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(transparent)]
+pub struct PageId(pub u64);
+
+impl fmt::Display for PageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for PageId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        s.trim()
+            .parse::<u64>()
+            .map(PageId)
+            .map_err(|_| Error::InvalidInput(format!("{s:?} is not a page id (a whole number)")))
+    }
+}
+
+/// A resolution tier: an index into the policy's ladder plus the mode name it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Tier {
+    /// Position in the ladder, 0 being the sharpest.
+    pub index: u8,
+    /// The render mode of this tier (e.g. `"large"`, `"tiny"`).
+    pub mode: String,
+}
+
+impl Tier {
+    /// A tier at `index` with mode `mode`.
+    pub fn new(index: u8, mode: impl Into<String>) -> Self {
+        Self {
+            index,
+            mode: mode.into(),
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.index, self.mode)
+    }
+}
+
+/// A moment, given by the caller: the store never reads a clock.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct Stamp {
+    /// Turn index in the scope's conversation at that moment.
+    pub turn: u64,
+    /// Wall-clock time in the caller's unit (seconds since the Unix epoch by convention).
+    pub time: u64,
+}
+
+impl Stamp {
+    /// A stamp at `turn` and `time`.
+    pub fn new(turn: u64, time: u64) -> Self {
+        Self { turn, time }
+    }
+}
+
+/// A half-open range of turn indices `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TurnRange {
+    /// First turn index.
+    pub start: u64,
+    /// One past the last turn index.
+    pub end: u64,
+}
+
+impl TurnRange {
+    /// Number of turns in the range.
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<std::ops::Range<u64>> for TurnRange {
+    fn from(r: std::ops::Range<u64>) -> Self {
+        Self {
+            start: r.start,
+            end: r.end,
+        }
+    }
+}
+
+/// A turn to append; the store assigns its index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTurn {
+    /// Who spoke (`"user"`, `"assistant"`, a tool name...).
+    pub speaker: String,
+    /// What was said.
+    pub text: String,
+    /// When, in the caller's time unit.
+    pub timestamp: u64,
+}
+
+impl NewTurn {
+    /// A new turn.
+    pub fn new(speaker: impl Into<String>, text: impl Into<String>, timestamp: u64) -> Self {
+        Self {
+            speaker: speaker.into(),
+            text: text.into(),
+            timestamp,
+        }
+    }
+}
+
+/// A turn kept as text in the hot tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnRecord {
+    /// Index in its scope, from 0, never reused.
+    pub index: u64,
+    /// Who spoke.
+    pub speaker: String,
+    /// What was said.
+    pub text: String,
+    /// When, in the caller's time unit.
+    pub timestamp: u64,
+}
+
+/// A vision-token cache: raw tensor bytes with their shape and dtype.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCache {
+    /// Tensor shape, e.g. `[273, 1280]`.
+    pub shape: Vec<usize>,
+    /// Element type: one of `f32`, `f16`, `bf16`, `f64`, `u8`, `u32`, `i64`.
+    pub dtype: String,
+    /// Row-major little-endian element bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Size in bytes of one element of a supported token dtype.
+pub fn dtype_size(dtype: &str) -> Option<usize> {
+    match dtype {
+        "u8" => Some(1),
+        "f16" | "bf16" => Some(2),
+        "f32" | "u32" => Some(4),
+        "f64" | "i64" => Some(8),
+        _ => None,
+    }
+}
+
+impl TokenCache {
+    /// A cache, checked: the dtype is known and the byte count matches the shape.
+    pub fn new(shape: Vec<usize>, dtype: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
+        let t = Self {
+            shape,
+            dtype: dtype.into(),
+            bytes,
+        };
+        t.validate()?;
+        Ok(t)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let size = dtype_size(&self.dtype)
+            .ok_or_else(|| Error::InvalidInput(format!("unknown token dtype {:?}", self.dtype)))?;
+        let elems = self
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("token shape {:?} overflows", self.shape))
+            })?;
+        if elems.checked_mul(size) != Some(self.bytes.len()) {
+            return Err(Error::InvalidInput(format!(
+                "token cache of shape {:?} and dtype {} needs {} bytes, got {}",
+                self.shape,
+                self.dtype,
+                elems.saturating_mul(size),
+                self.bytes.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Shape, dtype and size of a page's token cache (the bytes live under their own key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenMeta {
+    /// Tensor shape.
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub dtype: String,
+    /// Byte length.
+    pub len: u64,
+}
+
+/// CRC-32 checksums of a page's content, checked on every read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksum {
+    /// CRC-32 of the PNG bytes.
+    pub image: u32,
+    /// CRC-32 of the token bytes, when cached.
+    pub tokens: Option<u32>,
+    /// CRC-32 of the UTF-8 text, when retained.
+    pub text: Option<u32>,
+}
+
+/// A page: a run of turns rendered to an image, stored at one tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRecord {
+    /// The page's id.
+    pub id: PageId,
+    /// The scope its turns came from.
+    pub scope: Scope,
+    /// The turns it holds.
+    pub turns: TurnRange,
+    /// The render profile, serialised by the renderer (opaque to the store).
+    pub profile: String,
+    /// Its current tier.
+    pub tier: Tier,
+    /// When it was made.
+    pub created: Stamp,
+    /// When it was last read by the agent (equals `created` until then).
+    pub last_access: Stamp,
+    /// How often it was read.
+    pub access_count: u64,
+    /// Pinned pages are kept at their tier by the policy.
+    pub pinned: bool,
+    /// The page text, while retained.
+    pub text: Option<String>,
+    /// Byte length of the PNG for the current tier.
+    pub image_len: u64,
+    /// The token cache's shape and dtype, when cached.
+    pub tokens: Option<TokenMeta>,
+    /// Checksums of the image, tokens and text.
+    pub checksum: Checksum,
+    /// Number of entries in this page's history (tier changes, creation and deletion included).
+    pub changes: u64,
+}
+
+/// A page with its image and token cache, all checked against the checksums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The page's record.
+    pub record: PageRecord,
+    /// The PNG for its current tier.
+    pub image: Vec<u8>,
+    /// The vision tokens for its current tier, if cached.
+    pub tokens: Option<TokenCache>,
+}
+
+/// What a page-out writes: the new page's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPage {
+    /// The render profile, serialised (opaque to the store).
+    pub profile: String,
+    /// The tier it is rendered at.
+    pub tier: Tier,
+    /// The page text (kept when the store retains text).
+    pub text: String,
+    /// The PNG.
+    pub image: Vec<u8>,
+    /// Vision tokens, if already encoded.
+    pub tokens: Option<TokenCache>,
+    /// When the page is made.
+    pub at: Stamp,
+    /// Why (recorded in the history).
+    pub reason: String,
+}
+
+/// A tier change: the new tier's image and tokens, swapped in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The new tier.
+    pub tier: Tier,
+    /// The PNG at the new tier.
+    pub image: Vec<u8>,
+    /// Vision tokens at the new tier; `None` clears the cache.
+    pub tokens: Option<TokenCache>,
+    /// Why (recorded in the history).
+    pub reason: String,
+    /// When.
+    pub at: Stamp,
+}
+
+/// One entry of the audit log: a page was created, changed tier, or was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierChange {
+    /// The page.
+    pub page: PageId,
+    /// Position in the page's history, from 0.
+    pub seq: u64,
+    /// The tier before (`None` at creation).
+    pub from: Option<Tier>,
+    /// The tier after (`None` at deletion).
+    pub to: Option<Tier>,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: Stamp,
+}
+
+/// Page counts and bytes of one tier.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierStats {
+    /// Pages at this tier.
+    pub pages: u64,
+    /// Of which pinned.
+    pub pinned: u64,
+    /// PNG bytes.
+    pub image_bytes: u64,
+    /// Token cache bytes.
+    pub token_bytes: u64,
+    /// Retained text bytes.
+    pub text_bytes: u64,
+}
+
+/// Counts and sizes of a whole store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Per tier, keyed by `"index:mode"` (e.g. `"0:large"`).
+    pub tiers: std::collections::BTreeMap<String, TierStats>,
+    /// All pages.
+    pub pages: u64,
+    /// Hot turns (still text).
+    pub hot_turns: u64,
+    /// Bytes of hot turn text.
+    pub hot_text_bytes: u64,
+    /// Scopes with any turn ever appended.
+    pub scopes: u64,
+    /// Audit log entries.
+    pub history_entries: u64,
+    /// Records that failed their checksum or decode (see [`Store::pages`](crate::Store::pages)).
+    pub corrupt: u64,
+    /// Sum of key and value bytes of every live record (what the data itself weighs).
+    pub live_bytes: u64,
+    /// Bytes the store's folder takes on disk.
+    pub bytes_on_disk: u64,
+}
+
+/// The pages of a listing, and the records that could not be read.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Readable pages, by id.
+    pub pages: Vec<PageRecord>,
+    /// One [`Error::Corrupt`] per unreadable record.
+    pub corrupt: Vec<Error>,
+}

@@ -1,0 +1,281 @@
+//! Crash test: a writer process is SIGKILLed at random moments while it moves pages between tiers;
+//! after each kill the store is reopened and every invariant checked. Also: a store held open by
+//! another process refuses to open, with a clear error.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lethe_memory::{Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, Tier, TokenCache};
+
+#[path = "../src/bin/crashtest/data.rs"]
+mod data;
+
+const CHILD: &str = env!("CARGO_BIN_EXE_lethe-memory-crashtest");
+const PAGES: u64 = 5;
+const KILLS: usize = 100;
+
+/// xorshift64*, seeded from the clock and printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("LETHE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        })
+}
+
+fn setup(dir: &std::path::Path) {
+    let store = Store::open(dir).expect("create store");
+    let scope = Scope::session("crash");
+    for p in 0..PAGES {
+        let r = store
+            .append(&scope, &[NewTurn::new("user", format!("turn {p}"), p)])
+            .expect("append");
+        let tokens =
+            TokenCache::new(data::token_shape(0), "f32", data::tokens(p, 0, 0)).expect("tokens");
+        let id = store
+            .page_out(
+                &scope,
+                r,
+                NewPage {
+                    profile: "{}".into(),
+                    tier: Tier::new(0, data::LADDER[0]),
+                    text: format!("turn {p}"),
+                    image: data::image(p, 0, 0),
+                    tokens: Some(tokens),
+                    at: Stamp::new(p, p),
+                    reason: "page-out".into(),
+                },
+            )
+            .expect("page out");
+        assert_eq!(id, PageId(p));
+    }
+}
+
+/// Expected state per page: (tier index, number of history entries).
+type Expect = BTreeMap<u64, (u8, u64)>;
+
+/// Checks every invariant after a kill; returns whether the in-flight transition had landed.
+fn check(dir: &std::path::Path, expect: &mut Expect, in_flight: Option<(u64, u8, u64)>) -> bool {
+    let mut landed = false;
+    let store = Store::open(dir).expect("reopen after kill");
+    let problems = store.verify().expect("verify");
+    assert!(problems.is_empty(), "invariants broken: {problems:?}");
+    let listing = store.pages(None).expect("listing");
+    assert_eq!(listing.pages.len() as u64, PAGES, "a page was lost");
+    for rec in &listing.pages {
+        let id = rec.id.0;
+        let want = expect[&id];
+        let got = (rec.tier.index, rec.changes);
+        let allowed_new = in_flight
+            .filter(|&(p, _, _)| p == id)
+            .map(|(_, tier, seq)| (tier, seq + 1));
+        assert!(
+            got == want || Some(got) == allowed_new,
+            "page {id}: at tier {} with {} history entries; expected {want:?} or {allowed_new:?}",
+            got.0,
+            got.1
+        );
+        landed |= got != want;
+        // Content matches exactly the transition that produced this tier.
+        let seq = rec.changes - 1;
+        let page = store.load(rec.id).expect("load");
+        assert_eq!(
+            page.image,
+            data::image(id, rec.tier.index, seq),
+            "page {id} image"
+        );
+        let tokens = page.tokens.expect("token cache");
+        assert_eq!(tokens.shape, data::token_shape(rec.tier.index));
+        assert_eq!(
+            tokens.bytes,
+            data::tokens(id, rec.tier.index, seq),
+            "page {id} tokens"
+        );
+        assert_eq!(rec.tier.mode, data::LADDER[usize::from(rec.tier.index)]);
+        let history = store.history(rec.id).expect("history");
+        assert_eq!(history.len() as u64, rec.changes);
+        assert_eq!(
+            history.last().and_then(|h| h.to.clone()),
+            Some(rec.tier.clone())
+        );
+        expect.insert(id, got);
+    }
+    store.close().expect("close");
+    landed
+}
+
+#[test]
+fn sigkill_during_decay_never_loses_a_page() {
+    let seed = seed();
+    eprintln!("crash test seed {seed} (set LETHE_CRASH_SEED to replay)");
+    let mut rng = Rng(seed);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store");
+    setup(&dir);
+    let mut expect: Expect = (0..PAGES).map(|p| (p, (0, 1))).collect();
+    let started = Instant::now();
+    let mut committed = 0usize;
+    let mut mid_transition = 0usize;
+    let mut landed = 0usize;
+    // Running estimate of one transition's duration, from the writer's begin/done lines.
+    let mut transition_time = Duration::from_millis(20);
+    for round in 0..KILLS {
+        let mut child = Command::new(CHILD)
+            .args([
+                "decay",
+                dir.to_str().expect("utf-8 path"),
+                &rng.next().to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn writer");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let reader = {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                let mut begun = Instant::now();
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let now = Instant::now();
+                    let line = if line.starts_with("begin") {
+                        begun = now;
+                        line
+                    } else if line.starts_with("done") {
+                        format!("{line} {}", (now - begun).as_micros())
+                    } else {
+                        line
+                    };
+                    lines.lock().expect("lines").push(line);
+                }
+            })
+        };
+        // Wait until the writer is running and has committed a random number (0 to 3) of
+        // transitions, then let it go on for a random part of one transition's typical time.
+        let want_done = (rng.next() % 4) as usize;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (started, done) = {
+                let l = lines.lock().expect("lines");
+                (
+                    !l.is_empty(),
+                    l.iter().filter(|x| x.starts_with("done")).count(),
+                )
+            };
+            if started && done >= want_done {
+                break;
+            }
+            assert!(Instant::now() < deadline, "writer made no progress");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    std::io::Read::read_to_string(&mut e, &mut err).ok();
+                }
+                panic!("writer exited early ({status}): {err}");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let typical = (transition_time.as_micros() as u64).max(1_000);
+        std::thread::sleep(Duration::from_micros(rng.next() % (2 * typical)));
+        child.kill().expect("SIGKILL writer");
+        let status = child.wait().expect("reap writer");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "the writer must die by SIGKILL, not exit on its own ({status})"
+        );
+        reader.join().expect("reader thread");
+
+        // Replay what the writer acknowledged.
+        let lines = lines.lock().expect("lines").clone();
+        let mut in_flight = None;
+        for line in &lines {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            let parse = |i: usize| parts[i].parse::<u64>().expect("number");
+            match parts.first() {
+                Some(&"begin") => in_flight = Some((parse(1), parse(2) as u8, parse(3))),
+                Some(&"done") => {
+                    let (page, tier, seq) = (parse(1), parse(2) as u8, parse(3));
+                    assert_eq!(in_flight, Some((page, tier, seq)));
+                    assert_eq!(
+                        expect[&page].1, seq,
+                        "writer saw page {page} at another seq"
+                    );
+                    expect.insert(page, (tier, seq + 1));
+                    in_flight = None;
+                    committed += 1;
+                    let micros = parse(4);
+                    transition_time = (transition_time * 3 + Duration::from_micros(micros)) / 4;
+                }
+                _ => {}
+            }
+        }
+        mid_transition += usize::from(in_flight.is_some());
+        if check(&dir, &mut expect, in_flight) {
+            landed += 1;
+        }
+        eprintln!(
+            "round {round}: {} lines, in flight {in_flight:?}, transition ~{transition_time:.1?}",
+            lines.len()
+        );
+    }
+    eprintln!(
+        "{KILLS} kills, {committed} acknowledged transitions, {mid_transition} kills between \
+         begin and done ({landed} found at the new tier, the rest at the old), {:.1?}",
+        started.elapsed()
+    );
+    assert!(committed > 0, "the writer never committed a transition");
+    assert!(mid_transition > 0, "no kill landed inside a transition");
+}
+
+#[test]
+fn second_process_gets_a_clear_lock_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store");
+    Store::open(&dir).expect("create").close().expect("close");
+    let mut child = Command::new(CHILD)
+        .args(["hold", dir.to_str().expect("utf-8 path")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn holder");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read ready");
+    assert_eq!(line.trim(), "ready");
+
+    let err = Store::open(&dir).expect_err("a second open must fail");
+    assert!(matches!(err, Error::Locked { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("already open by another process"), "{msg}");
+    assert!(msg.contains(dir.to_str().expect("utf-8")), "{msg}");
+
+    // Closing the holder releases the lock.
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"")
+        .expect("write");
+    let status = child.wait().expect("wait holder");
+    assert!(status.success());
+    Store::open(&dir).expect("open after the holder exits");
+}

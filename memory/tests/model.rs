@@ -1,0 +1,513 @@
+//! Model-based property test: random operation sequences applied to the store and to a plain
+//! `BTreeMap` reference must agree after every step, reopens included.
+
+use std::collections::BTreeMap;
+
+use lethe_memory::{
+    Checksum, Error, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, StoreOptions, Tier,
+    TierChange, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
+};
+use proptest::prelude::*;
+
+const LADDER: [&str; 4] = ["large", "base", "small", "tiny"];
+
+fn scopes() -> [Scope; 3] {
+    [
+        Scope::session("a"),
+        Scope::session("a").with_user("u"),
+        Scope::session("b").with_user("u").with_agent("x"),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append {
+        scope: usize,
+        n: usize,
+    },
+    PageOut {
+        scope: usize,
+        n: u64,
+        split: usize,
+        tokens: bool,
+    },
+    Decay {
+        page: usize,
+        tier: u8,
+        tokens: bool,
+    },
+    Pin {
+        page: usize,
+        pinned: bool,
+    },
+    Access {
+        page: usize,
+    },
+    DropText {
+        page: usize,
+    },
+    Delete {
+        page: usize,
+    },
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3usize, 1..4usize).prop_map(|(scope, n)| Op::Append { scope, n }),
+        3 => (0..3usize, 1..5u64, prop_oneof![3 => Just(1usize), 1 => 2..4usize], any::<bool>())
+            .prop_map(|(scope, n, split, tokens)| Op::PageOut { scope, n, split, tokens }),
+        3 => (any::<usize>(), 0..4u8, any::<bool>())
+            .prop_map(|(page, tier, tokens)| Op::Decay { page, tier, tokens }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(page, pinned)| Op::Pin { page, pinned }),
+        2 => any::<usize>().prop_map(|page| Op::Access { page }),
+        1 => any::<usize>().prop_map(|page| Op::DropText { page }),
+        1 => any::<usize>().prop_map(|page| Op::Delete { page }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn png(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    v.extend((0..len as u64).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8));
+    v
+}
+
+fn tokens(seed: u64, tier: u8) -> TokenCache {
+    let n = [20usize, 12, 6, 3][usize::from(tier)];
+    let bytes = (0..n * 4 * 2).map(|i| (seed as usize + i) as u8).collect();
+    TokenCache::new(vec![n, 4], "f16", bytes).expect("valid token cache")
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct ModelPage {
+    record: PageRecord,
+    image: Vec<u8>,
+    tokens: Option<TokenCache>,
+}
+
+#[derive(Default)]
+struct Model {
+    next_turn: BTreeMap<Scope, u64>,
+    turns: BTreeMap<(Scope, u64), TurnRecord>,
+    pages: BTreeMap<PageId, ModelPage>,
+    history: BTreeMap<(PageId, u64), TierChange>,
+    next_page: u64,
+    clock: u64,
+}
+
+fn crc(b: &[u8]) -> u32 {
+    crc32fast::hash(b)
+}
+
+fn meta(t: Option<&TokenCache>) -> Option<TokenMeta> {
+    t.map(|t| TokenMeta {
+        shape: t.shape.clone(),
+        dtype: t.dtype.clone(),
+        len: t.bytes.len() as u64,
+    })
+}
+
+/// The kind of failure an operation met, compared between store and model.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Ok,
+    NotFound,
+    TurnMissing,
+}
+
+fn outcome<T>(r: lethe_memory::Result<T>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Ok,
+        Err(Error::PageNotFound(_)) => Outcome::NotFound,
+        Err(Error::TurnMissing { .. }) => Outcome::TurnMissing,
+        Err(e) => panic!("unexpected store error: {e}"),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    let opts = StoreOptions::builder()
+        .path(dir)
+        .sync_writes(false)
+        .build()
+        .expect("options");
+    Store::open_with(opts).expect("open store")
+}
+
+impl Model {
+    /// Every page id ever made (deleted ones included, so ops on them must fail alike).
+    fn pick(&self, sel: usize) -> Option<PageId> {
+        (self.next_page > 0).then(|| PageId(sel as u64 % self.next_page))
+    }
+
+    fn log(
+        &mut self,
+        page: PageId,
+        seq: u64,
+        from: Option<Tier>,
+        to: Option<Tier>,
+        reason: &str,
+        at: Stamp,
+    ) {
+        self.history.insert(
+            (page, seq),
+            TierChange {
+                page,
+                seq,
+                from,
+                to,
+                reason: reason.into(),
+                at,
+            },
+        );
+    }
+}
+
+fn apply(store: &Store, m: &mut Model, op: &Op) {
+    m.clock += 1;
+    let at = Stamp::new(m.clock, m.clock * 60);
+    match *op {
+        Op::Append { scope, n } => {
+            let s = &scopes()[scope];
+            let turns: Vec<NewTurn> = (0..n)
+                .map(|i| {
+                    NewTurn::new(
+                        if i % 2 == 0 { "user" } else { "assistant" },
+                        format!("turn {} {i} héllo", m.clock),
+                        m.clock,
+                    )
+                })
+                .collect();
+            let got = store.append(s, &turns).expect("append");
+            let start = m.next_turn.get(s).copied().unwrap_or(0);
+            assert_eq!(
+                got,
+                TurnRange {
+                    start,
+                    end: start + n as u64
+                }
+            );
+            for (i, t) in turns.into_iter().enumerate() {
+                let index = start + i as u64;
+                m.turns.insert(
+                    (s.clone(), index),
+                    TurnRecord {
+                        index,
+                        speaker: t.speaker,
+                        text: t.text,
+                        timestamp: t.timestamp,
+                    },
+                );
+            }
+            m.next_turn.insert(s.clone(), start + n as u64);
+        }
+        Op::PageOut {
+            scope,
+            n,
+            split,
+            tokens: with_tokens,
+        } => {
+            let s = &scopes()[scope];
+            // Page out the n oldest hot turns (or a range past them, which must fail).
+            let start = m
+                .turns
+                .keys()
+                .find(|(sc, _)| sc == s)
+                .map(|(_, i)| *i)
+                .unwrap_or_else(|| m.next_turn.get(s).copied().unwrap_or(0));
+            let range = TurnRange {
+                start,
+                end: start + n,
+            };
+            // One page, or a long range split over several pages (page_out_many).
+            let made: Vec<(NewPage, Option<TokenCache>)> = (0..split)
+                .map(|k| {
+                    let seed = m.clock * 10 + k as u64;
+                    let toks = with_tokens.then(|| tokens(seed, 0));
+                    let page = NewPage {
+                        profile: r#"{"mode":"large"}"#.into(),
+                        tier: Tier::new(0, LADDER[0]),
+                        text: format!("page {k} of {}..{}", range.start, range.end),
+                        image: png(seed, 40 + seed as usize % 50),
+                        tokens: toks.clone(),
+                        at,
+                        reason: "page-out".into(),
+                    };
+                    (page, toks)
+                })
+                .collect();
+            let pages: Vec<NewPage> = made.iter().map(|(p, _)| p.clone()).collect();
+            let res = if split == 1 {
+                store
+                    .page_out(s, range, pages[0].clone())
+                    .map(|id| vec![id])
+            } else {
+                store.page_out_many(s, range, pages)
+            };
+            let present = (range.start..range.end).all(|i| m.turns.contains_key(&(s.clone(), i)));
+            if !present {
+                assert_eq!(outcome(res), Outcome::TurnMissing);
+                return;
+            }
+            let ids = res.expect("page-out");
+            let want: Vec<PageId> = (m.next_page..m.next_page + split as u64)
+                .map(PageId)
+                .collect();
+            assert_eq!(ids, want);
+            m.next_page += split as u64;
+            for i in range.start..range.end {
+                m.turns.remove(&(s.clone(), i));
+            }
+            for (id, (page, toks)) in ids.into_iter().zip(made) {
+                let record = PageRecord {
+                    id,
+                    scope: s.clone(),
+                    turns: range,
+                    profile: page.profile,
+                    tier: page.tier.clone(),
+                    created: at,
+                    last_access: at,
+                    access_count: 0,
+                    pinned: false,
+                    text: Some(page.text.clone()),
+                    image_len: page.image.len() as u64,
+                    tokens: meta(toks.as_ref()),
+                    checksum: Checksum {
+                        image: crc(&page.image),
+                        tokens: toks.as_ref().map(|t| crc(&t.bytes)),
+                        text: Some(crc(page.text.as_bytes())),
+                    },
+                    changes: 1,
+                };
+                m.pages.insert(
+                    id,
+                    ModelPage {
+                        record,
+                        image: page.image,
+                        tokens: toks,
+                    },
+                );
+                m.log(id, 0, None, Some(page.tier), "page-out", at);
+            }
+        }
+        Op::Decay {
+            page,
+            tier,
+            tokens: with_tokens,
+        } => {
+            let Some(id) = m.pick(page) else { return };
+            let image = png(m.clock * 3, 30 + usize::from(tier) * 5);
+            let toks = with_tokens.then(|| tokens(m.clock, tier));
+            let new_tier = Tier::new(tier, LADDER[usize::from(tier)]);
+            let res = store.transition(
+                id,
+                Transition {
+                    tier: new_tier.clone(),
+                    image: image.clone(),
+                    tokens: toks.clone(),
+                    reason: format!("decay to {tier}"),
+                    at,
+                },
+            );
+            let Some(p) = m.pages.get_mut(&id) else {
+                assert_eq!(outcome(res), Outcome::NotFound);
+                return;
+            };
+            let old_tier = p.record.tier.clone();
+            let seq = p.record.changes;
+            p.record.tier = new_tier.clone();
+            p.record.image_len = image.len() as u64;
+            p.record.tokens = meta(toks.as_ref());
+            p.record.checksum.image = crc(&image);
+            p.record.checksum.tokens = toks.as_ref().map(|t| crc(&t.bytes));
+            p.record.changes += 1;
+            p.image = image;
+            p.tokens = toks;
+            assert_eq!(res.expect("transition"), p.record);
+            m.log(
+                id,
+                seq,
+                Some(old_tier),
+                Some(new_tier),
+                &format!("decay to {tier}"),
+                at,
+            );
+        }
+        Op::Pin { page, pinned } => {
+            let Some(id) = m.pick(page) else { return };
+            let res = store.set_pinned(id, pinned);
+            match m.pages.get_mut(&id) {
+                None => assert_eq!(outcome(res), Outcome::NotFound),
+                Some(p) => {
+                    p.record.pinned = pinned;
+                    assert_eq!(res.expect("pin"), p.record);
+                }
+            }
+        }
+        Op::Access { page } => {
+            let Some(id) = m.pick(page) else { return };
+            let res = store.record_access(id, at);
+            match m.pages.get_mut(&id) {
+                None => assert_eq!(outcome(res), Outcome::NotFound),
+                Some(p) => {
+                    p.record.access_count += 1;
+                    p.record.last_access = at;
+                    assert_eq!(res.expect("access"), p.record);
+                }
+            }
+        }
+        Op::DropText { page } => {
+            let Some(id) = m.pick(page) else { return };
+            let res = store.drop_text(id, "policy drops text", at);
+            let Some(p) = m.pages.get_mut(&id) else {
+                assert_eq!(outcome(res), Outcome::NotFound);
+                return;
+            };
+            if p.record.text.is_some() {
+                p.record.text = None;
+                p.record.checksum.text = None;
+                let seq = p.record.changes;
+                p.record.changes += 1;
+                let t = p.record.tier.clone();
+                assert_eq!(res.expect("drop text"), m.pages[&id].record);
+                m.log(id, seq, Some(t.clone()), Some(t), "policy drops text", at);
+            } else {
+                assert_eq!(res.expect("drop text"), p.record);
+            }
+        }
+        Op::Delete { page } => {
+            let Some(id) = m.pick(page) else { return };
+            let res = store.delete(id, "evicted", at);
+            match m.pages.remove(&id) {
+                None => assert_eq!(outcome(res), Outcome::NotFound),
+                Some(p) => {
+                    res.expect("delete");
+                    m.log(
+                        id,
+                        p.record.changes,
+                        Some(p.record.tier),
+                        None,
+                        "evicted",
+                        at,
+                    );
+                }
+            }
+        }
+        // Handled by the caller, which owns the store.
+        Op::Reopen => {}
+    }
+}
+
+fn check(store: &Store, m: &Model) {
+    // Scopes and hot turns.
+    let mut got_scopes = store.scopes().expect("scopes");
+    got_scopes.sort();
+    let want_scopes: Vec<Scope> = m.next_turn.keys().cloned().collect();
+    assert_eq!(got_scopes, want_scopes);
+    for s in &want_scopes {
+        assert_eq!(store.next_turn(s).expect("next turn"), m.next_turn[s]);
+        let want: Vec<TurnRecord> = m
+            .turns
+            .iter()
+            .filter(|((sc, _), _)| sc == s)
+            .map(|(_, t)| t.clone())
+            .collect();
+        assert_eq!(store.hot_turns(s).expect("hot turns"), want);
+        let listing = store.pages(Some(s)).expect("scope listing");
+        assert!(listing.corrupt.is_empty());
+        let want: Vec<PageRecord> = m
+            .pages
+            .values()
+            .filter(|p| &p.record.scope == s)
+            .map(|p| p.record.clone())
+            .collect();
+        assert_eq!(listing.pages, want);
+    }
+    // Pages, in full.
+    let listing = store.pages(None).expect("listing");
+    assert!(listing.corrupt.is_empty(), "{:?}", listing.corrupt);
+    let want: Vec<PageRecord> = m.pages.values().map(|p| p.record.clone()).collect();
+    assert_eq!(listing.pages, want);
+    for (id, p) in &m.pages {
+        let page = store.load(*id).expect("load");
+        assert_eq!(page.record, p.record);
+        assert_eq!(page.image, p.image);
+        assert_eq!(page.tokens, p.tokens);
+    }
+    // Audit log, per page and whole.
+    let log: Vec<TierChange> = m.history.values().cloned().collect();
+    assert_eq!(store.audit_log().expect("audit log"), log);
+    for id in (0..m.next_page).map(PageId) {
+        let want: Vec<TierChange> = m
+            .history
+            .range((id, 0)..=(id, u64::MAX))
+            .map(|(_, e)| e.clone())
+            .collect();
+        assert_eq!(store.history(id).expect("history"), want);
+    }
+    assert!(matches!(
+        store.history(PageId(m.next_page)),
+        Err(Error::PageNotFound(_))
+    ));
+    assert!(store.verify().expect("verify").is_empty());
+    let stats = store.stats().expect("stats");
+    assert_eq!(stats.pages, m.pages.len() as u64);
+    assert_eq!(stats.hot_turns, m.turns.len() as u64);
+    assert_eq!(stats.history_entries, m.history.len() as u64);
+    assert_eq!(stats.scopes, m.next_turn.len() as u64);
+    let tier_pages: u64 = stats.tiers.values().map(|t| t.pages).sum();
+    assert_eq!(tier_pages, stats.pages);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_agrees_with_btreemap_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let mut store = open(&path);
+        let mut model = Model::default();
+        for op in &ops {
+            if let Op::Reopen = op {
+                store.close().expect("close");
+                store = open(&path);
+            } else {
+                apply(&store, &mut model, op);
+            }
+            check(&store, &model);
+        }
+        // And once more from disk, with a round trip through export and import.
+        drop(store);
+        let store = open(&path);
+        check(&store, &model);
+        let export = dir.path().join("export");
+        store.export(&export).expect("export");
+        let copy = open(&dir.path().join("copy"));
+        copy.import(&export).expect("import");
+        check(&copy, &model);
+        let export2 = dir.path().join("export2");
+        copy.export(&export2).expect("re-export");
+        assert_same_tree(&export, &export2);
+    }
+}
+
+fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
+    let list = |root: &std::path::Path| {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read dir") {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(root).expect("prefix").to_path_buf();
+                    out.insert(rel, std::fs::read(&p).expect("read"));
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(list(a), list(b));
+}

@@ -1,0 +1,854 @@
+//! `memctl bench`: how many tokens Lethe saves, and how much of the text comes back.
+//!
+//! Renders each transcript's pages at every mode (or takes given page images, Fox-style), has a
+//! decoder read each page back, scores the text against the page's source with
+//! [`lethe::metrics`], adds the truncation and uncompressed baselines at the same token budget,
+//! and writes a table, JSON, CSV and the recall-against-compression plot (SVG and PNG).
+//!
+//! The command is built around two plug points, so the same harness measures any decoder:
+//! [`PageReader`] (image in, text out: the encoder + decoder pipeline) and [`PageRenderer`]
+//! (transcript in, page texts and page images out: `lethe-render`). [`page_reader`] and
+//! [`page_renderer`] pick them from the arguments: today [`OcrReader`] (a DeepSeek-OCR-family
+//! checkpoint given with `--model`) and [`TranscriptRenderer`]. Without a decoder the command
+//! refuses to run rather than print numbers no model produced.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use lethe::metrics::{BenchReport, BoxError, PageRecord, Plot, SourcePage, TextTokenizer};
+use lethe::{OcrModel, OcrOptions};
+use lethe_render::{gundam_grid, Mode, Page, PageImage, Renderer};
+
+use super::common::{read_transcript, FormatArg};
+
+/// How `--truth` is read; shown in `--help`.
+const AFTER_HELP: &str = "\
+Inputs:
+  TRANSCRIPT...      each transcript is paginated once (page text is fixed), then every page is
+                     rendered at every --modes mode, read back by the decoder and scored.
+  --images DIR --truth PATH
+                     Fox-style: score given page images (PNG) against ground truth, e.g. the Fox
+                     benchmark's English pages with a DeepSeek-OCR checkpoint (prompt
+                     \"<image>\\nFree OCR.\"), to reproduce the paper's table. PATH is either
+                       - a JSON Lines file, one object per page:
+                           {\"image\": \"page_001.png\", \"text\": \"the page's exact text\"}
+                         (`image` relative to DIR; blank lines are skipped), or
+                       - a folder holding NAME.txt (UTF-8) for every NAME.png in DIR.
+
+Metrics (per page, then mean and 10th percentile per mode and per 100-token bucket):
+  word prec   share of the source's unique words found in the output (Fox-style precision;
+              each CJK character is a word)
+  edit dist   Levenshtein distance over chars / longer length, whitespace-normalised (lower is
+              better; its worst decile is p90)
+  char F1     bag-of-characters F1, whitespace ignored
+  spans       exact recall of critical spans: numbers, identifiers, hashes, UUIDs, ticket ids,
+              URLs, paths, code lines
+Baselines at each mode's budget N (the page's decoder positions): truncation@MODE keeps the first
+N text tokens; uncompressed is the text itself (ratio 1).
+
+Outputs in --out: report.json, report.csv, recall.svg, recall.png; the table (or with --json the
+JSON) on stdout; progress on stderr.";
+
+/// Arguments of `memctl bench`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// Transcripts to paginate, render, decode and score.
+    #[arg(value_name = "TRANSCRIPT", required_unless_present = "images")]
+    pub transcripts: Vec<PathBuf>,
+
+    /// Resolution modes to measure, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tiny,small,base,large,gundam"
+    )]
+    pub modes: Vec<Mode>,
+
+    /// Model folder (config.json, tokenizer.json, *.safetensors) of a DeepSeek-OCR-family
+    /// checkpoint that reads the pages back. Required: recall cannot be measured without one. The
+    /// real model needs about 12.4 GB of memory in f32 on CPU (see --quant).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+
+    /// Quantise the decoder's linear layers: none, q8_0 or q4k.
+    #[arg(long, default_value = "none", value_name = "Q")]
+    pub quant: String,
+
+    /// The most tokens generated per page (pages that hit it are reported; exit code 3).
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    pub max_tokens: usize,
+
+    /// The prompt; `<image>` marks where the page's vision tokens go.
+    #[arg(long, default_value = lethe_decoder::DEFAULT_PROMPT)]
+    pub prompt: String,
+
+    /// Transcript format.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: FormatArg,
+
+    /// tokenizer.json that counts text tokens; default: the model folder's, else the embedded
+    /// DeepSeek-OCR tokenizer.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// Folder for report.json, report.csv, recall.svg and recall.png (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "bench-out")]
+    pub out: PathBuf,
+
+    /// Print the JSON report on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Width of the text-token buckets per page.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub bucket_width: u32,
+
+    /// Fox-style: a folder of page images to score against --truth instead of transcripts.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "truth",
+        conflicts_with = "transcripts"
+    )]
+    pub images: Option<PathBuf>,
+
+    /// Ground truth for --images: a JSON Lines file or a folder of NAME.txt (see below).
+    #[arg(long, value_name = "PATH", requires = "images")]
+    pub truth: Option<PathBuf>,
+}
+
+/// A decoder that reads a page image back to text: the encoder + decoder pipeline, a local
+/// checkpoint, or a remote endpoint.
+pub trait PageReader {
+    /// A name for the report, e.g. `deepseek-ocr (/models/DeepSeek-OCR)` or `embedded`.
+    fn name(&self) -> String;
+    /// Reads one page image (PNG bytes) in `mode` (the reader pre-processes it as the mode says:
+    /// stretch, pad or tile) and returns the decoded text.
+    fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String>;
+    /// Warnings about the readings so far (e.g. pages cut off by the token limit); any makes the
+    /// command exit with code 3.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Turns transcripts into pages: fixed page texts, each rasterised at any mode.
+pub trait PageRenderer {
+    /// Parses and paginates one transcript file; returns each page's exact text, in order.
+    fn paginate(&mut self, transcript: &Path) -> anyhow::Result<Vec<String>>;
+    /// Rasterises page `page` of the transcript last given to [`PageRenderer::paginate`] at
+    /// `mode`'s resolution, as PNG bytes.
+    fn render(&mut self, page: usize, mode: Mode) -> anyhow::Result<Vec<u8>>;
+}
+
+/// The decoder for this run: the `--model` checkpoint, or `None` (the command then refuses to
+/// run). Other decoders (an embedded model, a remote endpoint) plug in here.
+pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
+    let Some(dir) = &args.model else {
+        return Ok(None);
+    };
+    let quantization = lethe_decoder::Quantization::parse(&args.quant)
+        .with_context(|| format!("--quant {}", args.quant))?;
+    let options = OcrOptions {
+        prompt: args.prompt.clone(),
+        max_new_tokens: args.max_tokens,
+        quantization,
+        ..OcrOptions::default()
+    };
+    let model = OcrModel::load(dir, options)
+        .with_context(|| format!("loading the model {}", dir.display()))?;
+    Ok(Some(Box::new(OcrReader {
+        model,
+        name: format!("{} ({})", dir.display(), args.quant),
+        max_tokens: args.max_tokens,
+        hit_limit: 0,
+    })))
+}
+
+/// The renderer for transcripts: `lethe-render` with its default profile.
+pub fn page_renderer(args: &Args) -> anyhow::Result<Option<Box<dyn PageRenderer>>> {
+    let renderer = Renderer::new().context("loading the renderer's fonts")?;
+    Ok(Some(Box::new(TranscriptRenderer {
+        renderer,
+        format: args.format,
+        pages: Vec::new(),
+    })))
+}
+
+/// [`PageReader`] over [`OcrModel`]: DeepEncoder + MoE decoder from one checkpoint folder.
+pub struct OcrReader {
+    model: OcrModel,
+    name: String,
+    max_tokens: usize,
+    hit_limit: usize,
+}
+
+impl PageReader for OcrReader {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
+        let image = PageImage::from_png(png).context("decoding the page image")?;
+        let reading = self
+            .model
+            .read(&image, mode, None)
+            .with_context(|| format!("reading the page at {mode}"))?;
+        self.hit_limit += usize::from(reading.hit_limit);
+        Ok(reading.text)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        if self.hit_limit == 0 {
+            return Vec::new();
+        }
+        vec![format!(
+            "{} page readings stopped at --max-tokens {} before the end of the page; their \
+             recall is cut short (raise --max-tokens)",
+            self.hit_limit, self.max_tokens
+        )]
+    }
+}
+
+/// [`PageRenderer`] over `lethe-render`: parses a transcript, paginates its turns, rasterises
+/// pages in 8-bit grey.
+pub struct TranscriptRenderer {
+    renderer: Renderer,
+    format: FormatArg,
+    pages: Vec<Page>,
+}
+
+impl PageRenderer for TranscriptRenderer {
+    fn paginate(&mut self, transcript: &Path) -> anyhow::Result<Vec<String>> {
+        let t = read_transcript(transcript, self.format, false)?;
+        self.pages = self
+            .renderer
+            .paginate(&t.turns)
+            .with_context(|| format!("paginating {}", transcript.display()))?;
+        Ok(self.pages.iter().map(|p| p.text.clone()).collect())
+    }
+
+    fn render(&mut self, page: usize, mode: Mode) -> anyhow::Result<Vec<u8>> {
+        let p = self
+            .pages
+            .get(page)
+            .ok_or_else(|| anyhow!("no page {page} in the last transcript"))?;
+        self.renderer
+            .rasterize(p, mode)
+            .to_png()
+            .with_context(|| format!("encoding page {} at {mode} as PNG", page + 1))
+    }
+}
+
+/// The DeepSeek-OCR tokenizer (from `lethe-decoder`) as the metrics' token counter.
+struct DecoderTokenizer(lethe_decoder::Tokenizer);
+
+impl TextTokenizer for DecoderTokenizer {
+    fn name(&self) -> String {
+        self.0.name().to_owned()
+    }
+
+    fn count(&self, text: &str) -> Result<usize, BoxError> {
+        Ok(self.0.count(text)?)
+    }
+
+    fn truncate(&self, text: &str, n: usize) -> Result<String, BoxError> {
+        let ids = self.0.encode(text)?;
+        if ids.len() <= n {
+            return Ok(text.to_owned());
+        }
+        Ok(self.0.decode(&ids[..n], true)?)
+    }
+}
+
+/// The tokenizer that counts text tokens: `--tokenizer`, else the model folder's
+/// `tokenizer.json`, else the embedded DeepSeek-OCR tokenizer.
+fn text_tokenizer(args: &Args) -> anyhow::Result<DecoderTokenizer> {
+    let from_model = args
+        .model
+        .as_ref()
+        .map(|m| m.join("tokenizer.json"))
+        .filter(|p| p.is_file());
+    let tok = match args.tokenizer.as_ref().or(from_model.as_ref()) {
+        Some(path) => lethe_decoder::Tokenizer::from_file(path)
+            .with_context(|| format!("loading the tokenizer {}", path.display()))?,
+        None => lethe_decoder::Tokenizer::deepseek_ocr()
+            .context("loading the embedded DeepSeek-OCR tokenizer")?,
+    };
+    Ok(DecoderTokenizer(tok))
+}
+
+/// Runs `memctl bench`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let reader = page_reader(&args)?;
+    let renderer = page_renderer(&args)?;
+    run_with(args, reader, renderer)
+}
+
+/// Runs `memctl bench` with the given decoder and renderer; refuses to run without a decoder.
+pub fn run_with(
+    args: Args,
+    reader: Option<Box<dyn PageReader>>,
+    renderer: Option<Box<dyn PageRenderer>>,
+) -> anyhow::Result<ExitCode> {
+    let Some(mut reader) = reader else {
+        bail!(
+            "memctl bench measures recall, and recall needs a model to read the pages back: pass \
+             a DeepSeek-OCR checkpoint folder with --model DIR (no embedded model ships with this \
+             build, and no numbers are printed rather than made-up ones)"
+        );
+    };
+    let tokenizer = text_tokenizer(&args)?;
+    let report = if let (Some(images), Some(truth)) = (&args.images, &args.truth) {
+        let pages = load_truth(images, truth)?;
+        bench_images(
+            &pages,
+            &args.modes,
+            reader.as_mut(),
+            &tokenizer,
+            args.bucket_width,
+        )?
+    } else {
+        let Some(mut renderer) = renderer else {
+            bail!(
+                "no page renderer is wired into this build of memctl, so transcripts cannot be \
+                 benched; use --images DIR --truth PATH with page images instead"
+            );
+        };
+        bench_transcripts(
+            &args.transcripts,
+            &args.modes,
+            renderer.as_mut(),
+            reader.as_mut(),
+            &tokenizer,
+            args.bucket_width,
+        )?
+    };
+    let written = write_outputs(&report, &args.out)?;
+    if args.json {
+        println!("{}", report.to_json()?);
+    } else {
+        print!("{}", report.to_table());
+    }
+    for path in written {
+        eprintln!("wrote {}", path.display());
+    }
+    let warnings = reader.warnings();
+    for w in &warnings {
+        eprintln!("memctl: warning: {w}");
+    }
+    Ok(if warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// One page image with its ground truth (Fox-style input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruthPage {
+    /// The image file.
+    pub image: PathBuf,
+    /// Its exact text.
+    pub text: String,
+}
+
+#[derive(serde::Deserialize)]
+struct TruthLine {
+    image: String,
+    text: String,
+}
+
+/// Reads `--truth`: a JSON Lines file of `{"image", "text"}` objects (images relative to
+/// `images`), or a folder of `NAME.txt` for every `NAME.png` in `images` (sorted by name).
+pub fn load_truth(images: &Path, truth: &Path) -> anyhow::Result<Vec<TruthPage>> {
+    if !images.is_dir() {
+        bail!("--images {} is not a folder", images.display());
+    }
+    let mut pages = Vec::new();
+    if truth.is_dir() {
+        let mut pngs: Vec<PathBuf> = fs::read_dir(images)
+            .with_context(|| format!("listing {}", images.display()))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("listing {}", images.display()))?;
+        pngs.retain(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")));
+        pngs.sort();
+        for image in pngs {
+            let stem = image
+                .file_stem()
+                .ok_or_else(|| anyhow!("{} has no file name", image.display()))?;
+            let txt = truth.join(format!("{}.txt", stem.to_string_lossy()));
+            let text = fs::read_to_string(&txt).with_context(|| {
+                format!(
+                    "reading the ground truth {} for {}",
+                    txt.display(),
+                    image.display()
+                )
+            })?;
+            pages.push(TruthPage { image, text });
+        }
+    } else {
+        let file = fs::File::open(truth)
+            .with_context(|| format!("opening the ground truth {}", truth.display()))?;
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line =
+                line.with_context(|| format!("reading {} line {}", truth.display(), i + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let t: TruthLine = serde_json::from_str(&line).with_context(|| {
+                format!(
+                    "{} line {}: expected {{\"image\": \"NAME.png\", \"text\": \"...\"}}",
+                    truth.display(),
+                    i + 1
+                )
+            })?;
+            pages.push(TruthPage {
+                image: images.join(t.image),
+                text: t.text,
+            });
+        }
+    }
+    if pages.is_empty() {
+        bail!(
+            "no pages to score: {} lists no images (PNG) with ground truth in {}",
+            images.display(),
+            truth.display()
+        );
+    }
+    Ok(pages)
+}
+
+/// Width and height of a PNG, from its header.
+fn png_size(png: &[u8]) -> anyhow::Result<(u32, u32)> {
+    const SIG: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if png.len() < 24 || &png[..8] != SIG || &png[12..16] != b"IHDR" {
+        bail!("not a PNG image");
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Ok((be(&png[16..20]), be(&png[20..24])))
+}
+
+/// Decoder positions and nominal vision tokens of `png` read in `mode` (gundam's tile grid
+/// follows the image's size, as the reference's dynamic tiling).
+fn budget(mode: Mode, png: &[u8]) -> anyhow::Result<(usize, usize)> {
+    let grid = if mode == Mode::Gundam {
+        let (w, h) = png_size(png)?;
+        gundam_grid(w, h)
+    } else {
+        None
+    };
+    Ok((mode.decoder_positions(grid), mode.vision_tokens(grid)))
+}
+
+fn progress(total: usize) -> anyhow::Result<ProgressBar> {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "decoding [{bar:30}] {pos}/{len} page views ({elapsed}, eta {eta}) {msg}",
+        )
+        .context("building the progress bar style")?
+        .progress_chars("=> "),
+    );
+    Ok(bar)
+}
+
+/// Scores one page read at one mode, with its truncation baseline.
+fn score_view(
+    page: &SourcePage,
+    png: &[u8],
+    mode: Mode,
+    reader: &mut dyn PageReader,
+    tokenizer: &dyn TextTokenizer,
+) -> anyhow::Result<[PageRecord; 2]> {
+    let (positions, nominal) = budget(mode, png)?;
+    let text = reader.read(png, mode)?;
+    Ok([
+        page.optical(mode.name(), positions, nominal, &text),
+        page.truncation(mode.name(), positions, tokenizer)?,
+    ])
+}
+
+/// Benches transcripts: paginate each, render every page at every mode, read it back, score it.
+pub fn bench_transcripts(
+    transcripts: &[PathBuf],
+    modes: &[Mode],
+    renderer: &mut dyn PageRenderer,
+    reader: &mut dyn PageReader,
+    tokenizer: &dyn TextTokenizer,
+    bucket_width: u32,
+) -> anyhow::Result<BenchReport> {
+    let bar = progress(0)?;
+    let mut records = Vec::new();
+    for path in transcripts {
+        let doc = path.display().to_string();
+        let texts = renderer
+            .paginate(path)
+            .with_context(|| format!("paginating {doc}"))?;
+        bar.inc_length((texts.len() * modes.len()) as u64);
+        for (i, text) in texts.into_iter().enumerate() {
+            let page = SourcePage::new(&doc, i, text, tokenizer)?;
+            for &mode in modes {
+                bar.set_message(format!("{doc} page {} at {mode}", i + 1));
+                let png = renderer
+                    .render(i, mode)
+                    .with_context(|| format!("rendering {doc} page {} at {mode}", i + 1))?;
+                records.extend(
+                    score_view(&page, &png, mode, reader, tokenizer)
+                        .with_context(|| format!("{doc} page {} at {mode}", i + 1))?,
+                );
+                bar.inc(1);
+            }
+            records.push(page.uncompressed());
+        }
+    }
+    bar.finish_and_clear();
+    Ok(BenchReport::builder()
+        .tokenizer(tokenizer.name())
+        .reader(reader.name())
+        .bucket_width(bucket_width as usize)
+        .records(records)
+        .build()?)
+}
+
+/// Benches given page images against their ground truth (Fox-style).
+pub fn bench_images(
+    pages: &[TruthPage],
+    modes: &[Mode],
+    reader: &mut dyn PageReader,
+    tokenizer: &dyn TextTokenizer,
+    bucket_width: u32,
+) -> anyhow::Result<BenchReport> {
+    let bar = progress(pages.len() * modes.len())?;
+    let mut records = Vec::new();
+    for (i, truth) in pages.iter().enumerate() {
+        let name = truth.image.display().to_string();
+        let png = fs::read(&truth.image).with_context(|| format!("reading {name}"))?;
+        let page = SourcePage::new(&name, i, truth.text.as_str(), tokenizer)?;
+        for &mode in modes {
+            bar.set_message(format!("{name} at {mode}"));
+            records.extend(
+                score_view(&page, &png, mode, reader, tokenizer)
+                    .with_context(|| format!("{name} at {mode}"))?,
+            );
+            bar.inc(1);
+        }
+        records.push(page.uncompressed());
+    }
+    bar.finish_and_clear();
+    Ok(BenchReport::builder()
+        .tokenizer(tokenizer.name())
+        .reader(reader.name())
+        .bucket_width(bucket_width as usize)
+        .records(records)
+        .build()?)
+}
+
+/// Writes report.json, report.csv, recall.svg and recall.png into `out`; returns their paths.
+pub fn write_outputs(report: &BenchReport, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    fs::create_dir_all(out)
+        .with_context(|| format!("creating the output folder {}", out.display()))?;
+    let plot = Plot::from_report(report);
+    let files: [(&str, Vec<u8>); 4] = [
+        ("report.json", report.to_json()?.into_bytes()),
+        ("report.csv", report.to_csv().into_bytes()),
+        ("recall.svg", plot.to_svg().into_bytes()),
+        ("recall.png", plot.to_png()?),
+    ];
+    let mut written = Vec::new();
+    for (name, bytes) in files {
+        let path = out.join(name);
+        fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lethe::metrics::WhitespaceTokenizer;
+
+    /// A PNG of `w` x `h` grey pixels.
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut enc = png::Encoder::new(&mut bytes, w, h);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().unwrap();
+        wr.write_image_data(&vec![200; (w * h) as usize]).unwrap();
+        wr.finish().unwrap();
+        bytes
+    }
+
+    /// Pages of 20 words; page `i` renders as a (i + 1) x 700 PNG at every mode.
+    struct FakeRenderer {
+        pages: Vec<String>,
+    }
+
+    impl PageRenderer for FakeRenderer {
+        fn paginate(&mut self, transcript: &Path) -> anyhow::Result<Vec<String>> {
+            let text = fs::read_to_string(transcript)?;
+            let words: Vec<&str> = text.split_whitespace().collect();
+            self.pages = words.chunks(20).map(|c| c.join(" ")).collect();
+            Ok(self.pages.clone())
+        }
+
+        fn render(&mut self, page: usize, _mode: Mode) -> anyhow::Result<Vec<u8>> {
+            Ok(png(page as u32 + 1, 700))
+        }
+    }
+
+    /// Reads the page back from the renderer's texts (index = width - 1): the first half of the
+    /// words at tiny, everything otherwise.
+    struct FakeReader {
+        pages: Vec<String>,
+    }
+
+    impl PageReader for FakeReader {
+        fn name(&self) -> String {
+            "fake".to_owned()
+        }
+
+        fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
+            let (w, _) = png_size(png)?;
+            let text = &self.pages[w as usize - 1];
+            let words: Vec<&str> = text.split_whitespace().collect();
+            Ok(match mode {
+                Mode::Tiny => words[..words.len() / 2].join(" "),
+                _ => text.clone(),
+            })
+        }
+    }
+
+    #[test]
+    fn transcripts_end_to_end_with_fake_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.txt");
+        let text: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+        fs::write(&path, text.join(" ")).unwrap();
+        let mut renderer = FakeRenderer { pages: vec![] };
+        let pages = renderer.paginate(&path).unwrap();
+        let mut reader = FakeReader { pages };
+        let report = bench_transcripts(
+            &[path],
+            &[Mode::Tiny, Mode::Gundam],
+            &mut renderer,
+            &mut reader,
+            &WhitespaceTokenizer,
+            100,
+        )
+        .unwrap();
+        let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "tiny",
+                "truncation@tiny",
+                "gundam",
+                "truncation@gundam",
+                "uncompressed"
+            ]
+        );
+        let tiny = &report.series[0].all;
+        assert_eq!((tiny.pages, tiny.text_tokens, tiny.positions), (2, 40, 146));
+        assert_eq!(tiny.word_precision.mean, Some(0.5));
+        // Gundam on a 1x700 / 2x700 page: tiled (700 > 640), positions from the tile grid.
+        let grid = gundam_grid(1, 700);
+        assert!(grid.is_some());
+        assert_eq!(
+            report.series[2].all.positions,
+            Mode::Gundam.decoder_positions(grid)
+                + Mode::Gundam.decoder_positions(gundam_grid(2, 700))
+        );
+        assert_eq!(report.series[2].all.word_precision.mean, Some(1.0));
+        // 20-token pages fit every budget: truncation keeps everything.
+        assert_eq!(report.series[1].all.word_precision.mean, Some(1.0));
+
+        let out = dir.path().join("out");
+        let written = write_outputs(&report, &out).unwrap();
+        assert_eq!(written.len(), 4);
+        for p in &written {
+            assert!(fs::metadata(p).unwrap().len() > 0, "{}", p.display());
+        }
+        assert_eq!(
+            &fs::read(out.join("recall.png")).unwrap()[..8],
+            b"\x89PNG\r\n\x1a\n"
+        );
+    }
+
+    #[test]
+    fn images_with_jsonl_and_folder_truth() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("img");
+        fs::create_dir(&images).unwrap();
+        fs::write(images.join("a.png"), png(1, 10)).unwrap();
+        fs::write(images.join("b.png"), png(2, 10)).unwrap();
+        let jsonl = dir.path().join("truth.jsonl");
+        fs::write(
+            &jsonl,
+            "{\"image\": \"a.png\", \"text\": \"alpha beta\"}\n\n{\"image\": \"b.png\", \"text\": \"gamma\"}\n",
+        )
+        .unwrap();
+        let from_jsonl = load_truth(&images, &jsonl).unwrap();
+        let txt = dir.path().join("txt");
+        fs::create_dir(&txt).unwrap();
+        fs::write(txt.join("a.txt"), "alpha beta").unwrap();
+        fs::write(txt.join("b.txt"), "gamma").unwrap();
+        let from_dir = load_truth(&images, &txt).unwrap();
+        assert_eq!(from_jsonl, from_dir);
+        assert_eq!(from_jsonl[1].image, images.join("b.png"));
+
+        let mut reader = FakeReader {
+            pages: vec!["alpha".to_owned(), "gamma".to_owned()],
+        };
+        let report = bench_images(
+            &from_jsonl,
+            &[Mode::Base],
+            &mut reader,
+            &WhitespaceTokenizer,
+            100,
+        )
+        .unwrap();
+        assert_eq!(report.series[0].all.word_precision.mean, Some(0.75));
+        assert_eq!(report.series[0].all.positions, 2 * 273);
+
+        fs::remove_file(txt.join("b.txt")).unwrap();
+        let err = load_truth(&images, &txt).unwrap_err();
+        assert!(format!("{err:#}").contains("b.txt"), "{err:#}");
+        fs::write(&jsonl, "{\"img\": \"a.png\"}\n").unwrap();
+        let err = load_truth(&images, &jsonl).unwrap_err();
+        assert!(format!("{err:#}").contains("line 1"), "{err:#}");
+    }
+
+    #[test]
+    fn without_a_decoder_the_command_refuses_to_measure() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = Args {
+            transcripts: vec![dir.path().join("t.txt")],
+            modes: vec![Mode::Tiny],
+            model: None,
+            quant: "none".to_owned(),
+            max_tokens: 8,
+            prompt: "<image>".to_owned(),
+            format: FormatArg::Auto,
+            tokenizer: None,
+            out: dir.path().join("out"),
+            json: false,
+            bucket_width: 100,
+            images: None,
+            truth: None,
+        };
+        let err = run_with(args, None, None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("recall needs a model"),
+            "{err:#}"
+        );
+        assert!(!dir.path().join("out").exists());
+    }
+
+    #[test]
+    fn deepseek_tokenizer_counts_and_truncates() {
+        let tok = DecoderTokenizer(lethe_decoder::Tokenizer::deepseek_ocr().unwrap());
+        assert_eq!(tok.name(), "deepseek-ocr");
+        // "Hello, world!" is [19923, 14, 2058, 3]: Hello / , / world / !
+        assert_eq!(tok.count("Hello, world!").unwrap(), 4);
+        assert_eq!(tok.truncate("Hello, world!", 2).unwrap(), "Hello,");
+        assert_eq!(tok.truncate("Hello, world!", 9).unwrap(), "Hello, world!");
+        assert_eq!(tok.truncate("Hello, world!", 0).unwrap(), "");
+    }
+
+    /// The tiny fixture checkpoint with the fixture tokenizer beside it, in a temporary folder.
+    fn tiny_model_dir() -> tempfile::TempDir {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deepseek-ocr");
+        let dir = tempfile::tempdir().unwrap();
+        for (from, to) in [
+            ("tiny/config.json", "config.json"),
+            ("tiny/model.safetensors", "model.safetensors"),
+            ("tokenizer/tokenizer.json", "tokenizer.json"),
+        ] {
+            fs::copy(fx.join(from), dir.path().join(to)).unwrap();
+        }
+        dir
+    }
+
+    /// The whole command on the tiny random-weight model: its recall is meaningless, the plumbing
+    /// (render, encode, decode, score, baselines, outputs) is not.
+    #[test]
+    fn tiny_fixture_model_end_to_end() {
+        let model = tiny_model_dir();
+        let work = tempfile::tempdir().unwrap();
+        let transcript = work.path().join("t.txt");
+        fs::write(
+            &transcript,
+            "User: where is the config?\nAssistant: In /etc/lethe/config.toml, line 42; see PROJ-7.\n",
+        )
+        .unwrap();
+        let out = work.path().join("out");
+        let args = Args {
+            transcripts: vec![transcript],
+            modes: vec![Mode::Tiny, Mode::Small],
+            model: Some(model.path().to_path_buf()),
+            quant: "none".to_owned(),
+            max_tokens: 4,
+            prompt: "<image>".to_owned(),
+            format: FormatArg::Auto,
+            tokenizer: None,
+            out: out.clone(),
+            json: true,
+            bucket_width: 100,
+            images: None,
+            truth: None,
+        };
+        run(args).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        let names: Vec<&str> = v["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "tiny",
+                "truncation@tiny",
+                "small",
+                "truncation@small",
+                "uncompressed"
+            ]
+        );
+        let pages = v["series"][0]["all"]["pages"].as_u64().unwrap();
+        assert_eq!(pages, 1);
+        assert_eq!(v["series"][0]["all"]["positions"], 73);
+        assert_eq!(v["series"][2]["all"]["positions"], 111);
+        assert_eq!(v["series"][4]["all"]["word_precision"]["mean"], 1.0);
+        let wp = v["series"][0]["all"]["word_precision"]["mean"]
+            .as_f64()
+            .unwrap();
+        assert!((0.0..=1.0).contains(&wp));
+        let csv = fs::read_to_string(out.join("report.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 5 * 2);
+        assert!(fs::read_to_string(out.join("recall.svg"))
+            .unwrap()
+            .contains("data-series=\"small\""));
+        let png = fs::read(out.join("recall.png")).unwrap();
+        assert_eq!(png_size(&png).unwrap(), (Plot::WIDTH, Plot::HEIGHT));
+    }
+
+    #[test]
+    fn png_size_reads_the_header() {
+        assert_eq!(png_size(&png(3, 5)).unwrap(), (3, 5));
+        assert!(png_size(b"GIF89a").is_err());
+        assert_eq!(budget(Mode::Small, &png(3, 5)).unwrap(), (111, 100));
+        assert_eq!(budget(Mode::Gundam, &png(500, 400)).unwrap(), (273, 256));
+    }
+}

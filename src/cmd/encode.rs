@@ -1,0 +1,106 @@
+//! `memctl encode`: one image to DeepSeek-OCR vision tokens.
+//!
+//! Loads the encoder from a checkpoint folder, preprocesses the image for the chosen mode,
+//! encodes it, prints the number of decoder positions, the output shape and the timings, and
+//! optionally writes the token sequence to a safetensors file (one tensor, `image_embeds`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use lethe_encoder::{load_image, preprocess, Encoder, Mode};
+
+/// Arguments of `memctl encode`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The image to encode (PNG or JPEG; EXIF orientation is applied).
+    pub image: PathBuf,
+    /// Resolution mode: tiny, small, base, large or gundam.
+    #[arg(long, default_value = "base", value_parser = parse_mode)]
+    pub mode: Mode,
+    /// Folder of a DeepSeek-OCR checkpoint (config.json and *.safetensors).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Write the token sequence here as a safetensors file with one tensor, `image_embeds`,
+    /// of shape [positions, hidden].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse::<Mode>().map_err(|e| e.to_string())
+}
+
+/// Runs `memctl encode`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let t0 = Instant::now();
+    let encoder = Encoder::builder()
+        .model_dir(&args.model)
+        .build()
+        .with_context(|| format!("loading the encoder from {}", args.model.display()))?;
+    let load_s = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let image = load_image(&args.image)
+        .with_context(|| format!("reading the image {}", args.image.display()))?;
+    let views = preprocess(&image, args.mode).with_context(|| {
+        format!(
+            "preprocessing {} for mode {}",
+            args.image.display(),
+            args.mode
+        )
+    })?;
+    let preprocess_s = t1.elapsed().as_secs_f64();
+
+    let t2 = Instant::now();
+    let tokens = encoder
+        .encode(&views)
+        .with_context(|| format!("encoding {}", args.image.display()))?;
+    let encode_s = t2.elapsed().as_secs_f64();
+    let shape = tokens.dims().to_vec();
+
+    if let Some(out) = &args.out {
+        let map = HashMap::from([("image_embeds".to_owned(), tokens.clone())]);
+        candle_core::safetensors::save(&map, out)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+
+    if args.json {
+        let v = serde_json::json!({
+            "image": args.image,
+            "mode": args.mode.name(),
+            "positions": shape[0],
+            "shape": shape,
+            "tiles": views.tiles.len(),
+            "tile_grid": [views.tile_grid.0, views.tile_grid.1],
+            "timing_s": {"load": load_s, "preprocess": preprocess_s, "encode": encode_s},
+            "out": args.out,
+        });
+        println!("{v}");
+    } else {
+        println!("image      {}", args.image.display());
+        println!("mode       {}", args.mode);
+        if !views.tiles.is_empty() {
+            println!(
+                "tiles      {} ({} x {})",
+                views.tiles.len(),
+                views.tile_grid.0,
+                views.tile_grid.1
+            );
+        }
+        println!("positions  {}", shape[0]);
+        println!("shape      {shape:?}");
+        println!(
+            "timing     load {load_s:.3} s, preprocess {preprocess_s:.3} s, encode {encode_s:.3} s"
+        );
+        if let Some(out) = &args.out {
+            println!("written    {}", out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

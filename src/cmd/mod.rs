@@ -1,0 +1,10 @@
+//! One module per `memctl` subcommand. Each exposes `Args` (clap) and
+//! `run(args) -> anyhow::Result<ExitCode>`.
+
+pub mod bench;
+pub mod common;
+pub mod compress;
+pub mod encode;
+pub mod ocr;
+pub mod render;
+pub mod store;

@@ -1,0 +1,111 @@
+//! `memctl encode` end to end on the tiny parity fixture, plus its error paths, and an opt-in
+//! run of the real checkpoint (`LETHE_DEEPSEEK_OCR_DIR`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deepseek-ocr")
+}
+
+fn memctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_memctl"))
+}
+
+#[test]
+fn encode_writes_reference_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tokens.safetensors");
+    let res = memctl()
+        .arg("encode")
+        .arg(fixtures().join("inputs/card_500x400.png"))
+        .args(["--mode", "tiny", "--json", "--model"])
+        .arg(fixtures().join("tiny"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["positions"], 73);
+    assert_eq!(v["shape"], serde_json::json!([73, 64]));
+
+    let got = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(got.len(), 1);
+    let want = candle_core::safetensors::load(
+        fixtures().join("cases/card_tiny.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let diff = (&got["image_embeds"] - &want["image_embeds"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff <= 1e-4, "image_embeds max abs diff {diff:e}");
+}
+
+#[test]
+fn encode_reports_missing_model_and_image() {
+    let res = memctl()
+        .arg("encode")
+        .arg(fixtures().join("inputs/card_500x400.png"))
+        .args(["--mode", "tiny", "--model", "/nonexistent/deepseek-ocr"])
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("/nonexistent/deepseek-ocr"), "{err}");
+
+    let res = memctl()
+        .arg("encode")
+        .arg("/nonexistent/page.png")
+        .args(["--mode", "tiny", "--model"])
+        .arg(fixtures().join("tiny"))
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("/nonexistent/page.png"), "{err}");
+
+    let res = memctl()
+        .arg("encode")
+        .arg(fixtures().join("inputs/card_500x400.png"))
+        .args(["--mode", "huge", "--model"])
+        .arg(fixtures().join("tiny"))
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(2), "unknown mode is a usage error");
+}
+
+#[test]
+#[ignore = "needs the real DeepSeek-OCR checkpoint: set LETHE_DEEPSEEK_OCR_DIR"]
+fn encode_real_checkpoint() {
+    let dir = std::env::var("LETHE_DEEPSEEK_OCR_DIR").expect("LETHE_DEEPSEEK_OCR_DIR");
+    for (mode, positions) in [("tiny", 73), ("base", 273)] {
+        let res = memctl()
+            .arg("encode")
+            .arg(fixtures().join("inputs/doc_900x1400.png"))
+            .args(["--mode", mode, "--json", "--model", &dir])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&res.stdout);
+        assert!(
+            res.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["shape"], serde_json::json!([positions, 1280]));
+    }
+}

@@ -1,0 +1,129 @@
+//! `memctl render` end to end: files, JSON summary, exit codes.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn memctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_memctl"))
+        .args(args)
+        .output()
+        .expect("run memctl")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+const DIALOGUE: &str = "\
+=== Session 1 · 2026-03-14 ===
+User: The deploy failed with exit code 137 on host db-02.
+Assistant: Exit 137 is SIGKILL, usually the OOM killer. Check `dmesg | tail` and the cgroup limit.
+User: 内存限制是 512 MiB。
+Assistant: Raise it to 1 GiB in deploy/values.yaml and retry.
+";
+
+#[test]
+fn renders_pages_and_prints_one_json_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.txt");
+    std::fs::write(&input, DIALOGUE.repeat(40)).unwrap();
+    let out = dir.path().join("pages");
+    let o = memctl(&["render", path(&input), "--mode", "tiny", "--out", path(&out), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["chars", "files", "height", "missing_glyphs", "mode", "pages", "width"]);
+    assert_eq!(v["mode"], "tiny");
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(512), Some(512)));
+    assert_eq!(v["missing_glyphs"], 0);
+    let pages = v["pages"].as_u64().unwrap();
+    assert!(pages >= 2, "{pages}");
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len() as u64, pages);
+    assert!(files[0].as_str().unwrap().ends_with("page-0001.png"));
+    assert!(v["chars"].as_u64().unwrap() > 8000);
+    for f in files {
+        let bytes = std::fs::read(f.as_str().unwrap()).unwrap();
+        let img = lethe_render::PageImage::from_png(&bytes).unwrap();
+        assert_eq!((img.width, img.height, img.channels), (512, 512, 1));
+    }
+    // Same input, same bytes.
+    let out2 = dir.path().join("again");
+    let o = memctl(&["render", path(&input), "--mode", "tiny", "--out", path(&out2)]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(out.join("page-0002.png")).unwrap(),
+        std::fs::read(out2.join("page-0002.png")).unwrap()
+    );
+}
+
+#[test]
+fn gundam_and_profile_and_format_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.jsonl");
+    let line = r#"{"role":"assistant","content":"Long answer with many words to fill the page. "}"#;
+    let mut text = String::new();
+    for _ in 0..10 {
+        text.push_str(&line.replace("fill the page. ", &"fill the page. ".repeat(60)));
+        text.push('\n');
+    }
+    std::fs::write(&input, text).unwrap();
+    let profile = dir.path().join("p.toml");
+    std::fs::write(&profile, "gundam = true\ngundam_max_pages = 2\n").unwrap();
+    let out = dir.path().join("g");
+    let o = memctl(&[
+        "render", path(&input), "--mode", "gundam", "--out", path(&out), "--profile", path(&profile),
+        "--format", "jsonl", "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // A two-page stack has aspect 1:2, which the reference tiles 2x4 at 640 px.
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(1280), Some(2560)));
+}
+
+#[test]
+fn bad_inputs_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let o = memctl(&["render", path(&empty), "--mode", "base", "--out", path(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("empty") && err.contains("empty.txt"), "{err}");
+
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, b"User: ok\nAssistant: \xFF\xFE\n").unwrap();
+    let o = memctl(&["render", path(&bad), "--mode", "base", "--out", path(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("byte offset 20"), "{err}");
+    let o = memctl(&["render", path(&bad), "--mode", "base", "--out", path(&out), "--lossy"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let json = dir.path().join("bad.jsonl");
+    std::fs::write(&json, "{\"role\":\"user\",\"content\":\"a\"}\n{oops}\n").unwrap();
+    let o = memctl(&["render", path(&json), "--mode", "base", "--out", path(&out)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"));
+
+    let o = memctl(&["render", path(&empty), "--mode", "huge", "--out", path(&out)]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn missing_glyphs_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("emoji.txt");
+    std::fs::write(&input, "User: launch 🚀\n").unwrap();
+    let o = memctl(&["render", path(&input), "--mode", "small", "--out", path(&dir.path().join("o")), "--json"]);
+    assert_eq!(o.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["missing_glyphs"], 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning"));
+}

@@ -1,0 +1,143 @@
+//! The facade end to end, without a model: append, maintain, tiers, context, recall, report.
+
+use lethe::{Lethe, Policy, RecallTarget, Scope, Turn};
+use lethe_render::transcript::{parse, ParseOptions};
+
+fn sample_turns() -> Vec<Turn> {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/samples/agent-sessions.txt"
+    ))
+    .expect("sample transcript");
+    parse(&bytes, &ParseOptions::new())
+        .expect("sample parses")
+        .turns
+}
+
+/// A step policy that moves a page down one tier every `step` turns, floor tiny.
+fn step_policy(step: u64) -> Policy {
+    Policy::from_toml_str(&format!(
+        "clock = \"turns\"\nage_from = \"created\"\nfloor = \"tiny\"\n[curve]\nkind = \"step\"\nafter = [{}, {}, {}, {}]\n",
+        step,
+        2 * step,
+        3 * step,
+        4 * step
+    ))
+    .expect("policy")
+}
+
+#[test]
+fn turns_age_through_the_tiers_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lethe = Lethe::builder(dir.path())
+        .hot_turns(4)
+        .policy(step_policy(10))
+        .build()
+        .unwrap();
+    let scope = Scope::session("sample");
+    let turns: Vec<Turn> = sample_turns().into_iter().take(80).collect();
+    let mut created = 0;
+    let mut transitions = 0;
+    for (i, turn) in turns.iter().enumerate() {
+        lethe
+            .append(&scope, std::slice::from_ref(turn), i as u64)
+            .unwrap();
+        let done = lethe.maintain(i as u64).unwrap();
+        created += done.pages_created;
+        transitions += done.transitions;
+    }
+    assert!(created >= 5, "80 turns make several pages, got {created}");
+    assert!(transitions > 0, "old pages moved down");
+
+    // Every turn is either still hot or inside exactly one page's turn range, in order.
+    let pages = lethe.store().pages(Some(&scope)).unwrap().pages;
+    let hot = lethe.store().hot_turns(&scope).unwrap();
+    let mut next = 0;
+    for p in &pages {
+        assert!(p.turns.start <= next && next <= p.turns.end, "page {} starts at {}", p.id, p.turns.start);
+        next = next.max(p.turns.end);
+    }
+    assert_eq!(hot.first().map(|t| t.index), Some(next), "hot turns follow the pages");
+    assert_eq!(hot.last().map(|t| t.index), Some(79));
+
+    // The oldest page went down the ladder one step at a time, each step logged.
+    let oldest = &pages[0];
+    let history = lethe.history(oldest.id).unwrap();
+    let tiers: Vec<String> = history
+        .iter()
+        .map(|c| c.to.as_ref().map_or("-".into(), |t| t.mode.clone()))
+        .collect();
+    assert_eq!(tiers.first().map(String::as_str), Some("large"));
+    assert!(tiers.windows(2).all(|w| w[0] != w[1]));
+    assert!(tiers.contains(&"base".to_string()), "history: {tiers:?}");
+
+    // Each page's text survives and reads back.
+    let recall = lethe.recall(RecallTarget::Page(oldest.id), 100).unwrap();
+    let text = recall.pages[0].stored_text.as_deref().unwrap();
+    assert!(text.contains(&turns[0].text[..20.min(turns[0].text.len())]));
+    assert!(recall.pages[0].decoded_text.is_none(), "no model, no decoding");
+
+    // The report accounts for every page and turn.
+    let report = lethe.report().unwrap();
+    let paged: u64 = report.tiers.iter().filter(|r| r.tier != "hot").map(|r| r.pages).sum();
+    assert_eq!(paged, pages.len() as u64);
+    let hot_row = report.tiers.iter().find(|r| r.tier == "hot").unwrap();
+    assert_eq!(hot_row.pages, hot.len() as u64);
+    assert!(report.total.ratio_positions > 1.0, "pages compress text: {:?}", report.total);
+    assert!(report.bytes_on_disk > 0);
+}
+
+#[test]
+fn context_fits_the_budget_by_showing_pages_at_lower_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lethe = Lethe::builder(dir.path()).hot_turns(3).build().unwrap();
+    let scope = Scope::session("s");
+    for (i, turn) in sample_turns().into_iter().take(60).enumerate() {
+        lethe.append(&scope, &[turn], i as u64).unwrap();
+    }
+    lethe.maintain(60).unwrap();
+    let pages = lethe.store().pages(Some(&scope)).unwrap().pages.len();
+    assert!(pages >= 3);
+
+    let roomy = lethe.context(&scope, 1_000_000, 60).unwrap();
+    assert_eq!(roomy.pages.len(), pages);
+    assert!(roomy.dropped_pages.is_empty());
+
+    let hot_tokens = roomy.usage.text_tokens;
+    let budget = hot_tokens + 2 * 273 + 73;
+    let tight = lethe.context(&scope, budget, 60).unwrap();
+    assert!(tight.usage.text_tokens + tight.usage.decoder_positions <= budget);
+    assert!(tight.pages.len() < pages || tight.pages.iter().any(|p| p.positions < 421));
+    for page in &tight.pages {
+        assert_eq!(page.image.width, page.mode.page_px());
+    }
+
+    let err = lethe.context(&scope, hot_tokens.saturating_sub(1), 60).unwrap_err();
+    assert!(err.to_string().contains("hot turns"), "{err}");
+}
+
+#[test]
+fn pinned_pages_keep_their_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lethe = Lethe::builder(dir.path())
+        .hot_turns(2)
+        .policy(step_policy(3))
+        .build()
+        .unwrap();
+    let scope = Scope::session("p");
+    let turns = sample_turns();
+    for (i, turn) in turns.iter().take(30).enumerate() {
+        lethe.append(&scope, std::slice::from_ref(turn), i as u64).unwrap();
+    }
+    lethe.maintain(30).unwrap();
+    let first = lethe.store().pages(Some(&scope)).unwrap().pages[0].clone();
+    lethe.pin(first.id, true).unwrap();
+    for (i, turn) in turns.iter().enumerate().skip(30).take(30) {
+        lethe.append(&scope, std::slice::from_ref(turn), i as u64).unwrap();
+        lethe.maintain(i as u64).unwrap();
+    }
+    let after = lethe.store().page(first.id).unwrap();
+    assert_eq!(after.tier, first.tier, "pinned page kept its tier");
+    let other = &lethe.store().pages(Some(&scope)).unwrap().pages[1];
+    assert_ne!(other.tier.mode, "large", "unpinned neighbours aged");
+}
