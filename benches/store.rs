@@ -123,43 +123,50 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-/// Prints live bytes against bytes on disk for a store of 200 pages, each decayed once.
+/// Prints content bytes, live record bytes and bytes on disk for a store of 200 pages, after
+/// page-out and after each of three decays (large -> base -> small -> tiny, fewer bytes each time).
 fn disk_report() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let store = open(&tmp.path().join("store"), false);
+    let path = tmp.path().join("store");
+    let store = open(&path, false);
     let scope = Scope::session("disk");
     let n = 200u64;
-    let mut raw = 0u64;
-    for i in 0..n {
-        let id = add_page(&store, &scope, i);
-        let t = Transition {
-            tier: Tier::new(2, "small"),
-            image: png(i + 10_000, 48 * 1024),
-            tokens: Some(tokens(i + 10_000, 111)),
-            reason: "decay".into(),
-            at: Stamp::new(i, i),
-        };
-        raw += (t.image.len() + t.tokens.as_ref().map_or(0, |x| x.bytes.len())) as u64;
-        raw += new_page(i).text.len() as u64;
-        store.transition(id, t).expect("transition");
+    let ids: Vec<PageId> = (0..n).map(|i| add_page(&store, &scope, i)).collect();
+    let report = |store: &Store, label: &str| {
+        store.flush().expect("flush");
+        let s = store.stats().expect("stats");
+        let content: u64 = s
+            .tiers
+            .values()
+            .map(|t| t.image_bytes + t.token_bytes + t.text_bytes)
+            .sum();
+        eprintln!(
+            "disk report, {n} pages {label}: content {:.1} MB, live records {:.1} MB, on disk {:.1} MB ({:.2}x live)",
+            content as f64 / 1e6,
+            s.live_bytes as f64 / 1e6,
+            s.bytes_on_disk as f64 / 1e6,
+            s.bytes_on_disk as f64 / s.live_bytes.max(1) as f64
+        );
+    };
+    report(&store, "at tier base");
+    let tiers = [(2u8, "small", 48 * 1024, 111), (3, "tiny", 32 * 1024, 73)];
+    for (round, (index, mode, px, positions)) in tiers.into_iter().enumerate() {
+        for &id in &ids {
+            let seed = id.0 + 10_000 * (round as u64 + 1);
+            let t = Transition {
+                tier: Tier::new(index, mode),
+                image: png(seed, px),
+                tokens: Some(tokens(seed, positions)),
+                reason: "decay".into(),
+                at: Stamp::new(seed, seed),
+            };
+            store.transition(id, t).expect("transition");
+        }
+        report(&store, &format!("after decay to {mode}"));
     }
-    store.flush().expect("flush");
-    let s = store.stats().expect("stats");
-    eprintln!(
-        "disk report: {n} pages after one decay each: content {:.1} MB, live records {:.1} MB, on disk {:.1} MB ({:.2}x live)",
-        raw as f64 / 1e6,
-        s.live_bytes as f64 / 1e6,
-        s.bytes_on_disk as f64 / 1e6,
-        s.bytes_on_disk as f64 / s.live_bytes.max(1) as f64
-    );
     drop(store);
-    let store = open(&tmp.path().join("store"), false);
-    let s = store.stats().expect("stats");
-    eprintln!(
-        "disk report after reopen: on disk {:.1} MB ({:.2}x live)",
-        s.bytes_on_disk as f64 / 1e6,
-        s.bytes_on_disk as f64 / s.live_bytes.max(1) as f64
-    );
+    let store = open(&path, false);
+    report(&store, "after reopen");
 }
 
 fn main() {

@@ -295,9 +295,11 @@ fn is_word_char(c: char) -> bool {
 }
 
 /// Whether `span` occurs exactly in `output`. A code line must occur as a substring of the
-/// whitespace-normalised output. Any other span must occur as a substring whose ends fall on word
-/// boundaries (as regex `\b`): if the span starts (ends) with a letter, digit or `_`, the char
-/// before (after) the occurrence must not be one, so `12` is not found in `123`.
+/// whitespace-normalised output. A number must occur with no digit right before or after it, so
+/// `12` is not found in `123` (but is in `v12`). Any other span must occur as a substring whose
+/// ends fall on word boundaries (as regex `\b`): if the span starts (ends) with a letter, digit or
+/// `_`, the char before (after) the occurrence must not be one. So every span of a text is found
+/// in the text itself.
 pub fn span_found(span: &CriticalSpan, output: &str) -> bool {
     if span.kind == SpanKind::CodeLine {
         return normalize_whitespace(output).contains(&span.text);
@@ -306,17 +308,21 @@ pub fn span_found(span: &CriticalSpan, output: &str) -> bool {
     let (Some(first), Some(last)) = (needle.chars().next(), needle.chars().next_back()) else {
         return true;
     };
+    // Numbers are maximal digit runs, possibly inside a longer chunk (`v1.2.3`): only digits
+    // bound them. Every other span is a whole chunk: letters, digits and `_` bound it.
+    let bounds: fn(char) -> bool = if span.kind == SpanKind::Number {
+        |c| c.is_ascii_digit()
+    } else {
+        is_word_char
+    };
     output.match_indices(needle).any(|(i, _)| {
-        let before_ok = !is_word_char(first)
-            || output[..i]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !is_word_char(c));
-        let after_ok = !is_word_char(last)
+        let before_ok =
+            !bounds(first) || output[..i].chars().next_back().is_none_or(|c| !bounds(c));
+        let after_ok = !bounds(last)
             || output[i + needle.len()..]
                 .chars()
                 .next()
-                .is_none_or(|c| !is_word_char(c));
+                .is_none_or(|c| !bounds(c));
         before_ok && after_ok
     })
 }

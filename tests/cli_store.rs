@@ -1,0 +1,131 @@
+//! `memctl compress` and the store subcommands, end to end through the binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn memctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_memctl"))
+        .args(args)
+        .output()
+        .expect("run memctl")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "memctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON value")
+}
+
+fn write_transcript(dir: &Path, turns: usize) -> String {
+    let mut text = String::new();
+    for i in 0..turns {
+        let speaker = if i % 2 == 0 { "User" } else { "Assistant" };
+        text.push_str(&format!(
+            "{speaker}: Turn {i}. The deploy of ledgerd 1.24.{i} on port 8443 failed with OPS-41{i:02}; \
+             see https://ops.example.com/runs/{i} and /var/log/ledgerd/{i}.log for the stack trace. \
+             We agreed to keep the pool at 32 connections and retry at 02:{:02} UTC.\n\n",
+            i % 60
+        ));
+    }
+    let path = dir.join("chat.txt");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn compress_then_inspect_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let transcript = write_transcript(dir.path(), 60);
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+
+    let report = json(&memctl(&[
+        "compress", &transcript, "--store", store, "--hot-turns", "4", "--json",
+    ]));
+    assert_eq!(report["turns"], 60);
+    assert_eq!(report["report"]["tokenizer"], "deepseek-ocr");
+    let tiers = report["report"]["tiers"].as_array().unwrap();
+    let pages: u64 = tiers
+        .iter()
+        .filter(|t| t["tier"] != "hot")
+        .map(|t| t["pages"].as_u64().unwrap())
+        .sum();
+    assert!(pages >= 2, "{report}");
+    assert!(report["report"]["bytes_on_disk"].as_u64().unwrap() > 0);
+    assert!(report["recall"].is_null());
+    assert!(report["recall_note"].as_str().unwrap().contains("--model"));
+
+    // Compressing the same transcript into the same store again is refused, not duplicated.
+    let again = memctl(&["compress", &transcript, "--store", store]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--fresh"));
+
+    // stats agrees with the compress report.
+    let stats = json(&memctl(&["stats", "--store", store, "--json"]));
+    assert_eq!(stats["report"]["total"], report["report"]["total"]);
+
+    // recall of page 0 returns its stored text; history shows its tier changes.
+    let recall = json(&memctl(&["recall", "--page", "0", "--store", store, "--json"]));
+    let text = recall["pages"][0]["stored_text"].as_str().unwrap();
+    assert!(text.contains("Turn 0."), "{text}");
+    let history = json(&memctl(&["history", "0", "--store", store, "--json"]));
+    let history = history.as_array().unwrap();
+    assert!(!history.is_empty());
+    assert_eq!(history[0]["to"]["mode"], "large");
+
+    // pin, export, import into a fresh store: the same pages come back.
+    let pin = memctl(&["pin", "0", "--store", store]);
+    assert!(pin.status.success());
+    let export = dir.path().join("export");
+    let export = export.to_str().unwrap();
+    assert!(memctl(&["export", export, "--store", store]).status.success());
+    let copy = dir.path().join("copy");
+    let copy = copy.to_str().unwrap();
+    assert!(memctl(&["import", export, "--store", copy]).status.success());
+    let copied = json(&memctl(&["stats", "--store", copy, "--json"]));
+    assert_eq!(copied["report"]["tiers"], stats["report"]["tiers"]);
+    let pinned = json(&memctl(&["recall", "--page", "0", "--store", copy, "--json"]));
+    assert_eq!(pinned["pages"][0]["stored_text"], recall["pages"][0]["stored_text"]);
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let store = dir.path().join("store");
+    let out = memctl(&[
+        "compress",
+        empty.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("empty"), "{err}");
+
+    let missing = memctl(&["compress", "/nonexistent/chat.txt", "--store", store.to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/chat.txt"));
+
+    // --fresh refuses to delete a folder that is not a store.
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("notes.txt"), "keep me").unwrap();
+    let transcript = write_transcript(dir.path(), 4);
+    let out = memctl(&[
+        "compress",
+        &transcript,
+        "--store",
+        precious.to_str().unwrap(),
+        "--fresh",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(precious.join("notes.txt").is_file());
+
+    let out = memctl(&["recall", "--page", "99", "--store", store.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}
