@@ -1,0 +1,282 @@
+"""Seeded generator of varied agent-dialogue text for training and held-out pages.
+
+Everything comes from `random.Random(seed)` and word lists in this file, so a seed always gives the
+same transcript on every machine. Training uses seeds from `TRAIN_SEED` upwards; held-out pages use
+`HELDOUT_SEED` (a different stream, never seen in training).
+
+Content mix per turn (weights in `KINDS`): prose, chat-style replies, numbers (amounts, dates,
+times, versions, phone numbers, percentages), identifiers (snake/camel case, hashes, UUIDs, paths),
+URLs, code snippets, CJK (Chinese, Japanese kana, Korean), and text with no language prior
+(shuffled words, random identifiers, random character strings) so that what the decoder reads
+must come from the pixels.
+
+Usage:
+  python training/gen_text.py --seed 1 --turns 200 --format jsonl > t.jsonl   # a transcript
+  python training/gen_text.py --seed 1 --turns 5 --format text                # Speaker: text lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+import sys
+
+TRAIN_SEED = 1_000
+HELDOUT_SEED = 9_000_000
+
+WORDS = """
+the of and to in is that for it as was with be by on not he this are or his from at which but have
+an they you were her she there been one all we their has would when if so no will more can what
+about out up them into do time some could then other than only its over also new after first two
+may these like our any me through back most where much should well even just those people way how
+work year because many make good each must system memory page model token agent user context data
+image read text render store layer tier decay policy budget compress recall window cache request
+reply answer question result error value file path line word number list table code function test
+build deploy server client network queue worker thread session history summary report note plan
+task step check update change fix bug issue review merge branch commit version release schedule
+meeting project team budget cost price order invoice customer account payment address city street
+morning evening today tomorrow yesterday week month quarter small large quick slow early late
+simple clear exact green blue red dark light open close start stop keep move send receive write
+find show give take use call run need want know think look feel seem help try ask tell leave
+""".split()
+
+NAMES = ["Alice", "Bob", "Chen Wei", "Dana", "Emeka", "Farah", "Goran", "Hana", "Ivan", "Jia",
+         "Kofi", "Lena", "Mateo", "Nadia", "Oskar", "Priya", "Quinn", "Rosa", "Sven", "Tariq"]
+SPEAKERS = ["User", "Assistant", "Tool", "System"]
+TLDS = ["com", "org", "net", "io", "dev", "cn", "de", "co.uk"]
+HAN = ("的一是不了人我在有他这为之大来以个中上们到说国和地也子时道出而要于就下得可你年生自会那后"
+       "能对着事其里所去行过家十用发天如然作方成者多日都三小军二无同么经法当起与好看学进种将还分此"
+       "心前面又定见只主没公从记忆模型页面文本压缩图像数据系统测试版本问题结果时间服务器客户端网络")
+KANA = "あいうえおかきくけこさしすせそたちつてとなにぬねのはひふへほまみむめもやゆよらりるれろわをん" \
+       "アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワン"
+HANGUL = "가나다라마바사아자차카타파하기억메모리페이지문서압축모델데이터시스템서버"
+CODE_KW = {
+    "python": ["def", "return", "import", "for", "in", "if", "else", "with", "as", "class"],
+    "rust": ["fn", "let", "mut", "impl", "pub", "match", "struct", "use", "return", "enum"],
+    "js": ["const", "let", "function", "return", "await", "async", "import", "from", "if"],
+}
+
+
+class Gen:
+    """Text pieces from one seeded stream."""
+
+    def __init__(self, seed: int):
+        self.r = random.Random(seed)
+
+    # -- atoms --------------------------------------------------------------------------------
+    def word(self) -> str:
+        return self.r.choice(WORDS)
+
+    def ident(self) -> str:
+        r = self.r
+        parts = [self.word() for _ in range(r.randint(1, 3))]
+        style = r.randrange(4)
+        if style == 0:
+            return "_".join(parts)
+        if style == 1:
+            return parts[0] + "".join(p.capitalize() for p in parts[1:])
+        if style == 2:
+            return "".join(p.capitalize() for p in parts)
+        return "-".join(parts) + str(r.randint(0, 99))
+
+    def rand_ident(self) -> str:
+        r = self.r
+        alphabet = string.ascii_letters + string.digits + "_"
+        return r.choice(string.ascii_letters) + "".join(r.choice(alphabet) for _ in range(r.randint(3, 14)))
+
+    def hexstr(self, n: int) -> str:
+        return "".join(self.r.choice("0123456789abcdef") for _ in range(n))
+
+    def uuid(self) -> str:
+        h = self.hexstr(32)
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    def path(self) -> str:
+        r = self.r
+        parts = [self.ident() for _ in range(r.randint(1, 4))]
+        ext = r.choice(["rs", "py", "json", "md", "toml", "log", "csv", "png", "txt"])
+        root = r.choice(["/home/agent/", "./", "src/", "/var/lib/lethe/", "C:\\Users\\dev\\", ""])
+        sep = "\\" if root.startswith("C:") else "/"
+        return root + sep.join(parts) + "." + ext
+
+    def url(self) -> str:
+        r = self.r
+        host = ".".join([self.ident().replace("_", "-").lower() for _ in range(r.randint(1, 2))])
+        u = f"{r.choice(['https', 'http'])}://{r.choice(['', 'www.', 'api.', 'docs.'])}{host}.{r.choice(TLDS)}"
+        for _ in range(r.randint(0, 3)):
+            u += "/" + r.choice([self.word(), self.ident(), str(r.randint(1, 9999))])
+        if r.random() < 0.4:
+            u += f"?{self.word()}={r.choice([self.word(), str(r.randint(0, 10**6))])}"
+            if r.random() < 0.5:
+                u += f"&{self.word()}={self.hexstr(r.randint(4, 10))}"
+        if r.random() < 0.15:
+            u += "#" + self.word()
+        return u
+
+    def number(self) -> str:
+        r = self.r
+        k = r.randrange(10)
+        if k == 0:
+            return f"{r.randint(0, 10**r.randint(1, 9)):,}"
+        if k == 1:
+            return f"{r.uniform(-1000, 100000):.{r.randint(1, 4)}f}"
+        if k == 2:
+            return f"{r.randint(1990, 2031)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
+        if k == 3:
+            return f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}"
+        if k == 4:
+            return f"v{r.randint(0, 12)}.{r.randint(0, 40)}.{r.randint(0, 200)}"
+        if k == 5:
+            return f"+{r.randint(1, 99)} {r.randint(100, 999)} {r.randint(100, 999)} {r.randint(1000, 9999)}"
+        if k == 6:
+            return f"{r.uniform(0, 100):.{r.randint(0, 2)}f}%"
+        if k == 7:
+            return f"{r.choice(['$', '€', '¥', '£'])}{r.uniform(0, 50000):,.2f}"
+        if k == 8:
+            return f"0x{self.hexstr(r.choice([4, 8, 16])).upper() if r.random() < 0.3 else self.hexstr(8)}"
+        return str(r.randint(0, 10**r.randint(1, 12)))
+
+    def cjk(self) -> str:
+        r = self.r
+        k = r.randrange(3)
+        n = r.randint(4, 30)
+        if k == 0:
+            s = "".join(r.choice(HAN) for _ in range(n))
+            return s + r.choice(["。", "，", "！", "？", ""])
+        if k == 1:
+            return "".join(r.choice(KANA + HAN[:40]) for _ in range(n)) + r.choice(["。", ""])
+        return " ".join("".join(r.choice(HANGUL) for _ in range(r.randint(2, 5))) for _ in range(n // 4 + 1))
+
+    # -- larger pieces ------------------------------------------------------------------------
+    def sentence(self) -> str:
+        r = self.r
+        words = []
+        for _ in range(r.randint(4, 18)):
+            x = r.random()
+            if x < 0.06:
+                words.append(self.number())
+            elif x < 0.10:
+                words.append(f"`{self.ident()}`")
+            elif x < 0.12:
+                words.append(r.choice(NAMES))
+            else:
+                words.append(self.word())
+        if r.random() < 0.15:
+            i = r.randint(1, len(words) - 1)
+            words.insert(i, "(" + self.word() + ")")
+        s = " ".join(words)
+        s = s[0].upper() + s[1:]
+        return s + r.choice([".", ".", ".", "?", "!", ":", ";"])
+
+    def prose(self) -> str:
+        return " ".join(self.sentence() for _ in range(self.r.randint(1, 5)))
+
+    def code(self) -> str:
+        r = self.r
+        lang = r.choice(list(CODE_KW))
+        name, arg, var = self.ident(), self.ident(), self.ident()
+        n = self.number()
+        if lang == "python":
+            lines = [f"def {name}({arg}, limit={r.randint(1, 512)}):",
+                     f"    {var} = [x for x in {arg} if x > {n}]",
+                     f"    return {var}[:limit]  # {self.word()}"]
+        elif lang == "rust":
+            lines = [f"pub fn {name}({arg}: &[u32]) -> Result<usize> {{",
+                     f"    let {var} = {arg}.iter().filter(|x| **x > {r.randint(0, 999)}).count();",
+                     f"    Ok({var}) // {self.word()}", "}"]
+        else:
+            lines = [f"const {var} = await fetch(\"{self.url()}\");",
+                     f"if ({var}.status !== {r.choice([200, 201, 404, 500])}) {{ throw new Error(\"{self.word()}\"); }}"]
+        if r.random() < 0.5:
+            lines.append(f"$ {r.choice(['cargo test -p', 'python -m', 'npm run', 'git checkout'])} {self.ident()}")
+        return "\n".join(lines)
+
+    def no_prior(self) -> str:
+        r = self.r
+        k = r.randrange(3)
+        if k == 0:
+            ws = [self.word() for _ in range(r.randint(6, 30))]
+            r.shuffle(ws)
+            return " ".join(ws)
+        if k == 1:
+            return " ".join(r.choice([self.rand_ident(), self.hexstr(r.randint(6, 16)), self.uuid(),
+                                      self.rand_ident().upper()]) for _ in range(r.randint(3, 12)))
+        alphabet = string.ascii_letters + string.digits + string.punctuation
+        return " ".join("".join(r.choice(alphabet) for _ in range(r.randint(2, 10)))
+                        for _ in range(r.randint(3, 10)))
+
+    def identifiers(self) -> str:
+        r = self.r
+        items = [r.choice([self.ident(), self.path(), self.uuid(), self.hexstr(r.choice([7, 12, 40]))])
+                 for _ in range(r.randint(1, 5))]
+        lead = r.choice(["See", "Updated", "Check", "Found in", "Renamed to", "Key:", "ID"])
+        return f"{lead} " + ", ".join(items) + r.choice([".", "", ";"])
+
+    def numbers(self) -> str:
+        r = self.r
+        parts = [f"{self.word()} {self.number()}" for _ in range(r.randint(2, 6))]
+        return r.choice(["Totals: ", "Measured ", "", "At "]) + ", ".join(parts) + "."
+
+    def urls(self) -> str:
+        return " ".join([self.r.choice(["Docs at", "See", "Link:", "Fetched", "Moved to"]), self.url()]
+                        + ([self.sentence()] if self.r.random() < 0.5 else []))
+
+    KINDS = [("prose", 30), ("code", 10), ("numbers", 10), ("identifiers", 10), ("urls", 8),
+             ("cjk", 8), ("no_prior", 16), ("list", 8)]
+
+    def bullet_list(self) -> str:
+        r = self.r
+        mark = r.choice(["-", "*", "1."])
+        return "\n".join(f"{mark} {r.choice([self.sentence(), self.identifiers(), self.numbers()])}"
+                         for _ in range(r.randint(2, 5)))
+
+    def piece(self) -> str:
+        r = self.r
+        kinds, weights = zip(*self.KINDS)
+        k = r.choices(kinds, weights)[0]
+        return {"prose": self.prose, "code": self.code, "numbers": self.numbers,
+                "identifiers": self.identifiers, "urls": self.urls, "cjk": self.cjk,
+                "no_prior": self.no_prior, "list": self.bullet_list}[k]()
+
+    def turn(self) -> dict:
+        r = self.r
+        role = r.choices(["user", "assistant", "tool", "system"], [40, 45, 10, 5])[0]
+        content = "\n".join(self.piece() for _ in range(r.randint(1, 4)))
+        return {"role": role, "content": content}
+
+    def page_text(self, max_chars: int) -> str:
+        """A block of `Speaker: text` turns of at most about `max_chars` characters."""
+        out = []
+        total = 0
+        while total < max_chars:
+            t = self.turn()
+            line = f"{t['role'].capitalize()}: {t['content']}"
+            out.append(line)
+            total += len(line) + 1
+        return "\n".join(out)[:max_chars]
+
+
+def transcript(seed: int, turns: int) -> list[dict]:
+    g = Gen(seed)
+    return [g.turn() for _ in range(turns)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=TRAIN_SEED)
+    ap.add_argument("--heldout", action="store_true", help=f"use the held-out stream (seed {HELDOUT_SEED} + --seed)")
+    ap.add_argument("--turns", type=int, default=100)
+    ap.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
+    a = ap.parse_args()
+    seed = HELDOUT_SEED + a.seed if a.heldout else a.seed
+    for t in transcript(seed, a.turns):
+        if a.format == "jsonl":
+            sys.stdout.write(json.dumps(t, ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write(f"{t['role'].capitalize()}: {t['content']}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Checks of the training pipeline around the model: tokenizer, text generator, sequences,
+resumable training (bit-exact on CPU), export and the part split/join used to carry weights back."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import export  # noqa: E402
+import train  # noqa: E402
+from data import BOS, EOS, IGNORE, IMAGE, StandInPages, batch, example  # noqa: E402
+from gen_text import HELDOUT_SEED, Gen, transcript  # noqa: E402
+from lethe_model import LetheConfig, LetheOCR, decoder_positions  # noqa: E402
+from make_tokenizer import OUT as TOKENIZER, VOCAB_SIZE, check, decode, encode  # noqa: E402
+
+torch.set_num_threads(1)
+CPU_CFG = HERE / "configs" / "lethe-cpu-test.json"
+SMALL_CFG = HERE / "configs" / "lethe-small.json"
+
+
+def test_tokenizer_file_matches_byte_scheme():
+    check(TOKENIZER)  # the `tokenizers` library gives exactly bytes + 4, and decodes losslessly
+    s = "Ünïcode 中文 🙂\n\tx"
+    assert decode(encode(s)) == s
+
+
+def test_configs_load_and_fit_the_budget():
+    small = LetheConfig.from_json(SMALL_CFG)
+    m = LetheOCR(small)
+    nbytes = sum(p.numel() for p in m.parameters()) * 4
+    assert nbytes <= 40_000_000, nbytes
+    for cfg in (small, LetheConfig.from_json(CPU_CFG)):
+        assert cfg.vocab_size == VOCAB_SIZE
+        assert cfg.image_token_id == IMAGE and cfg.bos_token_id == BOS and cfg.eos_token_id == EOS
+
+
+def test_gen_text_is_seeded_and_varied():
+    a = transcript(5, 40)
+    assert a == transcript(5, 40)
+    assert a != transcript(HELDOUT_SEED + 5, 40)
+    text = "\n".join(t["content"] for t in a)
+    assert any("\u4e00" <= c <= "\u9fff" for c in text)  # some CJK
+    assert "://" in text and any(c.isdigit() for c in text)
+    assert Gen(1).page_text(500) == Gen(1).page_text(500)
+
+
+def test_example_sequence_layout():
+    src = StandInPages(3, ["tiny"], (48, 56), max_chars=60)
+    page = src.page(0)
+    pix, ids, labels = example(page, 4096)
+    s = decoder_positions("tiny")
+    assert pix.shape == (3, 512, 512)
+    assert ids[0] == BOS and ids[1:1 + s] == [IMAGE] * s
+    assert decode(ids[1 + s:1 + s + 10]) == "\nFree OCR."
+    assert ids[-1] == EOS and decode(ids[1 + s + 10:-1]) == page.text
+    for t, y in enumerate(labels):
+        if y != IGNORE:
+            assert y == ids[t + 1]
+    assert sum(y != IGNORE for y in labels) == len(encode(page.text)) + 1
+
+
+def run_train(out: Path, steps: int, resume: bool) -> None:
+    train.main(["--config", str(CPU_CFG), "--out", str(out), "--data", "standin", "--modes", "tiny",
+                "--steps", str(steps), "--batch", "1", "--lr", "1e-3", "--warmup", "2",
+                "--log-every", "1", "--eval-every", "1000", "--ckpt-every", "2",
+                "--standin-font-px", "48,56", "--standin-max-chars", "40"]
+               + (["--resume"] if resume else []))
+
+
+def test_resume_is_bit_exact(tmp_path: Path):
+    run_train(tmp_path / "a", 4, False)
+    run_train(tmp_path / "b", 2, False)
+    run_train(tmp_path / "b", 4, True)
+    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().split("\n") if x]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().split("\n") if x]
+    assert la == lb
+
+    # Export: strict names, the config and tokenizer beside the weights, the check case reproducible.
+    out = tmp_path / "model"
+    export.main(["--run", str(tmp_path / "a"), "--out", str(out), "--split", "1"])
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "TRAINING.md",
+                 "check.safetensors", "check.global.png", "SHA256SUMS"):
+        assert (out / name).is_file(), name
+    cfg = LetheConfig.from_json(out / "config.json")
+    m = LetheOCR(cfg)
+    m.load_safetensors(out / "model.safetensors", strict=True)
+    with safe_open(str(out / "check.safetensors"), "pt") as f:
+        ids = f.get_tensor("input_ids").unsqueeze(0)
+        ref = f.get_tensor("logits")
+    from PIL import Image
+    from lethe_model import to_tensor
+    pix = to_tensor(Image.open(out / "check.global.png")).unsqueeze(0)
+    with torch.no_grad():
+        logits = m(ids, pixels=pix)[0]
+    assert torch.allclose(logits, ref, atol=1e-5)
+    md = (out / "TRAINING.md").read_text()
+    assert "steps: 4" in md and "--seed 1" in md and "gen_text.py" in md
+
+    joined = tmp_path / "joined"
+    joined.mkdir()
+    for p in out.glob("model.safetensors.part-*"):
+        (joined / p.name).write_bytes(p.read_bytes())
+    (joined / "SHA256SUMS").write_text((out / "SHA256SUMS").read_text())
+    export.join(joined)
+    assert (joined / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_weights_only_resume(tmp_path: Path):
+    """A run carried as resume-lite.pt alone (no optimiser state) continues from its step."""
+    import carry
+
+    run_train(tmp_path / "a", 2, False)
+    lite = tmp_path / "a" / "resume-lite.pt"
+    assert lite.stat().st_size < (tmp_path / "a" / "ckpt.pt").stat().st_size
+    parts = carry.split(lite, tmp_path / "carried", 1)
+    assert parts
+    (tmp_path / "b").mkdir()
+    joined = carry.join(tmp_path / "carried", "resume-lite.pt")
+    (tmp_path / "b" / "resume-lite.pt").write_bytes(joined.read_bytes())
+    run_train(tmp_path / "b", 4, True)
+    ck = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    assert ck["step"] == 4
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "log.jsonl").read_text().split("\n") if x]
+    assert steps == [3, 4]
+
+
+def test_training_fits_a_fixed_batch():
+    """The whole graph learns: 30 steps on one batch cut its loss by more than half."""
+    torch.manual_seed(0)
+    cfg = LetheConfig.from_json(CPU_CFG)
+    m = LetheOCR(cfg)
+    m.init_weights(0)
+    m.train()
+    b = batch(StandInPages(11, ["tiny"], (48, 56), max_chars=30), 0, 2, ["tiny"], 4096)
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        logits = m(b["input_ids"], pixels=b["pixels"])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 b["labels"].reshape(-1), ignore_index=IGNORE)
+        opt.zero_grad()
+        (loss + m.aux_loss()).backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_rendered_pages_plumbing(tmp_path: Path):
+    """render_pages.py drives a memctl-compatible command and RenderedPages reads its output.
+
+    The command here is a stand-in script with memctl's interface (`render T --mode M --out DIR
+    --json --text`); the real `memctl render` must write page-NNNN.txt beside each PNG."""
+    import subprocess
+
+    fake = tmp_path / "memctl"
+    fake.write_text(f"""#!{sys.executable}
+import json, sys
+sys.path.insert(0, {str(HERE)!r})
+from data import StandInPages
+args = sys.argv[1:]
+mode, out = args[args.index("--mode") + 1], args[args.index("--out") + 1]
+lines = [json.loads(l) for l in open(args[1], encoding="utf-8")]
+p = StandInPages(len(lines), [mode], (48, 56), max_chars=50).page(0, mode)
+p.image.save(out + "/page-0001.png")
+open(out + "/page-0001.txt", "w", encoding="utf-8").write(p.text)
+print(json.dumps({{"pages": 1, "mode": mode, "files": ["page-0001.png"]}}))
+""")
+    fake.chmod(0o755)
+    res = subprocess.run([sys.executable, str(HERE / "render_pages.py"), "--memctl", str(fake),
+                          "--out", str(tmp_path / "pages"), "--count", "2", "--turns", "3",
+                          "--modes", "tiny,small"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "pages" / "transcripts" / "train-000001.jsonl").is_file()
+    from data import source_from_spec
+    src = source_from_spec(f"rendered-tree:{tmp_path / 'pages' / 'train'}", 0)
+    assert len(src.items) == 4
+    modes = sorted(m for _, _, m in src.items)
+    assert modes == ["small", "small", "tiny", "tiny"]
+    b = batch(src, 0, 2, ["tiny"], 4096)
+    assert b["pixels"].shape[0] == 2
+
+
+def test_worker_batches_equal_inline_batches():
+    a = train.parse_args(["--config", str(CPU_CFG), "--out", "unused", "--steps", "3", "--batch", "1",
+                          "--standin-max-chars", "20", "--modes", "tiny", "--workers", "2"])
+    src = train.make_source("standin", 1000, a)
+    with_workers = list(train.step_batches(src, 1, a, ["tiny"]))
+    a.workers = 0
+    inline = list(train.step_batches(src, 1, a, ["tiny"]))
+    assert len(with_workers) == len(inline) == 2
+    for x, y in zip(with_workers, inline):
+        assert torch.equal(x["pixels"], y["pixels"]) and torch.equal(x["input_ids"], y["input_ids"])
