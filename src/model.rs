@@ -138,7 +138,7 @@ impl OcrModel {
         let rgb = image.to_rgb();
         let rgb = lethe_encoder::image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels)
             .ok_or_else(|| Error::Invalid("page image has the wrong number of pixels".into()))?;
-        let views = preprocess(&rgb, encoder_mode(mode))?;
+        let views = preprocess(&rgb, mode)?;
         Ok(self.encoder.encode(&views)?)
     }
 
@@ -209,17 +209,6 @@ impl OcrModel {
             prefill_secs: out.prefill_secs,
             decode_secs: out.decode_secs,
         })
-    }
-}
-
-/// The encoder crate's mode for a render mode (the same five modes of the reference).
-fn encoder_mode(mode: Mode) -> lethe_encoder::Mode {
-    match mode {
-        Mode::Tiny => lethe_encoder::Mode::Tiny,
-        Mode::Small => lethe_encoder::Mode::Small,
-        Mode::Base => lethe_encoder::Mode::Base,
-        Mode::Large => lethe_encoder::Mode::Large,
-        Mode::Gundam => lethe_encoder::Mode::Gundam,
     }
 }
 

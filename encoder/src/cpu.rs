@@ -296,12 +296,10 @@ fn store_tile(acc: &[[f32; NR]; MR], c: &mut [f32], t: &Tile) {
 
 fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
     let mut acc = [[0f32; NR]; MR];
-    for p in 0..kc {
-        let bv = &b[p * NR..(p + 1) * NR];
-        for r in 0..MR {
-            let av = a[p * MR + r];
-            for j in 0..NR {
-                acc[r][j] += av * bv[j];
+    for (ap, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for (row, &av) in acc.iter_mut().zip(ap) {
+            for (x, &bj) in row.iter_mut().zip(bv) {
+                *x += av * bj;
             }
         }
     }
@@ -427,7 +425,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     y = y * r + 8.333_452e-3;
     y = y * r + 4.166_579_6e-2;
     y = y * r + 1.666_666_5e-1;
-    y = y * r + 5.000_000_1e-1;
+    y = y * r + 0.5;
     y = y * z + r + 1.0;
     let bits = ((fx as i32 + 127) as u32) << 23;
     y * f32::from_bits(bits)

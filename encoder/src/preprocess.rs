@@ -21,86 +21,11 @@ use image::{ImageDecoder, ImageReader, Rgb, RgbImage};
 
 use crate::error::{Error, Result};
 
-/// DeepSeek-OCR's resolution modes (the reference's `base_size`, `image_size`, `crop_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Mode {
-    /// 512² stretched, 64 vision tokens, 73 positions.
-    Tiny,
-    /// 640² stretched, 100 tokens, 111 positions.
-    Small,
-    /// 1024² padded, 256 tokens, 273 positions.
-    Base,
-    /// 1280² padded, 400 tokens, 421 positions.
-    Large,
-    /// 1024² padded global view plus 2..9 dynamic 640² tiles.
-    Gundam,
-}
-
-impl Mode {
-    /// Every mode, smallest first.
-    pub const ALL: [Mode; 5] = [
-        Mode::Tiny,
-        Mode::Small,
-        Mode::Base,
-        Mode::Large,
-        Mode::Gundam,
-    ];
-
-    /// The mode's lowercase name (`"tiny"`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Tiny => "tiny",
-            Mode::Small => "small",
-            Mode::Base => "base",
-            Mode::Large => "large",
-            Mode::Gundam => "gundam",
-        }
-    }
-
-    /// Side of the global view in pixels.
-    pub fn global_size(self) -> u32 {
-        match self {
-            Mode::Tiny => 512,
-            Mode::Small => 640,
-            Mode::Base | Mode::Gundam => 1024,
-            Mode::Large => 1280,
-        }
-    }
-
-    /// Whether the mode adds local tiles.
-    pub fn crops(self) -> bool {
-        matches!(self, Mode::Gundam)
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                Error::BadInput(format!(
-                    "unknown mode {s:?} (expected tiny, small, base, large or gundam)"
-                ))
-            })
-    }
-}
+/// The resolution modes, shared with the renderer (`lethe_render::Mode`).
+pub use lethe_render::Mode;
 
 /// Side of a gundam local tile.
-pub const TILE_SIZE: u32 = 640;
-/// Fewest tiles of a tiled gundam image.
-pub const MIN_TILES: u32 = 2;
-/// Most tiles of a gundam image.
-pub const MAX_TILES: u32 = 9;
+pub const TILE_SIZE: u32 = lethe_render::mode::GUNDAM_TILE_PX;
 /// Grey used to pad views to a square (`int(0.5 * 255)`).
 pub const PAD_GREY: u8 = 127;
 
@@ -109,7 +34,7 @@ pub const PAD_GREY: u8 = 127;
 pub struct Views {
     /// The mode the views were made for.
     pub mode: Mode,
-    /// The global view, RGB, `mode.global_size()` square.
+    /// The global view, RGB, `mode.page_px()` square.
     pub global: RgbImage,
     /// Local 640² tiles in tile-major row order (gundam only; empty otherwise).
     pub tiles: Vec<RgbImage>,
@@ -211,7 +136,7 @@ pub fn preprocess(image: &RgbImage, mode: Mode) -> Result<Views> {
             image.height()
         )));
     }
-    let size = mode.global_size();
+    let size = mode.page_px();
     let (global, tiles, tile_grid) = match mode {
         Mode::Tiny | Mode::Small => {
             let stretched = resize_bicubic(image, size, size);
@@ -220,10 +145,8 @@ pub fn preprocess(image: &RgbImage, mode: Mode) -> Result<Views> {
         Mode::Base | Mode::Large => (pad(image, size, PAD_GREY), Vec::new(), (1, 1)),
         Mode::Gundam => {
             let global = pad(image, size, PAD_GREY);
-            if image.width() <= TILE_SIZE && image.height() <= TILE_SIZE {
-                (global, Vec::new(), (1, 1))
-            } else {
-                let (cols, rows) = tile_grid(image.width(), image.height());
+            if let Some(grid) = lethe_render::gundam_grid(image.width(), image.height()) {
+                let (cols, rows) = (grid.cols, grid.rows);
                 let resized = resize_bicubic(image, cols * TILE_SIZE, rows * TILE_SIZE);
                 let tiles = (0..cols * rows)
                     .map(|k| {
@@ -232,6 +155,8 @@ pub fn preprocess(image: &RgbImage, mode: Mode) -> Result<Views> {
                     })
                     .collect();
                 (global, tiles, (cols as usize, rows as usize))
+            } else {
+                (global, Vec::new(), (1, 1))
             }
         }
     };
@@ -241,40 +166,6 @@ pub fn preprocess(image: &RgbImage, mode: Mode) -> Result<Views> {
         tiles,
         tile_grid,
     })
-}
-
-/// The gundam tile grid `(columns, rows)` for an image of `width` x `height`
-/// (`dynamic_preprocess` + `find_closest_aspect_ratio` of the reference, 2..=9 tiles).
-pub fn tile_grid(width: u32, height: u32) -> (u32, u32) {
-    let aspect = width as f64 / height as f64;
-    let mut ratios: Vec<(u32, u32)> = Vec::new();
-    for n in MIN_TILES..=MAX_TILES {
-        for i in 1..=n {
-            for j in 1..=n {
-                let p = i * j;
-                if (MIN_TILES..=MAX_TILES).contains(&p) && !ratios.contains(&(i, j)) {
-                    ratios.push((i, j));
-                }
-            }
-        }
-    }
-    ratios.sort_by_key(|&(i, j)| i * j);
-    let area = width as f64 * height as f64;
-    let mut best_diff = f64::INFINITY;
-    let mut best = (1, 1);
-    for (i, j) in ratios {
-        let diff = (aspect - i as f64 / j as f64).abs();
-        if diff < best_diff {
-            best_diff = diff;
-            best = (i, j);
-        } else if diff == best_diff {
-            let tile = TILE_SIZE as f64;
-            if area > 0.5 * tile * tile * (i * j) as f64 {
-                best = (i, j);
-            }
-        }
-    }
-    best
 }
 
 /// `ImageOps.pad(image, (size, size), color=grey)`: fit inside the square keeping the aspect
@@ -437,12 +328,12 @@ fn resample_horizontal(src: &[u8], iw: usize, h: usize, ow: usize) -> Vec<u8> {
             let mut ss = [half; 3];
             for (x, &kx) in k.iter().enumerate() {
                 let p = &src_row[(x + xmin) * 3..(x + xmin) * 3 + 3];
-                for c in 0..3 {
-                    ss[c] += p[c] as i64 * kx as i64;
+                for (acc, &v) in ss.iter_mut().zip(p) {
+                    *acc += v as i64 * kx as i64;
                 }
             }
-            for c in 0..3 {
-                dst_row[xx * 3 + c] = clip8(ss[c]);
+            for (d, &acc) in dst_row[xx * 3..xx * 3 + 3].iter_mut().zip(&ss) {
+                *d = clip8(acc);
             }
         }
     }
@@ -472,12 +363,6 @@ fn resample_vertical(src: &[u8], w: usize, ih: usize, oh: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grid_matches_reference_examples() {
-        assert_eq!(tile_grid(900, 1400), (2, 3));
-        assert_eq!(tile_grid(2000, 700), (3, 1));
-    }
 
     #[test]
     fn mode_parses() {

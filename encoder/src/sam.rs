@@ -6,8 +6,8 @@
 //! `model.sam_model.*`.
 //!
 //! Activations are kept token-major (`[h * w, channels]`, i.e. HWC) throughout, so that every
-//! linear layer and convolution is one matmul; windows of all images are batched into one
-//! attention call.
+//! linear layer and convolution is one matmul; all windows (and heads) of an image are batched
+//! into one attention call, computed in query-row blocks so the score matrix stays small.
 
 use candle_core::{Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
