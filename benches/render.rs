@@ -9,11 +9,44 @@ use lethe_render::{Mode, Page, Renderer, Turn};
 
 fn prose(n: usize) -> String {
     let words = [
-        "the", "agent", "renders", "old", "dialogue", "into", "pages", "and", "keeps", "a", "short",
-        "sequence", "of", "vision", "tokens;", "decoding", "recovers", "97%", "of", "the", "text",
-        "at", "10x", "compression,", "according", "to", "arXiv:2510.18234.", "See",
-        "https://example.com/docs?id=42", "for", "config_v2.toml", "and", "run_id=7f3a9c", "then",
-        "retry", "with", "--max-tokens", "4096.",
+        "the",
+        "agent",
+        "renders",
+        "old",
+        "dialogue",
+        "into",
+        "pages",
+        "and",
+        "keeps",
+        "a",
+        "short",
+        "sequence",
+        "of",
+        "vision",
+        "tokens;",
+        "decoding",
+        "recovers",
+        "97%",
+        "of",
+        "the",
+        "text",
+        "at",
+        "10x",
+        "compression,",
+        "according",
+        "to",
+        "arXiv:2510.18234.",
+        "See",
+        "https://example.com/docs?id=42",
+        "for",
+        "config_v2.toml",
+        "and",
+        "run_id=7f3a9c",
+        "then",
+        "retry",
+        "with",
+        "--max-tokens",
+        "4096.",
     ];
     let mut s = String::new();
     let mut i = 0usize;
@@ -30,7 +63,12 @@ fn prose(n: usize) -> String {
 /// Full pages of dialogue: turns of ~700 characters alternating speakers.
 fn pages(renderer: &Renderer) -> Vec<Page> {
     let turns: Vec<Turn> = (0..60)
-        .map(|i| Turn::new(if i % 2 == 0 { "User" } else { "Assistant" }, prose(700 + i * 13)))
+        .map(|i| {
+            Turn::new(
+                if i % 2 == 0 { "User" } else { "Assistant" },
+                prose(700 + i * 13),
+            )
+        })
         .collect();
     let mut pages = renderer.paginate(&turns).expect("paginate");
     pages.pop(); // the last page is partly filled
@@ -41,7 +79,10 @@ fn bench(c: &mut Criterion) {
     let renderer = Renderer::new().expect("renderer");
     let pages = pages(&renderer);
     let chars: usize = pages.iter().map(|p| p.chars).sum::<usize>() / pages.len();
-    eprintln!("{} full pages, {chars} characters per page on average", pages.len());
+    eprintln!(
+        "{} full pages, {chars} characters per page on average",
+        pages.len()
+    );
 
     let mut group = c.benchmark_group("rasterize");
     group.throughput(Throughput::Elements(1));
@@ -74,7 +115,9 @@ fn bench(c: &mut Criterion) {
     let turns: Vec<Turn> = (0..8)
         .map(|i| Turn::new(if i % 2 == 0 { "User" } else { "Assistant" }, prose(1000)))
         .collect();
-    group.throughput(Throughput::Bytes(turns.iter().map(|t| t.text.len() as u64).sum()));
+    group.throughput(Throughput::Bytes(
+        turns.iter().map(|t| t.text.len() as u64).sum(),
+    ));
     group.bench_function("8k_chars", |b| {
         b.iter(|| std::hint::black_box(renderer.paginate(&turns).expect("paginate")))
     });

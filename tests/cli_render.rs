@@ -28,17 +28,44 @@ fn renders_pages_and_prints_one_json_object() {
     let input = dir.path().join("t.txt");
     std::fs::write(&input, DIALOGUE.repeat(40)).unwrap();
     let out = dir.path().join("pages");
-    let o = memctl(&["render", path(&input), "--mode", "tiny", "--out", path(&out), "--json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = memctl(&[
+        "render",
+        path(&input),
+        "--mode",
+        "tiny",
+        "--out",
+        path(&out),
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let stdout = String::from_utf8(o.stdout).unwrap();
     assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     let mut sorted = keys.clone();
     sorted.sort();
-    assert_eq!(sorted, ["chars", "files", "height", "missing_glyphs", "mode", "pages", "width"]);
+    assert_eq!(
+        sorted,
+        [
+            "chars",
+            "files",
+            "height",
+            "missing_glyphs",
+            "mode",
+            "pages",
+            "width"
+        ]
+    );
     assert_eq!(v["mode"], "tiny");
-    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(512), Some(512)));
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(512), Some(512))
+    );
     assert_eq!(v["missing_glyphs"], 0);
     let pages = v["pages"].as_u64().unwrap();
     assert!(pages >= 2, "{pages}");
@@ -53,7 +80,14 @@ fn renders_pages_and_prints_one_json_object() {
     }
     // Same input, same bytes.
     let out2 = dir.path().join("again");
-    let o = memctl(&["render", path(&input), "--mode", "tiny", "--out", path(&out2)]);
+    let o = memctl(&[
+        "render",
+        path(&input),
+        "--mode",
+        "tiny",
+        "--out",
+        path(&out2),
+    ]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
         std::fs::read(out.join("page-0002.png")).unwrap(),
@@ -76,13 +110,30 @@ fn gundam_and_profile_and_format_override() {
     std::fs::write(&profile, "gundam = true\ngundam_max_pages = 2\n").unwrap();
     let out = dir.path().join("g");
     let o = memctl(&[
-        "render", path(&input), "--mode", "gundam", "--out", path(&out), "--profile", path(&profile),
-        "--format", "jsonl", "--json",
+        "render",
+        path(&input),
+        "--mode",
+        "gundam",
+        "--out",
+        path(&out),
+        "--profile",
+        path(&profile),
+        "--format",
+        "jsonl",
+        "--json",
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // A two-page stack has aspect 1:2, which the reference tiles 2x4 at 640 px.
-    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(1280), Some(2560)));
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(1280), Some(2560))
+    );
 }
 
 #[test]
@@ -92,7 +143,14 @@ fn bad_inputs_fail_clearly() {
 
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "  \n").unwrap();
-    let o = memctl(&["render", path(&empty), "--mode", "base", "--out", path(&out)]);
+    let o = memctl(&[
+        "render",
+        path(&empty),
+        "--mode",
+        "base",
+        "--out",
+        path(&out),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("empty") && err.contains("empty.txt"), "{err}");
@@ -103,8 +161,21 @@ fn bad_inputs_fail_clearly() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("byte offset 20"), "{err}");
-    let o = memctl(&["render", path(&bad), "--mode", "base", "--out", path(&out), "--lossy"]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = memctl(&[
+        "render",
+        path(&bad),
+        "--mode",
+        "base",
+        "--out",
+        path(&out),
+        "--lossy",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     let json = dir.path().join("bad.jsonl");
     std::fs::write(&json, "{\"role\":\"user\",\"content\":\"a\"}\n{oops}\n").unwrap();
@@ -112,7 +183,14 @@ fn bad_inputs_fail_clearly() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("line 2"));
 
-    let o = memctl(&["render", path(&empty), "--mode", "huge", "--out", path(&out)]);
+    let o = memctl(&[
+        "render",
+        path(&empty),
+        "--mode",
+        "huge",
+        "--out",
+        path(&out),
+    ]);
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -121,7 +199,15 @@ fn missing_glyphs_exit_3() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("emoji.txt");
     std::fs::write(&input, "User: launch 🚀\n").unwrap();
-    let o = memctl(&["render", path(&input), "--mode", "small", "--out", path(&dir.path().join("o")), "--json"]);
+    let o = memctl(&[
+        "render",
+        path(&input),
+        "--mode",
+        "small",
+        "--out",
+        path(&dir.path().join("o")),
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["missing_glyphs"], 1);

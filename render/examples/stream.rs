@@ -10,7 +10,9 @@ use lethe_render::{Mode, Renderer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let input = args.next().ok_or("usage: stream TRANSCRIPT MODE [OUT_DIR]")?;
+    let input = args
+        .next()
+        .ok_or("usage: stream TRANSCRIPT MODE [OUT_DIR]")?;
     let mode: Mode = args.next().unwrap_or_else(|| "base".into()).parse()?;
     let out = args.next().map(std::path::PathBuf::from);
     if let Some(dir) = &out {

@@ -68,7 +68,10 @@ fn rare_labels_inside_turns_are_not_speakers() {
     src.push_str("Assistant: options\nPros: fast\nCons: unsafe\nPros: small\nCons: new\n");
     let t = parse(src.as_bytes(), &opts()).unwrap();
     assert_eq!(t.turns.len(), 21);
-    assert_eq!(t.turns[20].text, "options\nPros: fast\nCons: unsafe\nPros: small\nCons: new");
+    assert_eq!(
+        t.turns[20].text,
+        "options\nPros: fast\nCons: unsafe\nPros: small\nCons: new"
+    );
 }
 
 #[test]

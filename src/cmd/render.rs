@@ -125,7 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut missing = 0usize;
     let mut size = None;
     for page in renderer.pages(turns) {
-        let page = page.with_context(|| format!("reading the transcript {}", args.transcript.display()))?;
+        let page =
+            page.with_context(|| format!("reading the transcript {}", args.transcript.display()))?;
         let image = renderer.rasterize_as(&page, args.mode, format);
         size.get_or_insert((image.width, image.height));
         let path = args.out.join(format!("page-{:04}.png", page.index + 1));
