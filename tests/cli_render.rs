@@ -213,3 +213,34 @@ fn missing_glyphs_exit_3() {
     assert_eq!(v["missing_glyphs"], 1);
     assert!(String::from_utf8_lossy(&o.stderr).contains("warning"));
 }
+
+#[test]
+fn text_flag_writes_each_page_text_beside_its_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.txt");
+    std::fs::write(&input, DIALOGUE.repeat(30)).unwrap();
+    let out = dir.path().join("pages");
+    let o = memctl(&[
+        "render",
+        path(&input),
+        "--mode",
+        "small",
+        "--out",
+        path(&out),
+        "--text",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut pngs = 0;
+    let mut all_text = String::new();
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "png") {
+            pngs += 1;
+            let text = std::fs::read_to_string(p.with_extension("txt")).expect("text beside png");
+            assert!(!text.is_empty());
+            all_text.push_str(&text);
+        }
+    }
+    assert!(pngs >= 2, "{pngs} pages");
+    assert_eq!(all_text.matches("db-02").count(), 30, "every turn's text is on exactly one page");
+}

@@ -56,6 +56,10 @@ pub struct Args {
     /// Write RGB PNGs instead of 8-bit grayscale.
     #[arg(long)]
     pub rgb: bool,
+    /// Also write each page's text (exactly the text drawn on it, `\n` between lines) to
+    /// `page-NNNN.txt` beside its PNG: the label a reading model is trained and scored against.
+    #[arg(long)]
+    pub text: bool,
     /// Print one JSON object on stdout:
     /// {"pages", "mode", "width", "height", "chars", "missing_glyphs", "files"}.
     #[arg(long)]
@@ -131,6 +135,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         size.get_or_insert((image.width, image.height));
         let path = args.out.join(format!("page-{:04}.png", page.index + 1));
         write_png(&path, &image)?;
+        if args.text {
+            let text_path = path.with_extension("txt");
+            std::fs::write(&text_path, &page.text)
+                .with_context(|| format!("writing {}", text_path.display()))?;
+        }
         chars += page.chars;
         missing += page.missing_glyphs;
         files.push(path);
