@@ -10,8 +10,11 @@ use lethe::{Lethe, Scope, Turn};
 use lethe_render::transcript::{parse, ParseOptions};
 
 fn sample() -> Vec<Turn> {
-    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/samples/agent-sessions.txt"))
-        .expect("sample transcript");
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/samples/agent-sessions.txt"
+    ))
+    .expect("sample transcript");
     parse(&bytes, &ParseOptions::new()).expect("parse").turns
 }
 
@@ -21,7 +24,9 @@ fn compress(turns: &[Turn]) -> u64 {
     let scope = Scope::session("bench");
     for (i, turn) in turns.iter().enumerate() {
         let now = i as u64 * 60;
-        lethe.append(&scope, std::slice::from_ref(turn), now).expect("append");
+        lethe
+            .append(&scope, std::slice::from_ref(turn), now)
+            .expect("append");
         lethe.maintain(now).expect("maintain");
     }
     lethe.report().expect("report").total.pages

@@ -16,7 +16,8 @@
 //! does) and `decode/step` (one cached step at positions 279..343), for f32, q8_0 and q4k.
 //! Peer (reference PyTorch f32, 2 threads, this machine): prefill 7.4 s, decode 5.1 tok/s.
 //!
-//! `LETHE_BENCH_QUANT=none,q8_0,q4k` picks the variants (default all three).
+//! `LETHE_BENCH_QUANT=none,q8_0,q4k` picks the variants (default all three);
+//! `LETHE_BENCH_DECODE_ONLY=1` skips the prefill bench.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -213,22 +214,25 @@ fn bench_decode(c: &mut Criterion) {
         g.warm_up_time(Duration::from_millis(500));
         g.measurement_time(Duration::from_secs(5));
         let mut prefill_times = Vec::new();
-        g.bench_function(format!("prefill/{PREFILL}"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    let l = model
-                        .forward_with(&prompt, 0, LogitsFor::Last, None)
-                        .expect("prefill");
-                    std::hint::black_box(l);
-                    let el = t.elapsed();
-                    prefill_times.push(el.as_secs_f64());
-                    total += el;
-                }
-                total
-            })
-        });
+        let skip_prefill = std::env::var_os("LETHE_BENCH_DECODE_ONLY").is_some();
+        if !skip_prefill {
+            g.bench_function(format!("prefill/{PREFILL}"), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let l = model
+                            .forward_with(&prompt, 0, LogitsFor::Last, None)
+                            .expect("prefill");
+                        std::hint::black_box(l);
+                        let el = t.elapsed();
+                        prefill_times.push(el.as_secs_f64());
+                        total += el;
+                    }
+                    total
+                })
+            });
+        }
         let mut step_times = Vec::new();
         let tok = Tensor::from_slice(&[42u32], (1, 1), &dev).expect("ids");
         let emb = model.embed_ids(&tok).expect("embed");

@@ -54,7 +54,9 @@ pub use lethe_render::{Mode, PageImage, RenderProfile, Turn};
 pub use model::{OcrModel, OcrOptions};
 
 use lethe_decoder::Tokenizer;
-use lethe_memory::{NewPage, NewTurn, PageRecord, Stamp, Store, StoreOptions, TokenCache, Transition};
+use lethe_memory::{
+    NewPage, NewTurn, PageRecord, Stamp, Store, StoreOptions, TokenCache, Transition,
+};
 use lethe_policy::{PageState, Tier};
 use lethe_render::{Page, Renderer};
 
@@ -224,9 +226,10 @@ impl PageMeta {
     /// Decoder positions and nominal vision tokens of the page at `mode`.
     fn cost(&self, mode: Mode) -> (u64, u64) {
         let grid = match mode {
-            Mode::Gundam => {
-                lethe_render::mode::gundam_grid(self.size[0].round() as u32, self.size[1].round() as u32)
-            }
+            Mode::Gundam => lethe_render::mode::gundam_grid(
+                self.size[0].round() as u32,
+                self.size[1].round() as u32,
+            ),
             _ => None,
         };
         (
@@ -242,7 +245,10 @@ fn page_source(page: &Page, turns: &[Turn]) -> Vec<Turn> {
         .iter()
         .map(|seg| {
             let turn = &turns[seg.turn];
-            let mut piece = Turn::new(turn.speaker.clone(), turn.text[seg.start..seg.end].to_string());
+            let mut piece = Turn::new(
+                turn.speaker.clone(),
+                turn.text[seg.start..seg.end].to_string(),
+            );
             piece.continued = seg.start > 0 || turn.continued;
             piece
         })
@@ -437,7 +443,13 @@ impl Lethe {
                 continue;
             }
             let stamp = Stamp::new(turn, now);
-            self.move_page(&record, decision.tier, &decision.reason.text, stamp, &mut done)?;
+            self.move_page(
+                &record,
+                decision.tier,
+                &decision.reason.text,
+                stamp,
+                &mut done,
+            )?;
         }
         done.usage.millis = elapsed_ms(started);
         Ok(done)
@@ -459,7 +471,9 @@ impl Lethe {
                 .collect(),
         };
         if records.is_empty() {
-            return Err(Error::Invalid(format!("no page holds the turns asked for ({target:?})")));
+            return Err(Error::Invalid(format!(
+                "no page holds the turns asked for ({target:?})"
+            )));
         }
         let mut pages = Vec::with_capacity(records.len());
         for record in records {
@@ -750,7 +764,11 @@ impl Lethe {
                 let (image, png) = self.image_at(record, mode)?;
                 let tokens = self.encode_cache(&image, mode)?;
                 done.usage.decoder_positions += mode.decoder_positions(None) as u64;
-                (lethe_memory::Tier::new(level as u8, mode.name()), png, tokens)
+                (
+                    lethe_memory::Tier::new(level as u8, mode.name()),
+                    png,
+                    tokens,
+                )
             }
             Tier::Evicted => {
                 done.evicted += 1;

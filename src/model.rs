@@ -143,7 +143,12 @@ impl OcrModel {
     }
 
     /// Reads a page back to text; `tokens` are its cached vision tokens, if any.
-    pub fn read(&mut self, image: &PageImage, mode: Mode, tokens: Option<&Tensor>) -> Result<Reading> {
+    pub fn read(
+        &mut self,
+        image: &PageImage,
+        mode: Mode,
+        tokens: Option<&Tensor>,
+    ) -> Result<Reading> {
         self.read_streaming(image, mode, tokens, &mut |_| {})
     }
 

@@ -229,7 +229,12 @@ fn text_flag_writes_each_page_text_beside_its_png() {
         path(&out),
         "--text",
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut pngs = 0;
     let mut all_text = String::new();
     for entry in std::fs::read_dir(&out).unwrap() {
@@ -242,5 +247,9 @@ fn text_flag_writes_each_page_text_beside_its_png() {
         }
     }
     assert!(pngs >= 2, "{pngs} pages");
-    assert_eq!(all_text.matches("db-02").count(), 30, "every turn's text is on exactly one page");
+    assert_eq!(
+        all_text.matches("db-02").count(),
+        30,
+        "every turn's text is on exactly one page"
+    );
 }

@@ -43,7 +43,13 @@ fn compress_then_inspect_the_store() {
     let store = store.to_str().unwrap();
 
     let report = json(&memctl(&[
-        "compress", &transcript, "--store", store, "--hot-turns", "4", "--json",
+        "compress",
+        &transcript,
+        "--store",
+        store,
+        "--hot-turns",
+        "4",
+        "--json",
     ]));
     assert_eq!(report["turns"], 60);
     assert_eq!(report["report"]["tokenizer"], "deepseek-ocr");
@@ -68,7 +74,9 @@ fn compress_then_inspect_the_store() {
     assert_eq!(stats["report"]["total"], report["report"]["total"]);
 
     // recall of page 0 returns its stored text; history shows its tier changes.
-    let recall = json(&memctl(&["recall", "--page", "0", "--store", store, "--json"]));
+    let recall = json(&memctl(&[
+        "recall", "--page", "0", "--store", store, "--json",
+    ]));
     let text = recall["pages"][0]["stored_text"].as_str().unwrap();
     assert!(text.contains("Turn 0."), "{text}");
     let history = json(&memctl(&["history", "0", "--store", store, "--json"]));
@@ -81,14 +89,23 @@ fn compress_then_inspect_the_store() {
     assert!(pin.status.success());
     let export = dir.path().join("export");
     let export = export.to_str().unwrap();
-    assert!(memctl(&["export", export, "--store", store]).status.success());
+    assert!(memctl(&["export", export, "--store", store])
+        .status
+        .success());
     let copy = dir.path().join("copy");
     let copy = copy.to_str().unwrap();
-    assert!(memctl(&["import", export, "--store", copy]).status.success());
+    assert!(memctl(&["import", export, "--store", copy])
+        .status
+        .success());
     let copied = json(&memctl(&["stats", "--store", copy, "--json"]));
     assert_eq!(copied["report"]["tiers"], stats["report"]["tiers"]);
-    let pinned = json(&memctl(&["recall", "--page", "0", "--store", copy, "--json"]));
-    assert_eq!(pinned["pages"][0]["stored_text"], recall["pages"][0]["stored_text"]);
+    let pinned = json(&memctl(&[
+        "recall", "--page", "0", "--store", copy, "--json",
+    ]));
+    assert_eq!(
+        pinned["pages"][0]["stored_text"],
+        recall["pages"][0]["stored_text"]
+    );
 }
 
 #[test]
@@ -107,7 +124,12 @@ fn bad_input_gives_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("empty"), "{err}");
 
-    let missing = memctl(&["compress", "/nonexistent/chat.txt", "--store", store.to_str().unwrap()]);
+    let missing = memctl(&[
+        "compress",
+        "/nonexistent/chat.txt",
+        "--store",
+        store.to_str().unwrap(),
+    ]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/chat.txt"));
 

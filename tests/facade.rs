@@ -54,10 +54,19 @@ fn turns_age_through_the_tiers_and_nothing_is_lost() {
     let hot = lethe.store().hot_turns(&scope).unwrap();
     let mut next = 0;
     for p in &pages {
-        assert!(p.turns.start <= next && next <= p.turns.end, "page {} starts at {}", p.id, p.turns.start);
+        assert!(
+            p.turns.start <= next && next <= p.turns.end,
+            "page {} starts at {}",
+            p.id,
+            p.turns.start
+        );
         next = next.max(p.turns.end);
     }
-    assert_eq!(hot.first().map(|t| t.index), Some(next), "hot turns follow the pages");
+    assert_eq!(
+        hot.first().map(|t| t.index),
+        Some(next),
+        "hot turns follow the pages"
+    );
     assert_eq!(hot.last().map(|t| t.index), Some(79));
 
     // The oldest page went down the ladder one step at a time, each step logged.
@@ -75,15 +84,27 @@ fn turns_age_through_the_tiers_and_nothing_is_lost() {
     let recall = lethe.recall(RecallTarget::Page(oldest.id), 100).unwrap();
     let text = recall.pages[0].stored_text.as_deref().unwrap();
     assert!(text.contains(&turns[0].text[..20.min(turns[0].text.len())]));
-    assert!(recall.pages[0].decoded_text.is_none(), "no model, no decoding");
+    assert!(
+        recall.pages[0].decoded_text.is_none(),
+        "no model, no decoding"
+    );
 
     // The report accounts for every page and turn.
     let report = lethe.report().unwrap();
-    let paged: u64 = report.tiers.iter().filter(|r| r.tier != "hot").map(|r| r.pages).sum();
+    let paged: u64 = report
+        .tiers
+        .iter()
+        .filter(|r| r.tier != "hot")
+        .map(|r| r.pages)
+        .sum();
     assert_eq!(paged, pages.len() as u64);
     let hot_row = report.tiers.iter().find(|r| r.tier == "hot").unwrap();
     assert_eq!(hot_row.pages, hot.len() as u64);
-    assert!(report.total.ratio_positions > 1.0, "pages compress text: {:?}", report.total);
+    assert!(
+        report.total.ratio_positions > 1.0,
+        "pages compress text: {:?}",
+        report.total
+    );
     assert!(report.bytes_on_disk > 0);
 }
 
@@ -112,7 +133,9 @@ fn context_fits_the_budget_by_showing_pages_at_lower_modes() {
         assert_eq!(page.image.width, page.mode.page_px());
     }
 
-    let err = lethe.context(&scope, hot_tokens.saturating_sub(1), 60).unwrap_err();
+    let err = lethe
+        .context(&scope, hot_tokens.saturating_sub(1), 60)
+        .unwrap_err();
     assert!(err.to_string().contains("hot turns"), "{err}");
 }
 
@@ -127,13 +150,17 @@ fn pinned_pages_keep_their_tier() {
     let scope = Scope::session("p");
     let turns = sample_turns();
     for (i, turn) in turns.iter().take(30).enumerate() {
-        lethe.append(&scope, std::slice::from_ref(turn), i as u64).unwrap();
+        lethe
+            .append(&scope, std::slice::from_ref(turn), i as u64)
+            .unwrap();
     }
     lethe.maintain(30).unwrap();
     let first = lethe.store().pages(Some(&scope)).unwrap().pages[0].clone();
     lethe.pin(first.id, true).unwrap();
     for (i, turn) in turns.iter().enumerate().skip(30).take(30) {
-        lethe.append(&scope, std::slice::from_ref(turn), i as u64).unwrap();
+        lethe
+            .append(&scope, std::slice::from_ref(turn), i as u64)
+            .unwrap();
         lethe.maintain(i as u64).unwrap();
     }
     let after = lethe.store().page(first.id).unwrap();

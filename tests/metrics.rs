@@ -484,3 +484,24 @@ fn levenshtein_with_shared_prefix_and_suffix() {
     assert_eq!(levenshtein("prefix only", "prefix"), 5);
     assert_eq!(levenshtein("same suffix", "suffix"), 5);
 }
+
+#[test]
+fn every_span_is_found_in_its_own_text() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/agent-sessions.txt"),
+    )
+    .unwrap();
+    let extra = "v1.2.3 and x4-4 at 07:41:02.118, (see `pool.begin()`), id=42; HTTP/1.1 \"503s\"";
+    for t in [text.as_str(), extra] {
+        let spans = critical_spans(t);
+        assert!(!spans.is_empty());
+        for s in &spans {
+            assert!(span_found(s, t), "{s:?} not found in its own text");
+        }
+        assert_eq!(span_recall(t, t).recall(), Some(1.0));
+    }
+    // A number inside a version string is bounded by digits only.
+    let r = span_recall("release v1.2.3", "release v1.2.3");
+    assert_eq!((r.found, r.total), (1, 1));
+    assert_eq!(span_recall("release v1.2.3", "release v1.2.34").found, 0);
+}

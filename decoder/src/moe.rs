@@ -131,14 +131,55 @@ impl Moe {
                 g.1.push(w);
             }
         }
+        let active: Vec<usize> = (0..groups.len())
+            .filter(|&e| !groups[e].0.is_empty())
+            .collect();
+        let threads = candle_core::utils::get_num_threads().max(1);
+        // Decoding (a few tokens): each expert's products are small, so the selected experts run
+        // concurrently, one group per thread. Prefill relies on the multi-threaded matmul.
+        let outputs: Vec<Result<Tensor>> = if tokens <= 4 && threads > 1 && device.is_cpu() {
+            let per = active.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = active
+                    .chunks(per.max(1))
+                    .skip(1)
+                    .map(|chunk| {
+                        s.spawn(|| {
+                            chunk
+                                .iter()
+                                .map(|&e| self.run_expert(e, x, &groups[e].0, &groups[e].1, device))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                let mut all: Vec<Result<Tensor>> = active
+                    .chunks(per.max(1))
+                    .next()
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|&e| self.run_expert(e, x, &groups[e].0, &groups[e].1, device))
+                    .collect();
+                for h in handles {
+                    match h.join() {
+                        Ok(v) => all.extend(v),
+                        Err(_) => all.push(Err(crate::error::Error::Input(
+                            "an expert worker thread panicked".into(),
+                        ))),
+                    }
+                }
+                all
+            })
+        } else {
+            active
+                .iter()
+                .map(|&e| self.run_expert(e, x, &groups[e].0, &groups[e].1, device))
+                .collect()
+        };
         let mut acc = Tensor::zeros((tokens, hidden), DType::F32, device)?;
-        for (e, (toks, ws)) in groups.iter().enumerate() {
-            if toks.is_empty() {
-                continue;
-            }
-            let y = self.run_expert(e, x, toks, ws, device)?;
+        for (&e, y) in active.iter().zip(outputs) {
+            let toks = &groups[e].0;
             let idx = Tensor::from_slice(toks, toks.len(), device)?;
-            acc = acc.index_add(&idx, &y, 0)?;
+            acc = acc.index_add(&idx, &y?, 0)?;
         }
         let mut out = acc.to_dtype(dt)?;
         if let Some(shared) = &self.shared_experts {

@@ -156,6 +156,9 @@ impl Linear {
     }
 }
 
+/// Weights with fewer elements than this are multiplied on one thread.
+const PARALLEL_MIN_WEIGHTS: usize = 8 << 20;
+
 /// Up to this many rows, CPU f32 products use [`ParallelGemv`] instead of the general matmul.
 const GEMV_MAX_ROWS: usize = 4;
 
@@ -208,9 +211,14 @@ impl CustomOp2 for ParallelGemv {
         };
         let x = &xs.as_slice::<f32>()?[xa..xb];
         let w = &ws.as_slice::<f32>()?[wa..wb];
-        let threads = candle_core::utils::get_num_threads()
-            .min(out_dim / 256)
-            .max(1);
+        // Fork-join costs a thread wake-up; only large weights (lm_head, dense MLP) are split.
+        let threads = if out_dim * in_dim < PARALLEL_MIN_WEIGHTS {
+            1
+        } else {
+            candle_core::utils::get_num_threads()
+                .min(out_dim / 256)
+                .max(1)
+        };
         let chunk = out_dim.div_ceil(threads);
         // Each thread fills its own [rows, chunk] block.
         let run = |j0: usize, j1: usize| -> Vec<f32> {

@@ -180,7 +180,10 @@ pub fn score_pages(lethe: &mut Lethe, scope: &Scope) -> anyhow::Result<Vec<Recal
                 edit_distance: scores.iter().map(|s| s.edit_distance).sum::<f64>() / n,
                 char_f1: scores.iter().map(|s| s.char_f1).sum::<f64>() / n,
                 critical_spans: lethe::metrics::mean(
-                    &scores.iter().filter_map(|s| s.spans.recall()).collect::<Vec<_>>(),
+                    &scores
+                        .iter()
+                        .filter_map(|s| s.spans.recall())
+                        .collect::<Vec<_>>(),
                 )
                 .unwrap_or(1.0),
                 tier,

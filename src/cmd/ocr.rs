@@ -26,7 +26,7 @@ Exits 3 when generation stops at --max-tokens.";
 
 /// Arguments of `memctl ocr`.
 #[derive(Debug, clap::Args)]
-#[command(long_about = ABOUT)]
+#[command(after_help = ABOUT)]
 pub struct Args {
     /// The page image (PNG or JPEG).
     pub image: PathBuf,

@@ -121,7 +121,8 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for c in &changes {
-        let name = |t: &Option<lethe_memory::Tier>| t.as_ref().map_or("-".into(), |t| t.mode.clone());
+        let name =
+            |t: &Option<lethe_memory::Tier>| t.as_ref().map_or("-".into(), |t| t.mode.clone());
         println!(
             "#{:<3} turn {:>6} t={:>10}  {:>7} -> {:<7}  {}",
             c.seq,
@@ -160,7 +161,11 @@ pub fn maintain(args: MaintainArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "paged out {} turns into {} pages; {} tier changes ({} evicted) in {:.0} ms",
-            done.paged_out_turns, done.pages_created, done.transitions, done.evicted, done.usage.millis
+            done.paged_out_turns,
+            done.pages_created,
+            done.transitions,
+            done.evicted,
+            done.usage.millis
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -243,8 +248,14 @@ fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
     let (a, b) = s
         .split_once("..")
         .with_context(|| format!("--turns {s:?}: expected START..END"))?;
-    let start: u64 = a.trim().parse().with_context(|| format!("--turns {s:?}: bad START"))?;
-    let end: u64 = b.trim().parse().with_context(|| format!("--turns {s:?}: bad END"))?;
+    let start: u64 = a
+        .trim()
+        .parse()
+        .with_context(|| format!("--turns {s:?}: bad START"))?;
+    let end: u64 = b
+        .trim()
+        .parse()
+        .with_context(|| format!("--turns {s:?}: bad END"))?;
     if end <= start {
         bail!("--turns {s:?}: END must be greater than START");
     }

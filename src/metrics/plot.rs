@@ -253,17 +253,24 @@ impl Plot {
             width: 1.5,
             dashed: false,
         });
-        let title_w = (font::text_width(&self.title) * TEXT_SCALE) as f32;
-        if title_w + 20.0 < Self::WIDTH as f32 {
-            out.push(text(
-                Self::WIDTH as f32 / 2.0,
-                10.0 + TEXT_H,
-                &self.title,
-                Anchor::Middle,
-            ));
+        // Titles wider than the image are shortened with "..." (in both back ends alike).
+        let max_chars = ((Self::WIDTH - 20) / (font::ADVANCE * TEXT_SCALE)) as usize;
+        let title = if self.title.chars().count() > max_chars {
+            let kept: String = self
+                .title
+                .chars()
+                .take(max_chars.saturating_sub(3))
+                .collect();
+            format!("{kept}...")
         } else {
-            out.push(text(10.0, 10.0 + TEXT_H, &self.title, Anchor::Start));
-        }
+            self.title.clone()
+        };
+        out.push(text(
+            Self::WIDTH as f32 / 2.0,
+            10.0 + TEXT_H,
+            &title,
+            Anchor::Middle,
+        ));
         out.push(text(
             (l + r) / 2.0,
             b + 44.0 + TEXT_H,
