@@ -4,6 +4,7 @@
 //! data, which `Stats::bytes_on_disk` reports next to the live byte count.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::engine::{Batch, Engine, Op};
 use crate::error::{Error, Result};
@@ -17,21 +18,39 @@ pub struct SledEngine {
 
 impl SledEngine {
     /// Opens (creating if needed) a sled database in `dir`.
+    ///
+    /// The store's own `LOCK` file already excludes other processes, so sled's file lock can only
+    /// be held by a handle of this process that was just dropped: sled releases it from a
+    /// background thread a moment later. Opening waits for that, up to [`RELEASE_WAIT`].
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => Error::io(dir, io),
-                other => Error::engine("open", other),
-            })?;
-        Ok(Self {
-            db,
-            dir: dir.to_path_buf(),
-        })
+        let started = Instant::now();
+        loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(64 * 1024 * 1024)
+                .open();
+            match opened {
+                Ok(db) => {
+                    return Ok(Self {
+                        db,
+                        dir: dir.to_path_buf(),
+                    })
+                }
+                Err(sled::Error::Io(io))
+                    if io.to_string().contains("could not acquire lock")
+                        && started.elapsed() < RELEASE_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(sled::Error::Io(io)) => return Err(Error::io(dir, io)),
+                Err(other) => return Err(Error::engine("open", other)),
+            }
+        }
     }
 }
+
+/// How long opening waits for a just-dropped handle of this process to release sled's lock.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 fn map(op: &'static str) -> impl Fn(sled::Error) -> Error {
     move |e| Error::engine(op, e)

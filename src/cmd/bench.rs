@@ -23,7 +23,7 @@ use lethe::metrics::{BenchReport, BoxError, PageRecord, Plot, SourcePage, TextTo
 use lethe::{OcrModel, OcrOptions};
 use lethe_render::{gundam_grid, Mode, Page, PageImage, Renderer};
 
-use super::common::{read_transcript, FormatArg};
+use super::common::{self, read_transcript, FormatArg, ModelArgs};
 
 /// How `--truth` is read; shown in `--help`.
 const AFTER_HELP: &str = "\
@@ -69,19 +69,8 @@ pub struct Args {
     )]
     pub modes: Vec<Mode>,
 
-    /// Model folder (config.json, tokenizer.json, *.safetensors) of a DeepSeek-OCR-family
-    /// checkpoint that reads the pages back. Required: recall cannot be measured without one. The
-    /// real model needs about 12.4 GB of memory in f32 on CPU (see --quant).
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-
-    /// Quantise the decoder's linear layers: none, q8_0 or q4k.
-    #[arg(long, default_value = "none", value_name = "Q")]
-    pub quant: String,
-
-    /// The most tokens generated per page (pages that hit it are reported; exit code 3).
-    #[arg(long, default_value_t = 2048, value_name = "N")]
-    pub max_tokens: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// The prompt; `<image>` marks where the page's vision tokens go.
     #[arg(long, default_value = lethe_decoder::DEFAULT_PROMPT)]
@@ -150,14 +139,13 @@ pub trait PageRenderer {
 /// The decoder for this run: the `--model` checkpoint, or `None` (the command then refuses to
 /// run). Other decoders (an embedded model, a remote endpoint) plug in here.
 pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
-    let Some(dir) = &args.model else {
+    let Some(dir) = &args.model.model else {
         return Ok(None);
     };
-    let quantization = lethe_decoder::Quantization::parse(&args.quant)
-        .with_context(|| format!("--quant {}", args.quant))?;
+    let quantization = common::parse_quant(&args.model.quant)?;
     let options = OcrOptions {
         prompt: args.prompt.clone(),
-        max_new_tokens: args.max_tokens,
+        max_new_tokens: args.model.max_tokens,
         quantization,
         ..OcrOptions::default()
     };
@@ -165,8 +153,8 @@ pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
         .with_context(|| format!("loading the model {}", dir.display()))?;
     Ok(Some(Box::new(OcrReader {
         model,
-        name: format!("{} ({})", dir.display(), args.quant),
-        max_tokens: args.max_tokens,
+        name: format!("{} ({})", dir.display(), args.model.quant),
+        max_tokens: args.model.max_tokens,
         hit_limit: 0,
     })))
 }
@@ -271,6 +259,7 @@ impl TextTokenizer for DecoderTokenizer {
 /// `tokenizer.json`, else the embedded DeepSeek-OCR tokenizer.
 fn text_tokenizer(args: &Args) -> anyhow::Result<DecoderTokenizer> {
     let from_model = args
+        .model
         .model
         .as_ref()
         .map(|m| m.join("tokenizer.json"))
@@ -734,9 +723,11 @@ mod tests {
         let args = Args {
             transcripts: vec![dir.path().join("t.txt")],
             modes: vec![Mode::Tiny],
-            model: None,
-            quant: "none".to_owned(),
-            max_tokens: 8,
+            model: ModelArgs {
+                model: None,
+                quant: "none".to_owned(),
+                max_tokens: 8,
+            },
             prompt: "<image>".to_owned(),
             format: FormatArg::Auto,
             tokenizer: None,
@@ -795,9 +786,11 @@ mod tests {
         let args = Args {
             transcripts: vec![transcript],
             modes: vec![Mode::Tiny, Mode::Small],
-            model: Some(model.path().to_path_buf()),
-            quant: "none".to_owned(),
-            max_tokens: 4,
+            model: ModelArgs {
+                model: Some(model.path().to_path_buf()),
+                quant: "none".to_owned(),
+                max_tokens: 4,
+            },
             prompt: "<image>".to_owned(),
             format: FormatArg::Auto,
             tokenizer: None,

@@ -28,14 +28,14 @@ pub struct StoreArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// A DeepSeek-OCR checkpoint folder (config.json, *.safetensors, tokenizer.json). Without it,
-    /// pages are rendered, stored and counted, but not encoded or decoded. The real model needs
-    /// about 12.4 GB of memory in f32 on CPU (see --quant).
+    /// pages are rendered, stored and counted, but not encoded, decoded or scored. The real model
+    /// needs about 12.4 GB of memory in f32 on CPU (see --quant).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Quantise the decoder's linear layers: none, q8_0 or q4k.
     #[arg(long, default_value = "none", value_name = "Q")]
     pub quant: String,
-    /// The most tokens generated per page.
+    /// The most tokens generated per page (pages that hit it are reported).
     #[arg(long, default_value_t = 2048, value_name = "N")]
     pub max_tokens: usize,
 }
@@ -98,12 +98,7 @@ pub fn open(store: &StoreArgs, model: &ModelArgs) -> anyhow::Result<Lethe> {
 
 /// Parses `--quant`.
 pub fn parse_quant(name: &str) -> anyhow::Result<Quantization> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "none" | "f32" => Quantization::None,
-        "q8_0" | "q8" => Quantization::Q8_0,
-        "q4k" | "q4_k" => Quantization::Q4K,
-        other => bail!("--quant {other:?}: expected none, q8_0 or q4k"),
-    })
+    Quantization::parse(name).with_context(|| format!("--quant {name}"))
 }
 
 /// Deletes a store folder, refusing anything that does not look like a Lethe store.
