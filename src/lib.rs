@@ -16,22 +16,22 @@
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let mut memory = Lethe::builder(dir.path()).hot_turns(2).build()?;
 //! let scope = Scope::session("demo");
-//! for i in 0..6 {
-//!     let turn = Turn::new("User", format!("Message {i}: the service listens on port 844{i}."));
-//!     memory.append(&scope, &[turn], i)?;
+//! for i in 0..30 {
+//!     let text = format!("Message {i}: the ledger service listens on port 8443. ").repeat(10);
+//!     memory.append(&scope, &[Turn::new("User", text)], i)?;
 //! }
-//! let report = memory.maintain(6)?;
-//! assert!(report.paged_out_turns >= 4); // all but the 2 hot turns became pages
+//! let report = memory.maintain(30)?;
+//! assert!(report.pages_created >= 2); // old turns became pages; the 2 newest stay text
 //!
-//! // Recent turns as text plus pages as images within 2,000 tokens.
-//! let context = memory.context(&scope, 2_000, 6)?;
-//! assert_eq!(context.turns.len(), 2);
+//! // Recent turns as text plus pages as images within 4,000 tokens.
+//! let context = memory.context(&scope, 4_000, 30)?;
+//! assert!(context.turns.len() >= 2);
 //! assert!(!context.pages.is_empty());
-//! assert!(context.usage.text_tokens + context.usage.decoder_positions <= 2_000);
+//! assert!(context.usage.text_tokens + context.usage.decoder_positions <= 4_000);
 //!
 //! // Without a model, recall returns the page text the store retained.
-//! let recalled = memory.recall(lethe::RecallTarget::Page(context.pages[0].id), 7)?;
-//! assert!(recalled.pages[0].stored_text.as_deref().unwrap_or("").contains("port 844"));
+//! let recalled = memory.recall(lethe::RecallTarget::Page(context.pages[0].id), 31)?;
+//! assert!(recalled.pages[0].stored_text.as_deref().unwrap_or("").contains("port 8443"));
 //! # Ok(())
 //! # }
 //! ```
