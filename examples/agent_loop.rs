@@ -46,9 +46,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let report = memory.report()?;
+    let hot = report
+        .tiers
+        .iter()
+        .find(|t| t.tier == "hot")
+        .map_or(0, |t| t.pages);
     println!(
-        "\n{} pages; {} text tokens held in {} decoder positions ({:.2} tokens per position, {} tokenizer); {} bytes on disk",
-        report.total.pages,
+        "\n{} pages and {hot} hot turns; {} text tokens held in {} decoder positions and hot text \
+         ({:.2} tokens per position, {} tokenizer); {} bytes on disk",
+        report.total.pages - hot,
         report.total.text_tokens,
         report.total.decoder_positions,
         report.total.ratio_positions,
