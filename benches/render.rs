@@ -7,60 +7,11 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lethe_render::{Mode, Page, Renderer, Turn};
 
-fn prose(n: usize) -> String {
-    let words = [
-        "the",
-        "agent",
-        "renders",
-        "old",
-        "dialogue",
-        "into",
-        "pages",
-        "and",
-        "keeps",
-        "a",
-        "short",
-        "sequence",
-        "of",
-        "vision",
-        "tokens;",
-        "decoding",
-        "recovers",
-        "97%",
-        "of",
-        "the",
-        "text",
-        "at",
-        "10x",
-        "compression,",
-        "according",
-        "to",
-        "arXiv:2510.18234.",
-        "See",
-        "https://example.com/docs?id=42",
-        "for",
-        "config_v2.toml",
-        "and",
-        "run_id=7f3a9c",
-        "then",
-        "retry",
-        "with",
-        "--max-tokens",
-        "4096.",
-    ];
-    let mut s = String::new();
-    let mut i = 0usize;
-    while s.len() < n {
-        if !s.is_empty() {
-            s.push(' ');
-        }
-        s.push_str(words[(i * 7 + i / 3) % words.len()]);
-        i += 1;
-    }
-    s
-}
+// The render crate's test inputs: the same prose the golden and pagination tests use.
+#[path = "../render/tests/common/mod.rs"]
+mod common;
+use common::prose;
 
-/// Full pages of dialogue: turns of ~700 characters alternating speakers.
 fn pages(renderer: &Renderer) -> Vec<Page> {
     let turns: Vec<Turn> = (0..60)
         .map(|i| {
