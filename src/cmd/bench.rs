@@ -499,12 +499,7 @@ pub fn bench_transcripts(
         }
     }
     bar.finish_and_clear();
-    Ok(BenchReport::builder()
-        .tokenizer(tokenizer.name())
-        .reader(reader.name())
-        .bucket_width(bucket_width as usize)
-        .records(records)
-        .build()?)
+    build_report(records, reader, tokenizer, bucket_width)
 }
 
 /// Benches given page images against their ground truth (Fox-style).
@@ -532,6 +527,16 @@ pub fn bench_images(
         records.push(page.uncompressed());
     }
     bar.finish_and_clear();
+    build_report(records, reader, tokenizer, bucket_width)
+}
+
+/// The report of scored pages, naming the reader and the tokenizer.
+fn build_report(
+    records: Vec<PageRecord>,
+    reader: &dyn PageReader,
+    tokenizer: &dyn TextTokenizer,
+    bucket_width: u32,
+) -> anyhow::Result<BenchReport> {
     Ok(BenchReport::builder()
         .tokenizer(tokenizer.name())
         .reader(reader.name())
