@@ -554,15 +554,24 @@ impl Lethe {
                 continue;
             };
             let mode = Mode::from_str(self.policy.ladder().name(decision.tier))?;
-            let (image, _png) = if record.tier.mode == mode.name() {
-                let png = self.store.image(record.id)?;
-                (PageImage::from_png(&png)?, png)
+            // At its stored tier a page's image and (cached) tokens are read back; below it, the
+            // page is rendered and encoded on the fly.
+            let at_stored_tier = record.tier.mode == mode.name();
+            let image = if at_stored_tier {
+                PageImage::from_png(&self.store.image(record.id)?)?
             } else {
-                self.image_at(record, mode)?
+                self.image_at(record, mode)?.0
             };
-            let tokens = match &mut self.model {
-                Some(model) => Some(model.encode(&image, mode)?),
-                None => None,
+            let cached = match (&self.model, at_stored_tier) {
+                (Some(_), true) => self.store.tokens(record.id)?,
+                _ => None,
+            };
+            let tokens = match (&self.model, cached) {
+                (Some(model), Some(cache)) => {
+                    Some(model::tokens_from_cache(&cache, model.device())?)
+                }
+                (Some(model), None) => Some(model.encode(&image, mode)?),
+                (None, _) => None,
             };
             let positions = u64::from(self.policy.ladder().positions(decision.tier));
             usage.decoder_positions += positions;
