@@ -98,6 +98,8 @@ pub struct Maintenance {
     pub transitions: u64,
     /// Pages evicted.
     pub evicted: u64,
+    /// Pages whose retained text the policy dropped (`drop_text`); they decay by resampling.
+    pub texts_dropped: u64,
     /// Characters no bundled font covers, in pages rendered by this call.
     pub missing_glyphs: u64,
     /// Cost of the call.
@@ -250,6 +252,8 @@ fn page_source(page: &Page, turns: &[Turn]) -> Vec<Turn> {
                 turn.text[seg.start..seg.end].to_string(),
             );
             piece.continued = seg.start > 0 || turn.continued;
+            piece.session.clone_from(&turn.session);
+            piece.timestamp.clone_from(&turn.timestamp);
             piece
         })
         .collect()
@@ -407,7 +411,11 @@ impl Lethe {
         let mut usage = self.usage();
         let new: Vec<NewTurn> = turns
             .iter()
-            .map(|t| NewTurn::new(t.speaker.clone(), t.text.clone(), now))
+            .map(|t| NewTurn {
+                session: t.session.clone(),
+                time_label: t.timestamp.clone(),
+                ..NewTurn::new(t.speaker.clone(), t.text.clone(), now)
+            })
             .collect();
         for t in turns {
             usage.text_tokens += self.count_tokens(&t.text)?;
@@ -439,17 +447,34 @@ impl Lethe {
             let turn = self.store.next_turn(&record.scope)?;
             let state = self.page_state(&record)?;
             let decision = self.policy.decide(&state, now, turn)?;
-            if !decision.changed() {
-                continue;
-            }
             let stamp = Stamp::new(turn, now);
-            self.move_page(
-                &record,
-                decision.tier,
-                &decision.reason.text,
-                stamp,
-                &mut done,
-            )?;
+            if decision.changed() {
+                self.move_page(
+                    &record,
+                    decision.tier,
+                    &decision.reason.text,
+                    stamp,
+                    &mut done,
+                )?;
+            }
+            // After any re-render, which still had the text to draw from.
+            if decision.drop_text && record.text.is_some() {
+                let mut meta = page_meta(&record)?;
+                meta.source = None;
+                let profile = serde_json::to_string(&meta)
+                    .map_err(|e| Error::Invalid(format!("page metadata: {e}")))?;
+                let reason = format!(
+                    "policy drops page text at {} (drop_text = {:?})",
+                    self.policy.ladder().name(decision.tier),
+                    self.policy
+                        .drop_text_tier()
+                        .map(|t| self.policy.ladder().name(t))
+                        .unwrap_or_default(),
+                );
+                self.store
+                    .drop_text(record.id, Some(profile), &reason, stamp)?;
+                done.texts_dropped += 1;
+            }
         }
         done.usage.millis = elapsed_ms(started);
         Ok(done)
@@ -522,7 +547,7 @@ impl Lethe {
         let mut turns = Vec::with_capacity(hot.len());
         for t in &hot {
             usage.text_tokens += self.count_tokens(&t.text)?;
-            turns.push(Turn::new(t.speaker.clone(), t.text.clone()));
+            turns.push(turn_of(t));
         }
         if usage.text_tokens > budget {
             return Err(Error::Invalid(format!(
@@ -698,9 +723,19 @@ impl Lethe {
         now: u64,
         done: &mut Maintenance,
     ) -> Result<()> {
+        // A turn without a session continues the one before it, as the renderer draws it, so
+        // that each page's source lays out as the same page again.
+        let mut session = None;
         let input: Vec<Turn> = turns
             .iter()
-            .map(|t| Turn::new(t.speaker.clone(), t.text.clone()))
+            .map(|t| {
+                let mut turn = turn_of(t);
+                if turn.session.is_none() {
+                    turn.session.clone_from(&session);
+                }
+                session.clone_from(&turn.session);
+                turn
+            })
             .collect();
         let mut groups: Vec<Vec<Page>> = Vec::new();
         for page in self.renderer.paginate(&input)? {
@@ -811,13 +846,19 @@ impl Lethe {
                 } else {
                     &Renderer::builder().profile(meta.profile.clone()).build()?
                 };
-                // The source lays out as the same page again (a split last turn may leave an
-                // empty trailing page); anything else would re-render different text.
+                // The source lays out as the same page again (a split last turn may leave a
+                // trailing page with no turn text, only a running header); anything else would
+                // re-render different text.
                 let pages = renderer.paginate(source)?;
                 let page = pages
                     .first()
                     .filter(|p| Some(&p.text) == record.text.as_ref())
-                    .filter(|_| pages[1..].iter().all(|p| p.text.is_empty()))
+                    .filter(|_| {
+                        pages[1..]
+                            .iter()
+                            .flat_map(|p| &p.segments)
+                            .all(|s| s.start == s.end)
+                    })
                     .ok_or_else(|| {
                         Error::Invalid(format!(
                             "page {}: its source no longer lays out as the stored page ({} pages)",
@@ -894,6 +935,14 @@ impl Lethe {
         };
         Ok(state)
     }
+}
+
+/// A hot turn as the renderer takes it: speaker, text, session and time label.
+fn turn_of(t: &lethe_memory::TurnRecord) -> Turn {
+    let mut turn = Turn::new(t.speaker.clone(), t.text.clone());
+    turn.session.clone_from(&t.session);
+    turn.timestamp.clone_from(&t.time_label);
+    turn
 }
 
 fn page_meta(record: &PageRecord) -> Result<PageMeta> {

@@ -80,6 +80,18 @@ fn turns_age_through_the_tiers_and_nothing_is_lost() {
     assert!(tiers.windows(2).all(|w| w[0] != w[1]));
     assert!(tiers.contains(&"base".to_string()), "history: {tiers:?}");
 
+    // Sessions travel with the turns: every page names its session at the top, so a page read
+    // alone still says when it was said (and re-renders at each tier changed nothing of it).
+    for p in &pages {
+        let text = p.text.as_deref().unwrap();
+        assert!(
+            text.starts_with("=== Session "),
+            "page {}:\n{}",
+            p.id,
+            &text[..text.len().min(200)]
+        );
+    }
+
     // Each page's text survives and reads back.
     let recall = lethe.recall(RecallTarget::Page(oldest.id), 100).unwrap();
     let text = recall.pages[0].stored_text.as_deref().unwrap();
@@ -167,4 +179,70 @@ fn pinned_pages_keep_their_tier() {
     assert_eq!(after.tier, first.tier, "pinned page kept its tier");
     let other = &lethe.store().pages(Some(&scope)).unwrap().pages[1];
     assert_ne!(other.tier.mode, "large", "unpinned neighbours aged");
+}
+
+#[test]
+fn a_policy_can_drop_page_text_and_pages_then_decay_by_resampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy::from_toml_str(
+        "age_from = \"created\"\nfloor = \"tiny\"\ndrop_text = \"small\"\n\
+         [curve]\nkind = \"step\"\nafter = [4, 8, 12, 16]\n",
+    )
+    .unwrap();
+    let mut lethe = Lethe::builder(dir.path())
+        .hot_turns(2)
+        .policy(policy)
+        .build()
+        .unwrap();
+    let scope = Scope::session("d");
+    let turns = sample_turns();
+    for (i, turn) in turns.iter().take(20).enumerate() {
+        lethe
+            .append(&scope, std::slice::from_ref(turn), i as u64)
+            .unwrap();
+    }
+    lethe.maintain(20).unwrap();
+    let pages = lethe.store().pages(Some(&scope)).unwrap().pages;
+    assert!(pages.len() >= 3, "{} pages", pages.len());
+    let (kept, pinned) = (pages[0].clone(), pages[1].clone());
+    lethe.pin(pinned.id, true).unwrap();
+
+    let mut dropped = 0;
+    for (i, turn) in turns.iter().enumerate().skip(20).take(20) {
+        lethe
+            .append(&scope, std::slice::from_ref(turn), i as u64)
+            .unwrap();
+        dropped += lethe.maintain(i as u64).unwrap().texts_dropped;
+    }
+    assert!(dropped >= 1);
+
+    // The first page went large -> base -> small (text dropped there) -> tiny (resampled).
+    let first = lethe.store().page(kept.id).unwrap();
+    assert_eq!(first.tier.mode, "tiny");
+    assert_eq!(first.text, None, "text dropped at small");
+    let original = kept.text.as_deref().unwrap();
+    let probe = original.lines().nth(3).unwrap();
+    assert!(
+        !first.profile.contains(probe.trim()),
+        "the page's source went with its text"
+    );
+    let history = lethe.history(kept.id).unwrap();
+    let reasons: Vec<&str> = history.iter().map(|c| c.reason.as_str()).collect();
+    let drop_at = reasons
+        .iter()
+        .position(|r| r.contains("drops page text at small"))
+        .unwrap_or_else(|| panic!("{reasons:?}"));
+    assert_eq!(history[drop_at].to.as_ref().unwrap().mode, "small");
+    let png = lethe.store().image(kept.id).unwrap();
+    let image = lethe_render::PageImage::from_png(&png).unwrap();
+    assert_eq!(image.width, lethe_render::Mode::Tiny.page_px());
+
+    // Recall has no text to return for it, and says so by `None`.
+    let recall = lethe.recall(RecallTarget::Page(kept.id), 50).unwrap();
+    assert_eq!(recall.pages[0].stored_text, None);
+
+    // A pinned page keeps its tier and its text.
+    let pinned_now = lethe.store().page(pinned.id).unwrap();
+    assert_eq!(pinned_now.tier, pinned.tier);
+    assert_eq!(pinned_now.text, pinned.text);
 }

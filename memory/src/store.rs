@@ -396,6 +396,8 @@ impl Store {
                 speaker: t.speaker.clone(),
                 text: t.text.clone(),
                 timestamp: t.timestamp,
+                session: t.session.clone(),
+                time_label: t.time_label.clone(),
             };
             b.put(keys::turn(scope, index), encode("turn", &rec)?);
         }
@@ -714,10 +716,21 @@ impl Store {
     }
 
     /// Drops a page's retained text (the image stays); logged in its history with `reason`.
-    pub fn drop_text(&self, id: PageId, reason: &str, at: Stamp) -> Result<PageRecord> {
+    /// `profile`, when given, replaces the page's opaque profile in the same transaction (a caller
+    /// that keeps a derived copy of the text there drops it too). Dropping absent text does nothing.
+    pub fn drop_text(
+        &self,
+        id: PageId,
+        profile: Option<String>,
+        reason: &str,
+        at: Stamp,
+    ) -> Result<PageRecord> {
         self.update(id, |rec, b| {
             if rec.text.is_none() {
                 return Ok(());
+            }
+            if let Some(profile) = profile {
+                rec.profile = profile;
             }
             rec.text = None;
             rec.checksum.text = None;

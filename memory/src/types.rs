@@ -161,16 +161,35 @@ pub struct NewTurn {
     pub text: String,
     /// When, in the caller's time unit.
     pub timestamp: u64,
+    /// The conversation session the turn was said in, as the caller names it (e.g. `"Session 3 ·
+    /// 2026-03-14"`); pages show it as a header.
+    pub session: Option<String>,
+    /// The time as written in the caller's transcript (e.g. `"10:02"`), shown beside the speaker.
+    pub time_label: Option<String>,
 }
 
 impl NewTurn {
-    /// A new turn.
+    /// A new turn with no session and no time label.
     pub fn new(speaker: impl Into<String>, text: impl Into<String>, timestamp: u64) -> Self {
         Self {
             speaker: speaker.into(),
             text: text.into(),
             timestamp,
+            session: None,
+            time_label: None,
         }
+    }
+
+    /// Sets the session.
+    pub fn with_session(mut self, session: impl Into<String>) -> Self {
+        self.session = Some(session.into());
+        self
+    }
+
+    /// Sets the time label.
+    pub fn with_time_label(mut self, label: impl Into<String>) -> Self {
+        self.time_label = Some(label.into());
+        self
     }
 }
 
@@ -185,6 +204,12 @@ pub struct TurnRecord {
     pub text: String,
     /// When, in the caller's time unit.
     pub timestamp: u64,
+    /// The session it was said in (absent in records written before sessions were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The time as written in the transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_label: Option<String>,
 }
 
 /// A vision-token cache: raw tensor bytes with their shape and dtype.
@@ -406,4 +431,26 @@ pub struct Listing {
     pub pages: Vec<PageRecord>,
     /// One [`Error::Corrupt`] per unreadable record.
     pub corrupt: Vec<Error>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_records_written_before_sessions_were_kept_still_read() {
+        let old = r#"{"index":3,"speaker":"user","text":"hi","timestamp":7}"#;
+        let rec: TurnRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (rec.index, &rec.session, &rec.time_label),
+            (3, &None, &None)
+        );
+        // And records without them are written as before.
+        assert_eq!(serde_json::to_string(&rec).unwrap(), old);
+        let with = NewTurn::new("user", "hi", 7)
+            .with_session("Session 2")
+            .with_time_label("10:02");
+        assert_eq!(with.session.as_deref(), Some("Session 2"));
+        assert_eq!(with.time_label.as_deref(), Some("10:02"));
+    }
 }

@@ -171,11 +171,17 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             let s = &scopes()[scope];
             let turns: Vec<NewTurn> = (0..n)
                 .map(|i| {
-                    NewTurn::new(
+                    let t = NewTurn::new(
                         if i % 2 == 0 { "user" } else { "assistant" },
                         format!("turn {} {i} héllo", m.clock),
                         m.clock,
-                    )
+                    );
+                    // Some turns carry a session and a time label, most do not.
+                    match (m.clock + i as u64) % 3 {
+                        0 => t.with_session(format!("Session {}", m.clock / 10)),
+                        1 => t.with_session("S · 2026").with_time_label("10:02"),
+                        _ => t,
+                    }
                 })
                 .collect();
             let got = store.append(s, &turns).expect("append");
@@ -196,6 +202,8 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                         speaker: t.speaker,
                         text: t.text,
                         timestamp: t.timestamp,
+                        session: t.session,
+                        time_label: t.time_label,
                     },
                 );
             }
@@ -358,12 +366,17 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
         }
         Op::DropText { page } => {
             let Some(id) = m.pick(page) else { return };
-            let res = store.drop_text(id, "policy drops text", at);
+            // Every other drop also replaces the opaque profile.
+            let profile = (page % 2 == 0).then(|| format!("{{\"dropped\":{page}}}"));
+            let res = store.drop_text(id, profile.clone(), "policy drops text", at);
             let Some(p) = m.pages.get_mut(&id) else {
                 assert_eq!(outcome(res), Outcome::NotFound);
                 return;
             };
             if p.record.text.is_some() {
+                if let Some(profile) = profile {
+                    p.record.profile = profile;
+                }
                 p.record.text = None;
                 p.record.checksum.text = None;
                 let seq = p.record.changes;

@@ -16,6 +16,9 @@ pub struct Decision {
     pub from: Tier,
     /// The tier the page should be at now.
     pub tier: Tier,
+    /// True when the page should no longer keep its text at `tier` (the policy's `drop_text`;
+    /// never for a pinned page). The caller drops it after re-rendering, if it still has it.
+    pub drop_text: bool,
     /// Why.
     pub reason: Reason,
 }

@@ -26,6 +26,7 @@ pub struct Policy {
     pub(crate) pin: Option<Tier>,
     pub(crate) ttl_turns: Option<u64>,
     pub(crate) ttl_seconds: Option<u64>,
+    pub(crate) drop_text: Option<Tier>,
     pub(crate) recall: RecallCurve,
 }
 
@@ -34,7 +35,7 @@ impl Default for Policy {
     /// (111) / tiny (73); ages in turns since the last access; retention curve with `S0 = 20`
     /// turns, growth 2 per access, thresholds 0.6 / 0.35 / 0.15 / 0.05; floor `tiny` (decay alone
     /// never evicts); pinned pages stay where they are; no TTL; recall estimate 97% at 10x, 60% at
-    /// 20x, 10% at 40x.
+    /// 20x, 10% at 40x; page text is kept at every tier.
     fn default() -> Self {
         Policy {
             ladder: Ladder::default(),
@@ -48,6 +49,7 @@ impl Default for Policy {
             pin: None,
             ttl_turns: None,
             ttl_seconds: None,
+            drop_text: None,
             recall: RecallCurve::default(),
         }
     }
@@ -159,6 +161,17 @@ impl Policy {
     /// Seconds after creation at which an unpinned page is evicted, if any.
     pub fn ttl_seconds(&self) -> Option<u64> {
         self.ttl_seconds
+    }
+
+    /// The highest tier at which unpinned pages lose their retained text (it and every tier
+    /// below), or `None` when text is kept at every tier.
+    pub fn drop_text_tier(&self) -> Option<Tier> {
+        self.drop_text
+    }
+
+    /// Whether an unpinned page at `tier` should no longer keep its text.
+    fn drops_text(&self, tier: Tier, pinned: bool) -> bool {
+        !pinned && self.drop_text.is_some_and(|d| tier >= d)
     }
 
     /// The recall estimate used by budget fitting.
@@ -310,6 +323,7 @@ impl Policy {
             id: page.id,
             from: current,
             tier,
+            drop_text: self.drops_text(tier, page.pinned),
             reason: Reason {
                 rule,
                 clock: self.clock,
@@ -420,6 +434,13 @@ impl PolicyBuilder {
         self
     }
 
+    /// Unpinned pages lose their retained text at the level named `name` and below
+    /// (`"evicted"`: when evicted); `None` keeps text at every tier (the default).
+    pub fn drop_text(mut self, name: Option<String>) -> Self {
+        self.spec.drop_text = name;
+        self
+    }
+
     /// The recall estimate as `[ratio, recall]` points.
     pub fn recall_curve(mut self, points: Vec<[f64; 2]>) -> Self {
         self.spec.budget.recall = points;
@@ -448,6 +469,8 @@ struct PolicySpec {
     ttl_turns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ttl_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_text: Option<String>,
     ladder: Vec<Level>,
     reinforcement: Reinforcement,
     curve: Curve,
@@ -483,6 +506,7 @@ impl From<&Policy> for PolicySpec {
             pin: p.pin.map(|t| p.ladder.name(t).to_owned()),
             ttl_turns: p.ttl_turns,
             ttl_seconds: p.ttl_seconds,
+            drop_text: p.drop_text.map(|t| p.ladder.name(t).to_owned()),
             ladder: p.ladder.levels().to_vec(),
             reinforcement: p.reinforcement,
             curve: p.curve.clone(),
@@ -548,6 +572,18 @@ impl PolicySpec {
                 "must be at least 1 (leave it out for no TTL)",
             ));
         }
+        let drop_text = match &self.drop_text {
+            None => None,
+            Some(name) => Some(ladder.tier(name).ok_or_else(|| {
+                PolicyError::invalid(
+                    "drop_text",
+                    format!(
+                        "`{name}` is not a ladder level or `evicted`; levels: {}",
+                        names(&ladder)
+                    ),
+                )
+            })?),
+        };
         let recall = RecallCurve::new(self.budget.recall)?;
         Ok(Policy {
             ladder,
@@ -559,6 +595,7 @@ impl PolicySpec {
             pin,
             ttl_turns: self.ttl_turns,
             ttl_seconds: self.ttl_seconds,
+            drop_text,
             recall,
         })
     }

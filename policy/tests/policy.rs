@@ -94,6 +94,7 @@ fn toml_round_trips() {
         .pin_tier("hi")
         .ttl_turns(Some(50))
         .ttl_seconds(Some(604_800))
+        .drop_text(Some("lo".into()))
         .recall_curve(vec![[5.0, 1.0], [25.0, 0.25]])
         .build()
         .expect("valid custom policy");
@@ -151,6 +152,7 @@ fn bad_toml_names_the_field() {
         ("pin = \"evicted\"\n", "pin"),
         ("floor = \"base\"\npin = \"tiny\"\n", "pin"),
         ("ttl_turns = 0\n", "ttl_turns"),
+        ("drop_text = \"medium\"\n", "drop_text"),
         ("ttl_seconds = -5\n", "ttl_seconds"),
         (
             "[budget]\nrecall = [[10.0, 0.9], [5.0, 0.5]]\n",
@@ -309,6 +311,52 @@ fn pins_stay_or_go_to_the_pin_tier() {
     assert_eq!(
         (d.tier, d.reason.rule),
         (Tier::Evicted, Rule::AlreadyEvicted)
+    );
+}
+
+#[test]
+fn text_is_dropped_at_the_drop_level_and_below_except_when_pinned() {
+    assert_eq!(Policy::default().drop_text_tier(), None);
+    let keep_all = step_policy();
+    let drops = Policy::builder()
+        .curve(Curve::Step {
+            after: vec![10, 20, 30, 40],
+        })
+        .floor(EVICTED)
+        .drop_text(Some("small".into()))
+        .build()
+        .expect("valid");
+    assert_eq!(drops.drop_text_tier(), Some(L2));
+    // Ages 0, 10, 20, 30, 40 land on large, base, small, tiny, evicted.
+    for (age, tier, dropped) in [
+        (0, L0, false),
+        (10, L1, false),
+        (20, L2, true),
+        (30, L3, true),
+        (40, Tier::Evicted, true),
+    ] {
+        let pg = page(1, 0, L0, 500);
+        let d = drops.decide(&pg, 0, age).expect("ok");
+        assert_eq!((d.tier, d.drop_text), (tier, dropped), "age {age}");
+        assert!(!keep_all.decide(&pg, 0, age).expect("ok").drop_text);
+        // A page already at small keeps being told to drop (the caller drops only once).
+        let mut at_small = page(2, 0, L2, 500);
+        at_small.pinned = true;
+        assert!(
+            !drops.decide(&at_small, 0, age).expect("ok").drop_text,
+            "pinned"
+        );
+        at_small.pinned = false;
+        assert!(drops.decide(&at_small, 0, age).expect("ok").drop_text);
+    }
+    let at_eviction =
+        Policy::from_toml_str("floor = \"evicted\"\ndrop_text = \"evicted\"\n").expect("valid");
+    assert_eq!(at_eviction.drop_text_tier(), Some(Tier::Evicted));
+    assert!(
+        !at_eviction
+            .decide(&page(3, 0, L3, 10), 0, 5)
+            .expect("ok")
+            .drop_text
     );
 }
 

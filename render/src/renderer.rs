@@ -148,6 +148,7 @@ impl Renderer {
             next_index: 0,
             next_turn: 0,
             session: None,
+            header: Vec::new(),
             out: Vec::new(),
         }
     }
@@ -358,6 +359,7 @@ struct PageBuilder {
 }
 
 /// A shaped visual line waiting to be placed.
+#[derive(Clone)]
 struct PendingLine {
     glyphs: Vec<Glyph>,
     ascent: f32,
@@ -375,6 +377,8 @@ pub struct Paginator<'r> {
     next_index: usize,
     next_turn: usize,
     session: Option<String>,
+    /// The current session's header, shaped, repeated at the top of every page of the session.
+    header: Vec<PendingLine>,
     out: Vec<Page>,
 }
 
@@ -396,15 +400,24 @@ impl Paginator<'_> {
         let mut guard = self.renderer.fonts();
         let fonts = &mut *guard;
 
-        // Session header.
+        // Session header: drawn where the session changes, kept on the page of the turn's first
+        // line, and repeated at the top of every later page of the session (`place`).
         if profile.session_headers && turn.session.is_some() && turn.session != self.session {
             self.session = turn.session.clone();
-            if let Some(s) = &turn.session {
-                let header = format!("=== {s} ===");
-                let lines = shape_mixed(fonts, &profile, &header, 0, Style::Bold, Style::Bold);
+            let header = format!("=== {} ===", turn.session.as_deref().unwrap_or_default());
+            self.header = shape_mixed(fonts, &profile, &header, 0, Style::Bold, Style::Bold)
+                .into_iter()
+                .map(|l| l.into_pending(&header, None))
+                .collect();
+            let gap = profile.line_px() * 0.5;
+            let needed = 2.0 * gap + (self.header.len() + 1) as f32 * profile.line_px();
+            if self.page.started && self.page.y + needed > self.capacity_bottom(&profile) + 1e-3 {
+                self.flush(&profile);
+            }
+            if self.page.started {
                 self.separator(&profile);
-                for l in lines {
-                    self.place(&profile, l.into_pending(&header, None));
+                for l in self.header.clone() {
+                    self.place_line(&profile, l);
                 }
             }
         } else if turn.session.is_some() {
@@ -518,13 +531,26 @@ impl Paginator<'_> {
         profile.page_height * stack as f32 - profile.margins.bottom
     }
 
-    /// Places a line, starting a new page first if it does not fit.
+    /// Places a line, starting a new page first if it does not fit; a new page opens with the
+    /// current session's header.
     fn place(&mut self, profile: &RenderProfile, line: PendingLine) {
         let lh = profile.line_px();
-        if !self.page.started {
-            self.page.y = profile.margins.top;
-        } else if self.page.y + lh > self.capacity_bottom(profile) + 1e-3 {
+        if self.page.started && self.page.y + lh > self.capacity_bottom(profile) + 1e-3 {
             self.flush(profile);
+        }
+        if !self.page.started && profile.session_headers && !self.header.is_empty() {
+            for h in self.header.clone() {
+                self.place_line(profile, h);
+            }
+            self.separator(profile);
+        }
+        self.place_line(profile, line);
+    }
+
+    /// Places a line at the current position (the caller checked that it fits).
+    fn place_line(&mut self, profile: &RenderProfile, line: PendingLine) {
+        let lh = profile.line_px();
+        if !self.page.started {
             self.page.y = profile.margins.top;
         }
         // A rule whose gap ended up below the last line is dropped with the page flush above.

@@ -63,8 +63,14 @@ fn every_character_on_exactly_one_page_in_order() {
     for (i, p) in pages.iter().enumerate() {
         assert_eq!(p.index, i);
     }
-    // The visible text of the pages, without labels and whitespace, is the turns' text in order.
-    let all_pages: String = pages.iter().map(|p| visible(&p.text)).collect();
+    // The visible text of the pages, without session headers (repeated on every page of a
+    // session), labels and whitespace, is the turns' text in order.
+    let all_pages: String = pages
+        .iter()
+        .flat_map(|p| p.text.lines())
+        .filter(|l| !(l.starts_with("=== ") && l.ends_with(" ===")))
+        .map(visible)
+        .collect();
     let mut pos = 0;
     for t in &turns {
         let v = visible(&t.text);
@@ -74,7 +80,12 @@ fn every_character_on_exactly_one_page_in_order() {
             Some(at) => pos = at + v.len(),
             None => {
                 for piece in t.text.split_whitespace() {
-                    let at = all_pages[pos..].find(piece).expect("piece missing") + pos;
+                    let at = all_pages[pos..].find(piece).unwrap_or_else(|| {
+                        panic!(
+                            "piece {piece:?} missing after {:?}",
+                            &all_pages[pos.saturating_sub(80)..pos]
+                        )
+                    }) + pos;
                     pos = at + piece.len();
                 }
             }
@@ -294,4 +305,43 @@ fn profiles_load_from_toml_and_json() {
     assert!(err.contains("bad.toml"), "{err}");
     assert!(Renderer::builder().font_size(0.5).build().is_err());
     assert!(Renderer::builder().gundam(true, 12).build().is_err());
+}
+
+#[test]
+fn every_page_of_a_session_opens_with_its_header_and_no_header_ends_a_page() {
+    let r = Renderer::new().unwrap();
+    let mut turns = Vec::new();
+    for s in 1..=6 {
+        let session = format!("Session {s} · 2026-03-{:02}", 10 + s);
+        for i in 0..(s * 3) {
+            let speaker = if i % 2 == 0 { "User" } else { "Assistant" };
+            turns.push(Turn::new(speaker, prose(150 + 97 * i)).with_session(session.clone()));
+        }
+    }
+    let pages = r.paginate(&turns).unwrap();
+    assert!(pages.len() >= 6, "{} pages", pages.len());
+    check_coverage(&turns, &pages);
+    for p in &pages {
+        let lines: Vec<&str> = p.text.lines().collect();
+        let first_turn = &turns[p.turns.start];
+        let header = format!("=== {} ===", first_turn.session.as_deref().unwrap());
+        assert_eq!(
+            lines[0], header,
+            "page {} does not open with its session",
+            p.index
+        );
+        let last = lines.last().unwrap();
+        assert!(
+            !last.starts_with("=== "),
+            "page {} ends with a lone header {last:?}",
+            p.index
+        );
+        // Mid-page session changes draw their header once, before the session's first turn.
+        let headers = lines.iter().filter(|l| l.starts_with("=== ")).count();
+        let sessions: std::collections::BTreeSet<_> = turns[p.turns.clone()]
+            .iter()
+            .map(|t| t.session.clone())
+            .collect();
+        assert_eq!(headers, sessions.len(), "page {}:\n{}", p.index, p.text);
+    }
 }

@@ -160,11 +160,13 @@ pub fn maintain(args: MaintainArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
         println!(
-            "paged out {} turns into {} pages; {} tier changes ({} evicted) in {:.0} ms",
+            "paged out {} turns into {} pages; {} tier changes ({} evicted); text dropped from \
+             {} pages; {:.0} ms",
             done.paged_out_turns,
             done.pages_created,
             done.transitions,
             done.evicted,
+            done.texts_dropped,
             done.usage.millis
         );
     }
