@@ -86,7 +86,8 @@ impl std::fmt::Debug for OcrModel {
 }
 
 impl OcrModel {
-    /// Loads `config.json`, the `*.safetensors` weights and `tokenizer.json` from `dir`.
+    /// Loads `config.json`, the `*.safetensors` weights and `tokenizer.json` from `dir` (the
+    /// embedded DeepSeek-OCR tokenizer when the folder has none).
     pub fn load(dir: &Path, options: OcrOptions) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Invalid(format!(
@@ -97,13 +98,13 @@ impl OcrModel {
         let encoder = Encoder::builder().model_dir(dir).build()?;
         let device = encoder.device().clone();
         let decoder = DecoderModel::load(dir, &device, options.quantization)?;
+        // A folder without its own tokenizer.json reads with the embedded DeepSeek-OCR one
+        // (`text_tokenizer().name()` tells which); the decoder rejects prompt ids outside its
+        // vocabulary, so a mismatch is an error, not garbage.
         let tokenizer = if dir.join("tokenizer.json").is_file() {
             Tokenizer::from_dir(dir)?
         } else {
-            return Err(Error::Invalid(format!(
-                "model folder {} has no tokenizer.json",
-                dir.display()
-            )));
+            Tokenizer::deepseek_ocr()?
         };
         let cfg = decoder.config();
         let image_token_id = cfg

@@ -37,6 +37,7 @@ pub mod generate;
 pub mod model;
 pub mod moe;
 pub mod ops;
+mod q8;
 pub mod tokenizer;
 
 pub use config::DecoderConfig;

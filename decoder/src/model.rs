@@ -285,6 +285,17 @@ impl DecoderModel {
                 "the prompt has {slots} image placeholder(s) (id {image_token_id}) but {given} image embedding row(s) were given"
             )));
         }
+        if let Some((at, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &i)| i != image_token_id && i as usize >= self.cfg.vocab_size)
+        {
+            return Err(Error::Input(format!(
+                "prompt token {at} has id {id}, outside the decoder's vocabulary of {} entries: \
+                 the tokenizer does not belong to this model",
+                self.cfg.vocab_size
+            )));
+        }
         let t = ids.len();
         let text = Tensor::from_slice(ids, (1, t), &self.device)?;
         if slots == 0 {

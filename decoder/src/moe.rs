@@ -134,41 +134,14 @@ impl Moe {
         let active: Vec<usize> = (0..groups.len())
             .filter(|&e| !groups[e].0.is_empty())
             .collect();
-        let threads = candle_core::utils::get_num_threads().max(1);
-        // Decoding (a few tokens): each expert's products are small, so the selected experts run
-        // concurrently, one group per thread. Prefill relies on the multi-threaded matmul.
-        let outputs: Vec<Result<Tensor>> = if tokens <= 4 && threads > 1 && device.is_cpu() {
-            let per = active.len().div_ceil(threads);
-            std::thread::scope(|s| {
-                let handles: Vec<_> = active
-                    .chunks(per.max(1))
-                    .skip(1)
-                    .map(|chunk| {
-                        s.spawn(|| {
-                            chunk
-                                .iter()
-                                .map(|&e| self.run_expert(e, x, &groups[e].0, &groups[e].1, device))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                let mut all: Vec<Result<Tensor>> = active
-                    .chunks(per.max(1))
-                    .next()
-                    .unwrap_or(&[])
-                    .iter()
-                    .map(|&e| self.run_expert(e, x, &groups[e].0, &groups[e].1, device))
-                    .collect();
-                for h in handles {
-                    match h.join() {
-                        Ok(v) => all.extend(v),
-                        Err(_) => all.push(Err(crate::error::Error::Input(
-                            "an expert worker thread panicked".into(),
-                        ))),
-                    }
-                }
-                all
-            })
+        // A decode step's few experts run side by side on rayon's workers, each expert's
+        // products on one thread (their weights are below the split threshold of the products).
+        let outputs: Vec<Result<Tensor>> = if tokens <= 4 && device.is_cpu() {
+            use rayon::prelude::*;
+            active
+                .par_iter()
+                .map(|&e| self.run_expert(e, x, &groups[e].0, &groups[e].1, device))
+                .collect()
         } else {
             active
                 .iter()

@@ -6,11 +6,13 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Shape, T
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::q8::Q8Matrix;
 
 /// How the decoder's linear layers are stored and multiplied.
 ///
-/// Quantised forms are made from the f32/bf16 checkpoint at load time and multiplied with
-/// candle's quantised matmul. Norms, the MoE gate, the embedding and everything outside the
+/// Quantised forms are made from the f32/bf16 checkpoint at load time (ggml's block formats, as
+/// candle quantises). On the CPU, `q8_0` layers are multiplied by Lethe's own kernel with f32
+/// activations; `q4k` uses candle's quantised matmul. Norms, the MoE gate, the embedding and everything outside the
 /// linear layers stay in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -76,6 +78,9 @@ impl std::fmt::Display for Quantization {
 #[derive(Debug, Clone)]
 enum LinearWeight {
     Dense(Tensor),
+    /// `q8_0` on the CPU: Lethe's own kernel (see `q8`).
+    Q8(Q8Matrix),
+    /// Any other quantisation, or `q8_0` on a GPU: candle's quantised matmul.
     Quant(QMatMul),
 }
 
@@ -102,6 +107,10 @@ impl Linear {
     pub fn from_weight(w: Tensor, quant: Quantization) -> Result<Self> {
         let (out_dim, in_dim) = w.dims2()?;
         let weight = match quant.ggml_type(in_dim) {
+            Some(GgmlDType::Q8_0) if w.device().is_cpu() => {
+                let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                LinearWeight::Q8(Q8Matrix::quantize(&values, out_dim, in_dim))
+            }
             Some(t) => {
                 let q = QTensor::quantize(&w.to_dtype(DType::F32)?, t)?;
                 LinearWeight::Quant(QMatMul::from_qtensor(q)?)
@@ -120,6 +129,7 @@ impl Linear {
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
             LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            LinearWeight::Q8(q) => q.bytes(),
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
             LinearWeight::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
                 w.elem_count() * w.dtype().size_in_bytes()
@@ -143,6 +153,20 @@ impl Linear {
                     .to_dtype(x2.dtype())?
             }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
+            LinearWeight::Q8(q) => {
+                let dt = x2.dtype();
+                let xf = x2.to_dtype(DType::F32)?.contiguous()?;
+                let device = x2.device();
+                if rows <= GEMV_MAX_ROWS {
+                    let x = xf.flatten_all()?.to_vec1::<f32>()?;
+                    Tensor::from_vec(q.gemv(&x, rows), (rows, q.out_dim()), device)?
+                } else {
+                    // Prefill: one f32 copy of this weight at a time, then the general matmul.
+                    let w = Tensor::from_vec(q.dequantize(), (q.out_dim(), in_dim), device)?;
+                    xf.matmul(&w.t()?)?
+                }
+                .to_dtype(dt)?
+            }
             LinearWeight::Quant(q) => {
                 let dt = x2.dtype();
                 q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(dt)?
@@ -156,11 +180,61 @@ impl Linear {
     }
 }
 
-/// Weights with fewer elements than this are multiplied on one thread.
-const PARALLEL_MIN_WEIGHTS: usize = 8 << 20;
+/// Weights with fewer elements than this are multiplied on one thread: splitting costs a thread
+/// start (some microseconds), worth it from the attention projections (1.6 M weights) up. The
+/// routed experts (1.1 M) stay on one thread each; the MoE layer runs experts side by side.
+const PARALLEL_MIN_WEIGHTS: usize = 1_500_000;
 
-/// Up to this many rows, CPU f32 products use [`ParallelGemv`] instead of the general matmul.
+/// Up to this many rows, CPU products use the matrix-vector kernels instead of the general
+/// matmul.
 const GEMV_MAX_ROWS: usize = 4;
+
+/// Computes a `[rows, out_dim]` product by output columns: `f(j0, j1, block)` fills the
+/// `[rows, j1 - j0]` block of columns `j0..j1`. Large weights (`weights` elements) are split
+/// over the CPU threads, one contiguous run of columns each.
+pub(crate) fn for_column_blocks(
+    out_dim: usize,
+    weights: usize,
+    rows: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let threads = if weights < PARALLEL_MIN_WEIGHTS {
+        1
+    } else {
+        rayon::current_num_threads().min(out_dim / 64).max(1)
+    };
+    let chunk = out_dim.div_ceil(threads).max(1);
+    let bounds: Vec<(usize, usize)> = (0..threads)
+        .map(|t| ((t * chunk).min(out_dim), ((t + 1) * chunk).min(out_dim)))
+        .collect();
+    if threads == 1 {
+        let mut out = vec![0f32; rows * out_dim];
+        f(0, out_dim, &mut out);
+        return out;
+    }
+    // rayon's workers are already running: a fork costs microseconds, where starting a thread
+    // costs a few hundred (as much as multiplying a 1280 x 1280 weight).
+    let mut blocks: Vec<Vec<f32>> = bounds
+        .iter()
+        .map(|&(j0, j1)| vec![0f32; rows * (j1 - j0)])
+        .collect();
+    rayon::scope(|s| {
+        let f = &f;
+        let (first, rest) = blocks.split_at_mut(1);
+        for (block, &(j0, j1)) in rest.iter_mut().zip(&bounds[1..]) {
+            s.spawn(move |_| f(j0, j1, block));
+        }
+        f(bounds[0].0, bounds[0].1, &mut first[0]);
+    });
+    let mut out = vec![0f32; rows * out_dim];
+    for (block, &(j0, j1)) in blocks.iter().zip(&bounds) {
+        let n = j1 - j0;
+        for r in 0..rows {
+            out[r * out_dim + j0..r * out_dim + j1].copy_from_slice(&block[r * n..(r + 1) * n]);
+        }
+    }
+    out
+}
 
 /// `y = x W^T` for a few rows of `x`, split over the CPU threads by output column.
 ///
@@ -172,6 +246,17 @@ const GEMV_MAX_ROWS: usize = 4;
 pub struct ParallelGemv;
 
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { dot_f32_avx2(a, b) };
+        }
+    }
+    dot_f32_portable(a, b)
+}
+
+fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let ca = a.chunks_exact(8);
     let cb = b.chunks_exact(8);
@@ -186,6 +271,63 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         tail += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Whether the CPU has AVX2 and FMA (checked once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    })
+}
+
+/// Sums a vector's eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// Four independent FMA chains of eight lanes, 32 products an iteration.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (c, v) in acc.iter_mut().enumerate() {
+            // SAFETY: `i + 32 <= n` for both slices.
+            let x = _mm256_loadu_ps(pa.add(i + 8 * c));
+            let y = _mm256_loadu_ps(pb.add(i + 8 * c));
+            *v = _mm256_fmadd_ps(x, y, *v);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i)),
+            _mm256_loadu_ps(pb.add(i)),
+            acc[0],
+        );
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut total = hsum256(v);
+    while i < n {
+        total += a[i] * b[i];
+        i += 1;
+    }
+    total
 }
 
 impl CustomOp2 for ParallelGemv {
@@ -211,59 +353,15 @@ impl CustomOp2 for ParallelGemv {
         };
         let x = &xs.as_slice::<f32>()?[xa..xb];
         let w = &ws.as_slice::<f32>()?[wa..wb];
-        // Fork-join costs a thread wake-up; only large weights (lm_head, dense MLP) are split.
-        let threads = if out_dim * in_dim < PARALLEL_MIN_WEIGHTS {
-            1
-        } else {
-            candle_core::utils::get_num_threads()
-                .min(out_dim / 256)
-                .max(1)
-        };
-        let chunk = out_dim.div_ceil(threads);
-        // Each thread fills its own [rows, chunk] block.
-        let run = |j0: usize, j1: usize| -> Vec<f32> {
+        let out = for_column_blocks(out_dim, out_dim * in_dim, rows, |j0, j1, out| {
             let n = j1 - j0;
-            let mut out = vec![0f32; rows * n];
             for j in j0..j1 {
                 let wr = &w[j * in_dim..(j + 1) * in_dim];
                 for r in 0..rows {
                     out[r * n + (j - j0)] = dot_f32(&x[r * in_dim..(r + 1) * in_dim], wr);
                 }
             }
-            out
-        };
-        let blocks: Vec<(usize, Vec<f32>)> = if threads == 1 {
-            vec![(0, run(0, out_dim))]
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (1..threads)
-                    .map(|t| {
-                        let j0 = (t * chunk).min(out_dim);
-                        let j1 = ((t + 1) * chunk).min(out_dim);
-                        (j0, s.spawn(move || run(j0, j1)))
-                    })
-                    .collect();
-                let mut blocks = vec![(0, run(0, chunk.min(out_dim)))];
-                for (j0, h) in handles {
-                    match h.join() {
-                        Ok(b) => blocks.push((j0, b)),
-                        Err(_) => blocks.push((j0, Vec::new())),
-                    }
-                }
-                blocks
-            })
-        };
-        let mut out = vec![0f32; rows * out_dim];
-        for (j0, block) in blocks {
-            let n = block.len().checked_div(rows).unwrap_or(0);
-            if n == 0 && j0 < out_dim && rows > 0 {
-                candle_core::bail!("gemv: a worker thread panicked");
-            }
-            for r in 0..rows {
-                out[r * out_dim + j0..r * out_dim + j0 + n]
-                    .copy_from_slice(&block[r * n..(r + 1) * n]);
-            }
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }
 }
@@ -379,9 +477,13 @@ mod tests {
     #[test]
     fn parallel_gemv_equals_matmul() {
         let dev = Device::Cpu;
-        for rows in 1..=GEMV_MAX_ROWS {
-            let x = Tensor::randn(0f32, 1.0, (rows, 300), &dev).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (1001, 300), &dev).unwrap();
+        // One thread (300 K weights) and split over threads (2 M weights).
+        for (rows, out, k) in (1..=GEMV_MAX_ROWS)
+            .map(|r| (r, 1001, 300))
+            .chain([(1, 2000, 1000), (3, 2000, 1000)])
+        {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out, k), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
             let got = x.apply_op2_no_bwd(&w, &ParallelGemv).unwrap();
             let d = (want - got)

@@ -102,4 +102,16 @@ fn mismatched_offset_and_slot_counts_are_errors() {
         .embed_prompt(&ids[..ids.len() - 10], 1000, Some(&image))
         .unwrap_err();
     assert!(err.to_string().contains("image placeholder"), "{err}");
+    // An id beyond the vocabulary (a tokenizer from another model) is named, not looked up.
+    let mut foreign = ids.clone();
+    let last = foreign.len() - 1;
+    foreign[last] = 128_000;
+    let err = model
+        .embed_prompt(&foreign, 1000, Some(&image))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("id 128000") && msg.contains("vocabulary of 1024"),
+        "{msg}"
+    );
 }
