@@ -120,7 +120,8 @@ impl Clip {
         let g = self.native_grid;
         let host = ops::to_host(&self.position_embedding.narrow(0, 1, g * g)?)?;
         let out = ops::resize_bicubic_aa(&host, (g, g, self.width), (grid, grid));
-        let grid_t = Tensor::from_vec(out, (grid * grid, self.width), self.device())?;
+        let grid_t = Tensor::from_vec(out, (grid * grid, self.width), self.device())?
+            .to_dtype(self.position_embedding.dtype())?;
         let cls = self.position_embedding.narrow(0, 0, 1)?;
         Ok(Tensor::cat(&[&cls, &grid_t], 0)?)
     }

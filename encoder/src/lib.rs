@@ -44,5 +44,5 @@ pub use config::Config;
 pub use error::{Error, Result};
 /// The `image` crate, re-exported: [`Views`] holds `image::RgbImage`s.
 pub use image;
-pub use model::{default_device, Encoder, EncoderBuilder, Flops, Stages, Timings, COMPUTE_DTYPE};
+pub use model::{compute_dtype, default_device, Encoder, EncoderBuilder, Flops, Stages, Timings};
 pub use preprocess::{load_image, preprocess, Mode, Views};

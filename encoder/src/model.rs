@@ -17,9 +17,16 @@ use crate::preprocess::Views;
 use crate::projector::Projector;
 use crate::sam::Sam;
 
-/// The dtype the encoder computes in. Weights stored in bf16/f16 are converted to it at load:
-/// candle has no bf16 convolution on CPU, and parity is defined in f32.
-pub const COMPUTE_DTYPE: DType = DType::F32;
+/// The dtype the encoder computes in on `device` unless [`EncoderBuilder::dtype`] says otherwise:
+/// f32 on the CPU (parity is defined in f32, and the fast CPU kernels are f32), bf16 on CUDA and
+/// Metal. Weights are converted to it at load; position tables are resized in f32 and converted.
+pub fn compute_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
+}
 
 /// The one place that picks the device: CUDA 0 or Metal 0 when built with the `cuda` /
 /// `metal` feature and such a device exists, the CPU otherwise.
@@ -44,6 +51,7 @@ pub fn default_device() -> Result<Device> {
 pub struct EncoderBuilder {
     model_dir: Option<PathBuf>,
     device: Option<Device>,
+    dtype: Option<DType>,
 }
 
 impl EncoderBuilder {
@@ -56,6 +64,13 @@ impl EncoderBuilder {
     /// The device to run on (default: [`default_device`]).
     pub fn device(mut self, device: Device) -> Self {
         self.device = Some(device);
+        self
+    }
+
+    /// The dtype to compute in (default: [`compute_dtype`] of the device). Any float dtype runs
+    /// everywhere through candle's generic ops; only f32 on the CPU takes the fast kernels.
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = Some(dtype);
         self
     }
 
@@ -76,7 +91,8 @@ impl EncoderBuilder {
         // SAFETY: the files are memory-mapped read-only; like every mmap user we rely on no
         // other process truncating or rewriting a checkpoint while it is being loaded. Every
         // tensor the encoder keeps is copied out of the map (and converted to f32) at load.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, COMPUTE_DTYPE, &device)? };
+        let dtype = self.dtype.unwrap_or_else(|| compute_dtype(&device));
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device)? };
         Encoder::new(&cfg, vb)
     }
 }
@@ -199,16 +215,29 @@ impl Encoder {
     }
 
     /// Builds the encoder from tensors named as in the checkpoint (see
-    /// [`crate::weights::checkpoint_tensors`]); they are used as they are, without a copy.
+    /// [`crate::weights::checkpoint_tensors`]), computing in [`compute_dtype`] of `device`;
+    /// tensors already in that dtype are used as they are, without a copy.
     pub fn from_tensors(
         cfg: &Config,
         tensors: std::collections::HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
-        Self::new(
-            cfg,
-            VarBuilder::from_tensors(tensors, COMPUTE_DTYPE, device),
-        )
+        Self::from_tensors_in(cfg, tensors, device, compute_dtype(device))
+    }
+
+    /// [`Encoder::from_tensors`] computing in `dtype`.
+    pub fn from_tensors_in(
+        cfg: &Config,
+        tensors: std::collections::HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        Self::new(cfg, VarBuilder::from_tensors(tensors, dtype, device))
+    }
+
+    /// The dtype the encoder computes in.
+    pub fn dtype(&self) -> DType {
+        self.image_newline.dtype()
     }
 
     /// The config the encoder was built from.
@@ -241,8 +270,12 @@ impl Encoder {
     pub fn encode_stages(&self, views: &Views) -> Result<Stages> {
         let mut timings = Timings::default();
         let t = Instant::now();
-        let global = views.global_tensor(&self.device)?;
-        let tiles = views.tiles_tensor(&self.device)?;
+        let dtype = self.dtype();
+        let global = views.global_tensor(&self.device)?.to_dtype(dtype)?;
+        let tiles = match views.tiles_tensor(&self.device)? {
+            Some(t) => Some(t.to_dtype(dtype)?),
+            None => None,
+        };
         timings.normalize = t.elapsed().as_secs_f64();
         let [sam_global, clip_global, proj_global] = self.towers(&global, &mut timings)?;
         let tiles = match tiles {

@@ -51,7 +51,7 @@ pub(crate) fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor
     if !vb.contains_tensor(name) {
         return Err(Error::MissingTensor { name: full });
     }
-    let t = vb.get_unchecked_dtype(name, DType::F32)?;
+    let t = vb.get_unchecked_dtype(name, vb.dtype())?;
     if t.dims() != shape {
         return Err(Error::TensorShape {
             name: full,

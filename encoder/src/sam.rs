@@ -52,7 +52,7 @@ impl Attention {
         let resized = if rows != len {
             let host = ops::to_host(table)?;
             let out = ops::resize_linear_rows(&host, (rows, d), len);
-            Tensor::from_vec(out, (len, d), table.device())?
+            Tensor::from_vec(out, (len, d), table.device())?.to_dtype(table.dtype())?
         } else {
             table.clone()
         };
@@ -320,11 +320,10 @@ impl Sam {
         }
         let host = ops::to_host(&self.pos_embed)?;
         let out = ops::resize_bicubic_aa(&host, (g, g, c), (grid, grid));
-        Ok(Tensor::from_vec(
-            out,
-            (grid, grid, c),
-            self.pos_embed.device(),
-        )?)
+        Ok(
+            Tensor::from_vec(out, (grid, grid, c), self.pos_embed.device())?
+                .to_dtype(self.pos_embed.dtype())?,
+        )
     }
 
     /// The relative tables block `block` uses at a `side` x `side` attention grid,
