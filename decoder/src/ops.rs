@@ -270,7 +270,12 @@ fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ra.iter().zip(rb) {
         tail += x * y;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    sum8(acc) + tail
+}
+
+/// Sums eight partial sums pairwise (the portable kernels' reduction).
+pub(crate) fn sum8(acc: [f32; 8]) -> f32 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 /// Whether the CPU has AVX2 and FMA (checked once).

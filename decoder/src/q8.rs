@@ -10,7 +10,7 @@
 
 use half::f16;
 
-use crate::ops::for_column_blocks;
+use crate::ops::{for_column_blocks, sum8};
 
 /// Weights per quantisation block.
 pub(crate) const BLOCK: usize = 32;
@@ -122,8 +122,7 @@ fn dot_q8_portable(q: &[i8], d: &[f32], x: &[f32]) -> f32 {
                 acc[i] += f32::from(qc[i]) * xc[i];
             }
         }
-        let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        total += db * s;
+        total += db * sum8(acc);
     }
     total
 }

@@ -358,6 +358,11 @@ struct PageBuilder {
     missing: usize,
 }
 
+/// The vertical space a turn separator takes: half a line.
+fn separator_gap(profile: &RenderProfile) -> f32 {
+    profile.line_px() * 0.5
+}
+
 /// A shaped visual line waiting to be placed.
 #[derive(Clone)]
 struct PendingLine {
@@ -409,8 +414,8 @@ impl Paginator<'_> {
                 .into_iter()
                 .map(|l| l.into_pending(&header, None))
                 .collect();
-            let gap = profile.line_px() * 0.5;
-            let needed = 2.0 * gap + (self.header.len() + 1) as f32 * profile.line_px();
+            let needed =
+                2.0 * separator_gap(&profile) + (self.header.len() + 1) as f32 * profile.line_px();
             if self.page.started && self.page.y + needed > self.capacity_bottom(&profile) + 1e-3 {
                 self.flush(&profile);
             }
@@ -506,7 +511,7 @@ impl Paginator<'_> {
         if !self.page.started {
             return;
         }
-        let gap = profile.line_px() * 0.5;
+        let gap = separator_gap(profile);
         match profile.turn_separator {
             TurnSeparator::None => {}
             TurnSeparator::Space => self.page.y += gap,
