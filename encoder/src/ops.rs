@@ -167,15 +167,27 @@ impl LayerNorm {
         })
     }
 
-    /// Normalises the last dimension of `x`.
+    /// Normalises the last dimension of `x`. Low-precision inputs are normalised in f32 and the
+    /// result rounded back to their dtype, as PyTorch's bf16 LayerNorm does.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.contiguous()?;
-        Ok(candle_nn::ops::layer_norm(
-            &x,
-            &self.weight,
-            &self.bias,
+        let dtype = x.dtype();
+        if dtype == DType::F32 {
+            let x = x.contiguous()?;
+            return Ok(candle_nn::ops::layer_norm(
+                &x,
+                &self.weight,
+                &self.bias,
+                self.eps,
+            )?);
+        }
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let y = candle_nn::ops::layer_norm(
+            &f32(x)?.contiguous()?,
+            &f32(&self.weight)?,
+            &f32(&self.bias)?,
             self.eps,
-        )?)
+        )?;
+        Ok(y.to_dtype(dtype)?)
     }
 }
 
@@ -345,9 +357,13 @@ pub(crate) fn resize_linear_rows(src: &[f32], (rows, c): (usize, usize), out: us
     dst
 }
 
-/// Softmax over the last dimension, in f32.
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax_last_dim(&x.contiguous()?)?)
+/// Softmax over the last dimension computed in f32 whatever `x`'s dtype, returned as `dtype`.
+///
+/// Low-precision runs need the upcast: candle's CPU kernel sums a bf16 row in bf16, which lost
+/// most of the encoder's accuracy; PyTorch and the GPU kernels accumulate in f32.
+pub(crate) fn softmax_last_dim(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let p = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?.contiguous()?)?;
+    Ok(p.to_dtype(dtype)?)
 }
 
 /// `x * sigmoid(1.702 x)`.
@@ -381,8 +397,8 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         );
         return Ok(Tensor::from_vec(out, (b, t, d), q.device())?);
     }
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let probs = softmax_last_dim(&scores)?;
+    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+    let probs = softmax_last_dim(&scores, v.dtype())?;
     Ok(probs.matmul(&v)?)
 }
 

@@ -9,7 +9,7 @@
 //! linear layer and convolution is one matmul; all windows (and heads) of an image are batched
 //! into one attention call, computed in query-row blocks so the score matrix stays small.
 
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::Config;
@@ -142,14 +142,22 @@ impl Attention {
             let qc = q.narrow(0, start, n)?;
             let kc = k.narrow(0, start, n)?;
             let vc = v.narrow(0, start, n)?;
-            let scores = (qc.matmul(&kc.t()?)? * scale)?.reshape((n, side, side, side, side))?;
-            let bias_h = rel_h.narrow(0, start, n)?.unsqueeze(4)?;
-            let bias_w = rel_w.narrow(0, start, n)?.unsqueeze(3)?;
+            // Scores, biases and softmax in f32 (bf16 runs round only the matmul outputs).
+            let scores = (qc.matmul(&kc.t()?)?.to_dtype(DType::F32)? * scale)?
+                .reshape((n, side, side, side, side))?;
+            let bias_h = rel_h
+                .narrow(0, start, n)?
+                .to_dtype(DType::F32)?
+                .unsqueeze(4)?;
+            let bias_w = rel_w
+                .narrow(0, start, n)?
+                .to_dtype(DType::F32)?
+                .unsqueeze(3)?;
             let scores = scores
                 .broadcast_add(&bias_h)?
                 .broadcast_add(&bias_w)?
                 .reshape((n, t, t))?;
-            let probs = ops::softmax_last_dim(&scores)?;
+            let probs = ops::softmax_last_dim(&scores, vc.dtype())?;
             outs.push(probs.matmul(&vc)?);
             start += n;
         }

@@ -1,25 +1,31 @@
 //! The encoder in bf16 and f16 (CUDA and Metal compute in bf16 by default), run on the CPU
 //! through candle's generic ops, the same code path a GPU takes.
 //!
-//! What is proven here: the low-precision path runs four fixture cases (tiny, small, base and gundam
-//! with tiles; the generic ops are slow on the CPU) end to end, keeps its
-//! dtype, yields finite embeddings of the reference's shape, and f16 (11 significant bits) stays
-//! closer to the f32 reference than bf16 (8 bits). What is not: accuracy against the reference's own
-//! bf16 run, which needs a GPU. On this random-weight tiny model the relative deviation from f32 is
-//! large (observed over these four cases: bf16 0.53, f16 0.086 of the largest reference value;
-//! over all 13: 0.90 and 0.20; SAM alone 0.075 in f16 on card_base): the norms run in the compute
-//! dtype, as the reference's LayerNorm2d does. Upcasting norms and softmax to f32 is the next step.
+//! The yardstick is PyTorch's own low-precision run of the same model: `training/lowp_deviation.py`
+//! casts the f32 mirror of the reference to bf16 / f16 and measures, over the 14 fixture cases,
+//! max |embeds - f32 fixture| / max |f32 fixture| of bf16 0.011-0.021 and f16 0.001-0.0024.
+//! This encoder must land in the same band: within 1.5x of PyTorch's worst case. Observed over all
+//! 14 cases (2026-11-22): bf16 0.0138-0.0182, f16 0.0016-0.0027. LayerNorm and softmax run in f32
+//! inside low-precision runs, as PyTorch's kernels do; before that (candle's CPU softmax sums a bf16
+//! row in bf16) bf16 deviated by up to 0.90.
+//!
+//! Four cases (tiny, small, base and gundam with tiles) keep the test near 45 s: the generic ops are
+//! slow on the CPU. `LETHE_DTYPE_ALL_CASES=1` runs all 14.
 
 mod common;
 
 use candle_core::{DType, Device};
 use lethe_encoder::{compute_dtype, load_image, preprocess, Encoder};
 
+/// PyTorch's worst relative deviation from f32 over the fixture cases, per dtype.
+const TORCH_WORST: [(DType, f32); 2] = [(DType::BF16, 0.0208), (DType::F16, 0.0024)];
+
 #[test]
-fn bf16_and_f16_run_end_to_end() {
+fn bf16_and_f16_stay_within_pytorchs_own_low_precision_error() {
     assert_eq!(compute_dtype(&Device::Cpu), DType::F32);
-    let mut worst = Vec::new();
-    for dtype in [DType::BF16, DType::F16] {
+    let all = std::env::var_os("LETHE_DTYPE_ALL_CASES").is_some();
+    let picked = ["card_tiny", "doc_small", "wide_base", "doc_gundam"];
+    for (dtype, torch_worst) in TORCH_WORST {
         let enc = Encoder::builder()
             .model_dir(common::fixtures().join("tiny"))
             .device(Device::Cpu)
@@ -27,11 +33,10 @@ fn bf16_and_f16_run_end_to_end() {
             .build()
             .expect("tiny encoder loads");
         assert_eq!(enc.dtype(), dtype);
-        let mut w = 0f32;
-        let picked = ["card_tiny", "doc_small", "wide_base", "doc_gundam"];
+        let bound = 1.5 * torch_worst;
         for case in common::cases()
             .into_iter()
-            .filter(|c| picked.contains(&c.name.as_str()))
+            .filter(|c| all || picked.contains(&c.name.as_str()))
         {
             let st = common::load_tensors(&format!("cases/{}.safetensors", case.name));
             let image = load_image(common::fixtures().join("inputs").join(&case.image)).unwrap();
@@ -50,13 +55,16 @@ fn bf16_and_f16_run_end_to_end() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            w = w.max(common::max_abs_diff(&got, want) / scale);
+            let rel = common::max_abs_diff(&got, want) / scale;
+            eprintln!(
+                "{dtype:?} {}: max |diff| / max |reference| {rel:.4}",
+                case.name
+            );
+            assert!(
+                rel <= bound,
+                "{dtype:?} {}: deviation {rel:.4} from f32 exceeds 1.5x PyTorch's own ({torch_worst})",
+                case.name
+            );
         }
-        eprintln!("{dtype:?}: worst max |diff| / max |reference| over the cases {w:.3e}");
-        worst.push(w);
     }
-    assert!(
-        worst[1] < worst[0],
-        "f16 should stay closer to f32 than bf16: {worst:?}"
-    );
 }
