@@ -48,10 +48,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
+pub use lethe_decoder::{Quantization, Sampling};
 pub use lethe_memory::{PageId, Scope, Stats as StoreStats, TierChange};
 pub use lethe_policy::Policy;
 pub use lethe_render::{Mode, PageImage, RenderProfile, Turn};
-pub use model::{OcrModel, OcrOptions};
+pub use model::{OcrModel, OcrOptions, Reading};
 
 use lethe_decoder::Tokenizer;
 use lethe_memory::{

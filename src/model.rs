@@ -6,30 +6,35 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use lethe_decoder::{
-    build_prompt, generate, DecoderModel, GenerationConfig, NgramBan, Quantization, Tokenizer,
-    DEFAULT_PROMPT,
+    build_prompt, generate, DecoderModel, GenerationConfig, NgramBan, Quantization, Sampling,
+    StopReason, Tokenizer, DEFAULT_PROMPT,
 };
-use lethe_encoder::{preprocess, Encoder};
+use lethe_encoder::{load_image, preprocess, Encoder};
 use lethe_memory::TokenCache;
 use lethe_render::{Mode, PageImage};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The real DeepSeek-OCR `<image>` id, used when neither the config nor the tokenizer names one.
-const REAL_IMAGE_TOKEN_ID: u32 = 128_815;
-
 /// How the model reads a page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OcrOptions {
-    /// The prompt; `<image>` marks where the page's vision tokens go.
+    /// The prompt; `<image>` marks where the page's vision tokens go (exactly once).
     pub prompt: String,
     /// The most tokens one page may generate.
     pub max_new_tokens: usize,
     /// Quantisation of the decoder's linear layers (CPU memory and speed).
     pub quantization: Quantization,
-    /// Hugging Face style whole-sequence n-gram ban (the reference `infer()` uses 20).
+    /// No-repeat n-gram size (the reference `infer()` uses 20; `None` disables the ban).
     pub no_repeat_ngram: Option<usize>,
+    /// Search only the last W generated tokens for repeats and never ban `<td>` / `</td>` (the
+    /// reference's vLLM form, W = 50). `None`: the whole sequence (its Hugging Face form).
+    pub ngram_window: Option<usize>,
+    /// Greedy (the reference) or sampled decoding.
+    pub sampling: Sampling,
+    /// Leave special tokens out of the text (true for recall; `memctl ocr` shows them, as the
+    /// reference does).
+    pub skip_special_tokens: bool,
 }
 
 impl Default for OcrOptions {
@@ -39,6 +44,9 @@ impl Default for OcrOptions {
             max_new_tokens: 2048,
             quantization: Quantization::default(),
             no_repeat_ngram: Some(20),
+            ngram_window: None,
+            sampling: Sampling::Greedy,
+            skip_special_tokens: true,
         }
     }
 }
@@ -56,6 +64,9 @@ pub struct Reading {
     pub positions: usize,
     /// Whether generation stopped at the token limit instead of EOS.
     pub hit_limit: bool,
+    /// Whether the text callback stopped generation.
+    #[serde(default)]
+    pub interrupted: bool,
     /// Seconds encoding the image (0 when cached tokens were given).
     pub encode_secs: f64,
     /// Seconds of prefill.
@@ -64,14 +75,24 @@ pub struct Reading {
     pub decode_secs: f64,
 }
 
+impl Reading {
+    /// Generated tokens per second of incremental decoding.
+    pub fn decode_tokens_per_sec(&self) -> f64 {
+        if self.decode_secs > 0.0 {
+            self.generated_tokens.saturating_sub(1) as f64 / self.decode_secs
+        } else {
+            0.0
+        }
+    }
+}
+
 /// DeepSeek-OCR (or a model of the same family) loaded from a checkpoint folder.
 pub struct OcrModel {
     encoder: Encoder,
     decoder: DecoderModel,
     tokenizer: Tokenizer,
     image_token_id: u32,
-    bos: u32,
-    eos: Vec<u32>,
+    generation: GenerationConfig,
     options: OcrOptions,
 }
 
@@ -87,12 +108,22 @@ impl std::fmt::Debug for OcrModel {
 
 impl OcrModel {
     /// Loads `config.json`, the `*.safetensors` weights and `tokenizer.json` from `dir` (the
-    /// embedded DeepSeek-OCR tokenizer when the folder has none).
+    /// embedded DeepSeek-OCR tokenizer when the folder has none) on the default device.
+    ///
+    /// Fails on a missing folder or file, a tensor of the wrong shape, or options the model
+    /// cannot honour (a prompt without exactly one `<image>`, a bad temperature).
     pub fn load(dir: &Path, options: OcrOptions) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Invalid(format!(
                 "model folder {} does not exist or is not a folder",
                 dir.display()
+            )));
+        }
+        let images = options.prompt.matches("<image>").count();
+        if images != 1 {
+            return Err(Error::Invalid(format!(
+                "the prompt must contain exactly one <image> tag (found {images}): {:?}",
+                options.prompt
             )));
         }
         let encoder = Encoder::builder().model_dir(dir).build()?;
@@ -110,16 +141,39 @@ impl OcrModel {
         let image_token_id = cfg
             .image_token_id
             .or_else(|| tokenizer.token_id("<image>"))
-            .unwrap_or(REAL_IMAGE_TOKEN_ID);
-        let bos = cfg.bos_token_id.unwrap_or(0);
-        let eos = cfg.eos_token_id.clone();
+            .unwrap_or(cfg.image_token_id());
+        let ban = match (options.no_repeat_ngram, options.ngram_window) {
+            (None | Some(0), _) => None,
+            (Some(n), None) => Some(NgramBan::whole_sequence(n)),
+            (Some(n), Some(w)) => Some(NgramBan::windowed(
+                n,
+                w,
+                ["<td>", "</td>"]
+                    .iter()
+                    .filter_map(|t| tokenizer.token_id(t))
+                    .collect(),
+            )),
+        };
+        let mut generation = GenerationConfig::builder()
+            .max_new_tokens(options.max_new_tokens)
+            .ngram_ban(ban)
+            .eos_token_ids(cfg.eos());
+        if let Sampling::Sample {
+            temperature,
+            top_p,
+            top_k,
+            seed,
+        } = options.sampling
+        {
+            generation = generation.sample(temperature, top_p, top_k, seed);
+        }
+        let generation = generation.build()?;
         Ok(Self {
             encoder,
             decoder,
             tokenizer,
             image_token_id,
-            bos,
-            eos,
+            generation,
             options,
         })
     }
@@ -132,6 +186,11 @@ impl OcrModel {
     /// The model's own tokenizer (it also counts text tokens when a model is loaded).
     pub fn text_tokenizer(&self) -> Result<Tokenizer> {
         Ok(self.tokenizer.clone())
+    }
+
+    /// The options the model was loaded with.
+    pub fn options(&self) -> &OcrOptions {
+        &self.options
     }
 
     /// Encodes a page image at `mode` to its vision-token sequence `[positions, hidden]`.
@@ -150,67 +209,94 @@ impl OcrModel {
         mode: Mode,
         tokens: Option<&Tensor>,
     ) -> Result<Reading> {
-        self.read_streaming(image, mode, tokens, &mut |_| {})
+        self.read_streaming(image, mode, tokens, &mut |_| true)
     }
 
-    /// As [`OcrModel::read`], calling `on_text` with each piece of text as it is generated.
+    /// As [`OcrModel::read`], calling `on_text` with each piece of text as it is generated;
+    /// `on_text` returns false to stop early (the reading is then marked `interrupted`).
     pub fn read_streaming(
         &mut self,
         image: &PageImage,
         mode: Mode,
         tokens: Option<&Tensor>,
-        on_text: &mut dyn FnMut(&str),
+        on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Reading> {
         let started = Instant::now();
-        let embeds = match tokens {
-            Some(t) => t.clone(),
-            None => self.encode(image, mode)?,
+        let (embeds, encode_secs) = match tokens {
+            Some(t) => (t.clone(), 0.0),
+            None => (self.encode(image, mode)?, started.elapsed().as_secs_f64()),
         };
-        let encode_secs = if tokens.is_some() {
-            0.0
-        } else {
-            started.elapsed().as_secs_f64()
-        };
+        self.generate_from(&embeds, encode_secs, on_text)
+    }
+
+    /// Reads an image file (PNG, JPEG, ...; EXIF orientation applied, as the reference does)
+    /// at `mode`, streaming the text to `on_text` as [`OcrModel::read_streaming`] does.
+    pub fn read_file(
+        &mut self,
+        path: &Path,
+        mode: Mode,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Reading> {
+        let started = Instant::now();
+        let image = load_image(path)?;
+        let embeds = self.encoder.encode(&preprocess(&image, mode)?)?;
+        let encode_secs = started.elapsed().as_secs_f64();
+        self.generate_from(&embeds, encode_secs, on_text)
+    }
+
+    /// Prompt + vision tokens -> generated text.
+    fn generate_from(
+        &mut self,
+        embeds: &Tensor,
+        encode_secs: f64,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Reading> {
         let positions = embeds.dim(0)?;
+        let cfg = self.decoder.config();
         let prompt = build_prompt(
             &self.tokenizer,
             &self.options.prompt,
             &[positions],
-            self.bos,
+            cfg.bos(),
             self.image_token_id,
         )?;
         let input = self
             .decoder
-            .embed_prompt(&prompt.ids, self.image_token_id, Some(&embeds))?;
-        let cfg = GenerationConfig::builder()
-            .max_new_tokens(self.options.max_new_tokens)
-            .greedy()
-            .ngram_ban(self.options.no_repeat_ngram.map(NgramBan::whole_sequence))
-            .eos_token_ids(self.eos.clone())
-            .build()?;
-        let mut stream = self.tokenizer.stream(true);
+            .embed_prompt(&prompt.ids, self.image_token_id, Some(embeds))?;
+        let skip = self.options.skip_special_tokens;
+        let mut stream = self.tokenizer.stream(skip);
         let mut stream_err = None;
-        let out = generate(&mut self.decoder, &prompt.ids, &input, &cfg, &mut |id| {
-            match stream.push(id) {
+        let out = generate(
+            &mut self.decoder,
+            &prompt.ids,
+            &input,
+            &self.generation,
+            &mut |id| match stream.push(id) {
                 Ok(Some(piece)) => on_text(&piece),
-                Ok(None) => {}
-                Err(e) => stream_err = Some(e),
-            }
-            stream_err.is_none()
-        })?;
+                Ok(None) => true,
+                Err(e) => {
+                    stream_err = Some(e);
+                    false
+                }
+            },
+        )?;
         if let Some(e) = stream_err {
             return Err(e.into());
         }
-        if let Some(rest) = stream.finish()? {
-            on_text(&rest);
+        let interrupted = out.stop == StopReason::Callback;
+        if !interrupted {
+            if let Some(rest) = stream.finish()? {
+                on_text(&rest);
+            }
         }
-        let text = self.tokenizer.decode(&out.tokens, true)?;
+        let text = self.tokenizer.decode(&out.tokens, skip)?;
         Ok(Reading {
             text,
             generated_tokens: out.tokens.len(),
             prompt_positions: out.prompt_len,
             positions,
             hit_limit: out.hit_limit(),
+            interrupted,
             encode_secs,
             prefill_secs: out.prefill_secs,
             decode_secs: out.decode_secs,

@@ -291,6 +291,15 @@ impl DecoderConfig {
         self.bos_token_id.unwrap_or(0)
     }
 
+    /// The end-of-sequence ids (default `[1]`, as the reference's generation defaults).
+    pub fn eos(&self) -> Vec<u32> {
+        if self.eos_token_id.is_empty() {
+            vec![1]
+        } else {
+            self.eos_token_id.clone()
+        }
+    }
+
     /// Number of parameters of the decoder (embedding, layers, norm, `lm_head`).
     pub fn num_parameters(&self) -> usize {
         let h = self.hidden_size;

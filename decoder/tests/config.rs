@@ -29,6 +29,7 @@ fn real_config_parses_with_reference_defaults() {
     assert_eq!(cfg.scoring_func, "softmax");
     assert_eq!(cfg.bos(), 0);
     assert_eq!(cfg.eos_token_id, vec![1]);
+    assert_eq!(cfg.eos(), vec![1]);
     assert_eq!(cfg.image_token_id(), 128_815);
     // About 2.93 B parameters in the decoder (11.7 GB in f32); ~0.57 B read per decoded token.
     let p = cfg.num_parameters();
@@ -58,6 +59,9 @@ fn language_config_wins_and_top_level_fills_gaps() {
     assert_eq!(cfg.hidden_size, 8);
     assert_eq!(cfg.rope_theta, 500.0);
     assert_eq!(cfg.image_token_id(), 7);
+    // No bos / eos in the file: the reference's 0 and [1].
+    assert_eq!(cfg.bos(), 0);
+    assert_eq!(cfg.eos(), vec![1]);
 }
 
 #[test]

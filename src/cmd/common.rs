@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lethe::{Lethe, OcrOptions, Policy, RecallTarget, Scope};
 use lethe_decoder::Quantization;
 use lethe_render::transcript::{parse, Format, ParseOptions, Transcript};
+use lethe_render::Mode;
 use serde::Serialize;
 
 /// Where the store lives.
@@ -94,6 +95,11 @@ pub fn open(store: &StoreArgs, model: &ModelArgs) -> anyhow::Result<Lethe> {
     builder
         .build()
         .with_context(|| format!("opening store {}", store.store.display()))
+}
+
+/// Parses `--mode` (clap value parser): tiny, small, base, large or gundam.
+pub fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse::<Mode>().map_err(|e| e.to_string())
 }
 
 /// Parses `--quant`.

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+
+use super::common::parse_mode;
 use lethe_encoder::{load_image, preprocess, Encoder, Mode};
 
 /// Arguments of `memctl encode`.
@@ -30,10 +32,6 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_mode(s: &str) -> Result<Mode, String> {
-    s.parse::<Mode>().map_err(|e| e.to_string())
 }
 
 /// Runs `memctl encode`.

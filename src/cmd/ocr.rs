@@ -7,11 +7,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use lethe_decoder::{
-    build_prompt, generate, DecoderModel, GenerationConfig, NgramBan, Quantization, StopReason,
-    Tokenizer, DEFAULT_PROMPT,
-};
-use lethe_encoder::{load_image, preprocess, Encoder, Mode};
+use lethe::{Mode, OcrModel, OcrOptions, Sampling};
+use lethe_decoder::DEFAULT_PROMPT;
+
+use super::common::{parse_mode, parse_quant};
 
 const ABOUT: &str = "\
 Run DeepSeek-OCR (encoder + MoE decoder) on one image and print the text as it is generated.
@@ -34,8 +33,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
     /// Resolution mode: tiny, small, base, large or gundam.
-    #[arg(long, default_value = "base")]
-    pub mode: String,
+    #[arg(long, default_value = "base", value_parser = parse_mode)]
+    pub mode: Mode,
     /// Prompt; `<image>` marks where the vision tokens go.
     #[arg(long, default_value = DEFAULT_PROMPT)]
     pub prompt: String,
@@ -70,185 +69,99 @@ pub struct Args {
     pub json: bool,
 }
 
-fn parse_mode(name: &str) -> anyhow::Result<Mode> {
-    Mode::ALL
-        .into_iter()
-        .find(|m| m.name() == name.to_ascii_lowercase())
-        .with_context(|| {
-            format!("unknown --mode {name:?} (expected tiny, small, base, large or gundam)")
-        })
-}
-
 /// Runs `memctl ocr`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mode = parse_mode(&args.mode)?;
-    let quant = Quantization::parse(&args.quant).context("bad --quant")?;
+    let mode = args.mode;
+    let quantization = parse_quant(&args.quant)?;
     if !args.image.is_file() {
         bail!(
             "image {} does not exist or is not a file",
             args.image.display()
         );
     }
-    if !args.model.is_dir() {
-        bail!("model folder {} does not exist", args.model.display());
+    if !args.model.join("config.json").is_file() {
+        bail!(
+            "model folder {} has no config.json (or does not exist)",
+            args.model.display()
+        );
     }
-    let config_path = args.model.join("config.json");
-    if !config_path.is_file() {
-        bail!("model folder {} has no config.json", args.model.display());
+    if !args.model.join("tokenizer.json").is_file() {
+        eprintln!(
+            "memctl: note: {} has no tokenizer.json; using the embedded deepseek-ocr tokenizer",
+            args.model.display()
+        );
     }
+    let options = OcrOptions {
+        prompt: args.prompt.clone(),
+        max_new_tokens: args.max_tokens,
+        quantization,
+        no_repeat_ngram: Some(args.no_repeat_ngram),
+        ngram_window: args.ngram_window,
+        sampling: match args.temperature {
+            Some(temperature) => Sampling::Sample {
+                temperature,
+                top_p: args.top_p,
+                top_k: args.top_k,
+                seed: args.seed,
+            },
+            None => Sampling::Greedy,
+        },
+        // Show the text as the reference's infer() prints it.
+        skip_special_tokens: false,
+    };
 
     let t_load = Instant::now();
-    let tokenizer_path = args.model.join("tokenizer.json");
-    let tokenizer = if tokenizer_path.is_file() {
-        Tokenizer::from_file(&tokenizer_path)
-            .with_context(|| format!("loading {}", tokenizer_path.display()))?
-    } else {
-        eprintln!(
-            "memctl: note: {} not found; using the embedded deepseek-ocr tokenizer",
-            tokenizer_path.display()
-        );
-        Tokenizer::deepseek_ocr().context("loading the embedded tokenizer")?
-    };
-    let device = lethe_encoder::default_device().context("choosing a device")?;
-    let encoder = Encoder::builder()
-        .model_dir(&args.model)
-        .device(device.clone())
-        .build()
-        .with_context(|| format!("loading the encoder from {}", args.model.display()))?;
-    let mut decoder = DecoderModel::load(&args.model, &device, quant)
-        .with_context(|| format!("loading the decoder from {}", args.model.display()))?;
+    let mut model = OcrModel::load(&args.model, options)
+        .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let load_secs = t_load.elapsed().as_secs_f64();
 
-    let t_enc = Instant::now();
-    let image = load_image(&args.image)
-        .with_context(|| format!("reading image {}", args.image.display()))?;
-    let views = preprocess(&image, mode)
-        .with_context(|| format!("preprocessing for mode {}", mode.name()))?;
-    let image_embeds = encoder
-        .encode(&views)
-        .with_context(|| format!("encoding {}", args.image.display()))?;
-    let encode_secs = t_enc.elapsed().as_secs_f64();
-
-    let cfg = decoder.config().clone();
-    let image_token_id = cfg
-        .image_token_id
-        .or_else(|| tokenizer.token_id("<image>"))
-        .unwrap_or(cfg.image_token_id());
-    let images = args.prompt.matches("<image>").count();
-    if images != 1 {
-        bail!(
-            "--prompt must contain exactly one <image> tag (found {images}): {:?}",
-            args.prompt
-        );
-    }
-    let positions = image_embeds.dim(0).context("image embeddings")?;
-    let prompt = build_prompt(
-        &tokenizer,
-        &args.prompt,
-        &[positions],
-        cfg.bos(),
-        image_token_id,
-    )
-    .context("building the prompt")?;
-    let embeds = decoder
-        .embed_prompt(&prompt.ids, image_token_id, Some(&image_embeds))
-        .context("embedding the prompt")?;
-
-    let ban = match (args.no_repeat_ngram, args.ngram_window) {
-        (0, _) => None,
-        (n, None) => Some(NgramBan::Whole { size: n }),
-        (n, Some(w)) => Some(NgramBan::Windowed {
-            size: n,
-            window: w,
-            whitelist: ["<td>", "</td>"]
-                .iter()
-                .filter_map(|t| tokenizer.token_id(t))
-                .collect(),
-        }),
-    };
-    let mut builder = GenerationConfig::builder()
-        .max_new_tokens(args.max_tokens)
-        .eos_token_ids(if cfg.eos_token_id.is_empty() {
-            vec![1]
-        } else {
-            cfg.eos_token_id.clone()
-        })
-        .ngram_ban(ban);
-    if let Some(t) = args.temperature {
-        builder = builder.sample(t, args.top_p, args.top_k, args.seed);
-    }
-    let gen_cfg = builder.build().context("generation settings")?;
-
     let stdout = std::io::stdout();
-    let mut stream = tokenizer.stream(false);
-    let mut stream_err: Option<anyhow::Error> = None;
-    let out = {
-        let mut on_token = |id: u32| -> bool {
-            if args.json {
-                return true;
-            }
-            let piece = match stream.push(id) {
-                Ok(p) => p,
-                Err(e) => {
-                    stream_err = Some(anyhow::Error::new(e).context("decoding generated tokens"));
-                    return false;
-                }
-            };
-            if let Some(piece) = piece {
-                let mut lock = stdout.lock();
-                if lock
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| lock.flush())
-                    .is_err()
-                {
-                    return false;
-                }
-            }
-            true
-        };
-        generate(&mut decoder, &prompt.ids, &embeds, &gen_cfg, &mut on_token)
-            .context("generating")?
+    let mut print = |piece: &str| -> bool {
+        if args.json {
+            return true;
+        }
+        let mut lock = stdout.lock();
+        // A closed pipe (`memctl ocr ... | head`) stops generation.
+        lock.write_all(piece.as_bytes())
+            .and_then(|_| lock.flush())
+            .is_ok()
     };
-    if let Some(e) = stream_err {
-        return Err(e);
+    let reading = model
+        .read_file(&args.image, mode, &mut print)
+        .with_context(|| format!("reading {}", args.image.display()))?;
+    if reading.interrupted {
+        return Ok(ExitCode::SUCCESS);
     }
-    let text = tokenizer
-        .decode(&out.tokens, false)
-        .context("decoding generated tokens")?;
     if args.json {
-        let text_tokens = tokenizer.count(&text).context("counting text tokens")?;
+        let tokenizer = model.text_tokenizer()?;
+        let text_tokens = tokenizer
+            .count(&reading.text)
+            .context("counting text tokens")?;
         let report = serde_json::json!({
-            "text": text,
+            "text": reading.text,
             "image": args.image.display().to_string(),
             "mode": mode.name(),
-            "quant": quant.name(),
+            "quant": quantization.name(),
             "tokenizer": tokenizer.name(),
-            "prompt_positions": prompt.len(),
-            "image_positions": prompt.image_positions(),
-            "generated_tokens": out.tokens.len(),
+            "prompt_positions": reading.prompt_positions,
+            "image_positions": reading.positions,
+            "generated_tokens": reading.generated_tokens,
             "text_tokens": text_tokens,
-            "stop": match out.stop {
-                StopReason::Eos => "eos",
-                StopReason::MaxTokens => "max_tokens",
-                StopReason::Callback => "interrupted",
-            },
-            "hit_token_limit": out.hit_limit(),
+            "stop": if reading.hit_limit { "max_tokens" } else { "eos" },
+            "hit_token_limit": reading.hit_limit,
             "timings": {
                 "load_secs": load_secs,
-                "encode_secs": encode_secs,
-                "prefill_secs": out.prefill_secs,
-                "decode_secs": out.decode_secs,
-                "decode_tokens_per_sec": out.decode_tokens_per_sec(),
+                "encode_secs": reading.encode_secs,
+                "prefill_secs": reading.prefill_secs,
+                "decode_secs": reading.decode_secs,
+                "decode_tokens_per_sec": reading.decode_tokens_per_sec(),
             },
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        if let Ok(Some(rest)) = stream.finish() {
-            print!("{rest}");
-        }
         println!();
     }
-    if out.hit_limit() {
+    if reading.hit_limit {
         eprintln!(
             "memctl: warning: generation stopped at the --max-tokens limit ({}); the text may be cut off",
             args.max_tokens

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+
+use super::common::parse_mode;
 use lethe_render::transcript::{Format, ParseOptions, TurnReader};
 use lethe_render::{Mode, PixelFormat, RenderProfile, Renderer};
 
@@ -64,10 +66,6 @@ pub struct Args {
     /// {"pages", "mode", "width", "height", "chars", "missing_glyphs", "files"}.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_mode(s: &str) -> Result<Mode, String> {
-    s.parse::<Mode>().map_err(|e| e.to_string())
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
