@@ -2,7 +2,7 @@
 
 use lethe::metrics::{
     char_f1, critical_spans, levenshtein, normalized_edit_distance, percentile, score_page,
-    span_found, span_recall, word_precision, words, BenchReport, Bucket, CriticalSpan, Plot,
+    span_found, span_recall, word_precision, words, BenchReport, Bucket, CriticalSpan, Keep, Plot,
     SeriesKind, SourcePage, SpanKind, Summary, TextTokenizer, WhitespaceTokenizer,
 };
 
@@ -286,9 +286,9 @@ fn sample_report() -> BenchReport {
         let half = text_of(n / 2);
         b = b
             .record(page.optical("tiny", 73, 64, &half))
-            .record(page.truncation("tiny", 73, &tok).unwrap())
+            .record(page.truncation("tiny", 73, Keep::First, &tok).unwrap())
             .record(page.optical("base", 273, 256, &page.text))
-            .record(page.truncation("base", 273, &tok).unwrap())
+            .record(page.truncation("base", 273, Keep::First, &tok).unwrap())
             .record(page.uncompressed());
     }
     b.build().unwrap()
@@ -349,13 +349,26 @@ fn report_series_ratios_and_buckets() {
 #[test]
 fn truncation_with_whitespace_tokenizer() {
     let tok = WhitespaceTokenizer;
-    assert_eq!(tok.truncate("a  b\nc d", 3).unwrap(), "a  b\nc");
-    assert_eq!(tok.truncate("a b", 5).unwrap(), "a b");
-    assert_eq!(tok.truncate("a b", 0).unwrap(), "");
+    let cut = |text, n, keep| tok.truncate(text, n, keep).unwrap();
+    assert_eq!(cut("a  b\nc d", 3, Keep::First), "a  b\nc");
+    assert_eq!(cut(" a  b\nc d ", 3, Keep::Last), "b\nc d ");
+    assert_eq!(cut("a b", 5, Keep::First), "a b");
+    assert_eq!(cut("a b", 2, Keep::Last), "a b");
+    assert_eq!(cut("a b", 0, Keep::First), "");
+    assert_eq!(cut("a b", 0, Keep::Last), "");
+    assert_eq!(cut("  ", 0, Keep::Last), "  ");
     let page = SourcePage::new("d", 0, "a b c d e f", &tok).unwrap();
-    let rec = page.truncation("tiny", 3, &tok).unwrap();
-    assert_eq!(rec.scores.word_precision, 0.5);
-    assert_eq!((rec.positions, rec.nominal_tokens), (3, 3));
+    for keep in [Keep::First, Keep::Last] {
+        let rec = page.truncation("tiny", 3, keep, &tok).unwrap();
+        assert_eq!(rec.scores.word_precision, 0.5);
+        assert_eq!((rec.positions, rec.nominal_tokens), (3, 3));
+    }
+    // Repeats at the head: the first three chunks hold one unique word, the last three all three.
+    let page = SourcePage::new("d", 0, "a a a a b c", &tok).unwrap();
+    let first = page.truncation("tiny", 3, Keep::First, &tok).unwrap();
+    let last = page.truncation("tiny", 3, Keep::Last, &tok).unwrap();
+    assert!((first.scores.word_precision - 1.0 / 3.0).abs() < 1e-12);
+    assert_eq!(last.scores.word_precision, 1.0);
 }
 
 #[test]

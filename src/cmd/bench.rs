@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use lethe::metrics::{BenchReport, BoxError, PageRecord, Plot, SourcePage, TextTokenizer};
+use lethe::metrics::{BenchReport, BoxError, Keep, PageRecord, Plot, SourcePage, TextTokenizer};
 use lethe::{OcrModel, OcrOptions};
 use lethe_render::{gundam_grid, Mode, Page, PageImage, Renderer};
 
@@ -48,7 +48,8 @@ Metrics (per page, then mean and 10th percentile per mode and per 100-token buck
   spans       exact recall of critical spans: numbers, identifiers, hashes, UUIDs, ticket ids,
               URLs, paths, code lines
 Baselines at each mode's budget N (the page's decoder positions): truncation@MODE keeps the first
-N text tokens; uncompressed is the text itself (ratio 1).
+N text tokens of the page (--truncate last: the last N, as an agent keeping its latest context
+would); uncompressed is the text itself (ratio 1).
 
 Outputs in --out: report.json, report.csv, recall.svg, recall.png; the table (or with --json the
 JSON) on stdout; progress on stderr.";
@@ -92,6 +93,10 @@ pub struct Args {
     /// Print the JSON report on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+
+    /// Which N text tokens of a page the truncation baseline keeps: first or last.
+    #[arg(long, value_name = "END", default_value = "first")]
+    pub truncate: Keep,
 
     /// Width of the text-token buckets per page.
     #[arg(long, value_name = "N", default_value_t = 100,
@@ -246,12 +251,16 @@ impl TextTokenizer for DecoderTokenizer {
         Ok(self.0.count(text)?)
     }
 
-    fn truncate(&self, text: &str, n: usize) -> Result<String, BoxError> {
+    fn truncate(&self, text: &str, n: usize, keep: Keep) -> Result<String, BoxError> {
         let ids = self.0.encode(text)?;
         if ids.len() <= n {
             return Ok(text.to_owned());
         }
-        Ok(self.0.decode(&ids[..n], true)?)
+        let kept = match keep {
+            Keep::First => &ids[..n],
+            Keep::Last => &ids[ids.len() - n..],
+        };
+        Ok(self.0.decode(kept, true)?)
     }
 }
 
@@ -294,15 +303,14 @@ pub fn run_with(
         );
     };
     let tokenizer = text_tokenizer(&args)?;
+    let scoring = Scoring {
+        tokenizer: &tokenizer,
+        bucket_width: args.bucket_width,
+        truncation: args.truncate,
+    };
     let report = if let (Some(images), Some(truth)) = (&args.images, &args.truth) {
         let pages = load_truth(images, truth)?;
-        bench_images(
-            &pages,
-            &args.modes,
-            reader.as_mut(),
-            &tokenizer,
-            args.bucket_width,
-        )?
+        bench_images(&pages, &args.modes, reader.as_mut(), &scoring)?
     } else {
         let Some(mut renderer) = renderer else {
             bail!(
@@ -315,8 +323,7 @@ pub fn run_with(
             &args.modes,
             renderer.as_mut(),
             reader.as_mut(),
-            &tokenizer,
-            args.bucket_width,
+            &scoring,
         )?
     };
     let written = write_outputs(&report, &args.out)?;
@@ -449,20 +456,47 @@ fn progress(total: usize) -> anyhow::Result<ProgressBar> {
     Ok(bar)
 }
 
-/// Scores one page read at one mode, with its truncation baseline.
-fn score_view(
-    page: &SourcePage,
-    png: &[u8],
-    mode: Mode,
-    reader: &mut dyn PageReader,
-    tokenizer: &dyn TextTokenizer,
-) -> anyhow::Result<[PageRecord; 2]> {
-    let (positions, nominal) = budget(mode, png)?;
-    let text = reader.read(png, mode)?;
-    Ok([
-        page.optical(mode.name(), positions, nominal, &text),
-        page.truncation(mode.name(), positions, tokenizer)?,
-    ])
+/// How pages are scored and summarised.
+pub struct Scoring<'a> {
+    /// Counts text tokens and truncates the baseline.
+    pub tokenizer: &'a dyn TextTokenizer,
+    /// Width of the text-token buckets per page.
+    pub bucket_width: u32,
+    /// Which end of a page the truncation baseline keeps.
+    pub truncation: Keep,
+}
+
+impl Scoring<'_> {
+    /// Scores one page read at one mode, with its truncation baseline.
+    fn view(
+        &self,
+        page: &SourcePage,
+        png: &[u8],
+        mode: Mode,
+        reader: &mut dyn PageReader,
+    ) -> anyhow::Result<[PageRecord; 2]> {
+        let (positions, nominal) = budget(mode, png)?;
+        let text = reader.read(png, mode)?;
+        Ok([
+            page.optical(mode.name(), positions, nominal, &text),
+            page.truncation(mode.name(), positions, self.truncation, self.tokenizer)?,
+        ])
+    }
+
+    /// The report of scored pages, naming the reader, the tokenizer and the truncation.
+    fn report(
+        &self,
+        records: Vec<PageRecord>,
+        reader: &dyn PageReader,
+    ) -> anyhow::Result<BenchReport> {
+        Ok(BenchReport::builder()
+            .tokenizer(self.tokenizer.name())
+            .reader(reader.name())
+            .bucket_width(self.bucket_width as usize)
+            .truncation(self.truncation)
+            .records(records)
+            .build()?)
+    }
 }
 
 /// Benches transcripts: paginate each, render every page at every mode, read it back, score it.
@@ -471,8 +505,7 @@ pub fn bench_transcripts(
     modes: &[Mode],
     renderer: &mut dyn PageRenderer,
     reader: &mut dyn PageReader,
-    tokenizer: &dyn TextTokenizer,
-    bucket_width: u32,
+    scoring: &Scoring,
 ) -> anyhow::Result<BenchReport> {
     let bar = progress(0)?;
     let mut records = Vec::new();
@@ -483,14 +516,15 @@ pub fn bench_transcripts(
             .with_context(|| format!("paginating {doc}"))?;
         bar.inc_length((texts.len() * modes.len()) as u64);
         for (i, text) in texts.into_iter().enumerate() {
-            let page = SourcePage::new(&doc, i, text, tokenizer)?;
+            let page = SourcePage::new(&doc, i, text, scoring.tokenizer)?;
             for &mode in modes {
                 bar.set_message(format!("{doc} page {} at {mode}", i + 1));
                 let png = renderer
                     .render(i, mode)
                     .with_context(|| format!("rendering {doc} page {} at {mode}", i + 1))?;
                 records.extend(
-                    score_view(&page, &png, mode, reader, tokenizer)
+                    scoring
+                        .view(&page, &png, mode, reader)
                         .with_context(|| format!("{doc} page {} at {mode}", i + 1))?,
                 );
                 bar.inc(1);
@@ -499,7 +533,7 @@ pub fn bench_transcripts(
         }
     }
     bar.finish_and_clear();
-    build_report(records, reader, tokenizer, bucket_width)
+    scoring.report(records, reader)
 }
 
 /// Benches given page images against their ground truth (Fox-style).
@@ -507,19 +541,19 @@ pub fn bench_images(
     pages: &[TruthPage],
     modes: &[Mode],
     reader: &mut dyn PageReader,
-    tokenizer: &dyn TextTokenizer,
-    bucket_width: u32,
+    scoring: &Scoring,
 ) -> anyhow::Result<BenchReport> {
     let bar = progress(pages.len() * modes.len())?;
     let mut records = Vec::new();
     for (i, truth) in pages.iter().enumerate() {
         let name = truth.image.display().to_string();
         let png = fs::read(&truth.image).with_context(|| format!("reading {name}"))?;
-        let page = SourcePage::new(&name, i, truth.text.as_str(), tokenizer)?;
+        let page = SourcePage::new(&name, i, truth.text.as_str(), scoring.tokenizer)?;
         for &mode in modes {
             bar.set_message(format!("{name} at {mode}"));
             records.extend(
-                score_view(&page, &png, mode, reader, tokenizer)
+                scoring
+                    .view(&page, &png, mode, reader)
                     .with_context(|| format!("{name} at {mode}"))?,
             );
             bar.inc(1);
@@ -527,22 +561,7 @@ pub fn bench_images(
         records.push(page.uncompressed());
     }
     bar.finish_and_clear();
-    build_report(records, reader, tokenizer, bucket_width)
-}
-
-/// The report of scored pages, naming the reader and the tokenizer.
-fn build_report(
-    records: Vec<PageRecord>,
-    reader: &dyn PageReader,
-    tokenizer: &dyn TextTokenizer,
-    bucket_width: u32,
-) -> anyhow::Result<BenchReport> {
-    Ok(BenchReport::builder()
-        .tokenizer(tokenizer.name())
-        .reader(reader.name())
-        .bucket_width(bucket_width as usize)
-        .records(records)
-        .build()?)
+    scoring.report(records, reader)
 }
 
 /// Writes report.json, report.csv, recall.svg and recall.png into `out`; returns their paths.
@@ -636,8 +655,11 @@ mod tests {
             &[Mode::Tiny, Mode::Gundam],
             &mut renderer,
             &mut reader,
-            &WhitespaceTokenizer,
-            100,
+            &Scoring {
+                tokenizer: &WhitespaceTokenizer,
+                bucket_width: 100,
+                truncation: Keep::First,
+            },
         )
         .unwrap();
         let names: Vec<&str> = report.series.iter().map(|s| s.name.as_str()).collect();
@@ -707,8 +729,11 @@ mod tests {
             &from_jsonl,
             &[Mode::Base],
             &mut reader,
-            &WhitespaceTokenizer,
-            100,
+            &Scoring {
+                tokenizer: &WhitespaceTokenizer,
+                bucket_width: 100,
+                truncation: Keep::Last,
+            },
         )
         .unwrap();
         assert_eq!(report.series[0].all.word_precision.mean, Some(0.75));
@@ -738,6 +763,7 @@ mod tests {
             tokenizer: None,
             out: dir.path().join("out"),
             json: false,
+            truncate: Keep::First,
             bucket_width: 100,
             images: None,
             truth: None,
@@ -756,9 +782,13 @@ mod tests {
         assert_eq!(tok.name(), "deepseek-ocr");
         // "Hello, world!" is [19923, 14, 2058, 3]: Hello / , / world / !
         assert_eq!(tok.count("Hello, world!").unwrap(), 4);
-        assert_eq!(tok.truncate("Hello, world!", 2).unwrap(), "Hello,");
-        assert_eq!(tok.truncate("Hello, world!", 9).unwrap(), "Hello, world!");
-        assert_eq!(tok.truncate("Hello, world!", 0).unwrap(), "");
+        let cut = |n, keep| tok.truncate("Hello, world!", n, keep).unwrap();
+        assert_eq!(cut(2, Keep::First), "Hello,");
+        assert_eq!(cut(2, Keep::Last), " world!");
+        assert_eq!(cut(9, Keep::First), "Hello, world!");
+        assert_eq!(cut(9, Keep::Last), "Hello, world!");
+        assert_eq!(cut(0, Keep::First), "");
+        assert_eq!(cut(0, Keep::Last), "");
     }
 
     /// The tiny fixture checkpoint with the fixture tokenizer beside it, in a temporary folder.
@@ -801,6 +831,7 @@ mod tests {
             tokenizer: None,
             out: out.clone(),
             json: true,
+            truncate: Keep::Last,
             bucket_width: 100,
             images: None,
             truth: None,
@@ -808,6 +839,7 @@ mod tests {
         run(args).unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(v["truncation"], "last");
         let names: Vec<&str> = v["series"]
             .as_array()
             .unwrap()

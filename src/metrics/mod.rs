@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use lethe::metrics::{
-//!     score_page, BenchReport, Plot, SourcePage, TextTokenizer, WhitespaceTokenizer,
+//!     score_page, BenchReport, Keep, Plot, SourcePage, TextTokenizer, WhitespaceTokenizer,
 //! };
 //!
 //! let source = "Deploy build 4f2a9c1 to https://ci.example.com/run/42 before 17:30.";
@@ -33,7 +33,7 @@
 //!     .tokenizer(tok.name())
 //!     .reader("example")
 //!     .record(page.optical("tiny", 4, 3, decoded))
-//!     .record(page.truncation("tiny", 4, &tok).unwrap())
+//!     .record(page.truncation("tiny", 4, Keep::Last, &tok).unwrap())
 //!     .record(page.uncompressed())
 //!     .build()
 //!     .unwrap();
@@ -62,4 +62,4 @@ pub use text::{
     char_f1, is_cjk, levenshtein, normalize_whitespace, normalized_edit_distance, word_precision,
     words,
 };
-pub use tokens::{TextTokenizer, WhitespaceTokenizer};
+pub use tokens::{Keep, TextTokenizer, WhitespaceTokenizer};

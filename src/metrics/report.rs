@@ -11,7 +11,7 @@ use super::error::{Error, Result};
 use super::spans::{span_recall, SpanRecall};
 use super::stats::{Bucket, Summary};
 use super::text::{char_f1, normalized_edit_distance, word_precision};
-use super::tokens::TextTokenizer;
+use super::tokens::{Keep, TextTokenizer};
 
 /// The default token bucket width: 100 text tokens, as the DeepSeek-OCR paper's Fox table.
 pub const DEFAULT_BUCKET_WIDTH: usize = 100;
@@ -137,16 +137,17 @@ impl SourcePage {
         )
     }
 
-    /// The truncation baseline at `mode`'s budget: keeps the first `positions` text tokens of the
-    /// page (by `tokenizer`) and scores them against the whole page.
+    /// The truncation baseline at `mode`'s budget: keeps the first or last `positions` text
+    /// tokens of the page (by `tokenizer`) and scores them against the whole page.
     pub fn truncation(
         &self,
         mode: &str,
         positions: usize,
+        keep: Keep,
         tokenizer: &dyn TextTokenizer,
     ) -> Result<PageRecord> {
         let kept = tokenizer
-            .truncate(&self.text, positions)
+            .truncate(&self.text, positions, keep)
             .map_err(|source| Error::Tokenizer {
                 tokenizer: tokenizer.name(),
                 document: self.document.clone(),
@@ -280,6 +281,8 @@ pub struct BenchReport {
     pub reader: String,
     /// Token bucket width.
     pub bucket_width: usize,
+    /// Which end of each page the truncation baselines keep.
+    pub truncation: Keep,
     /// Series in order: per mode (first appearance) the optical series then its truncation
     /// baseline; then uncompressed.
     pub series: Vec<SeriesReport>,
@@ -293,6 +296,7 @@ pub struct BenchReportBuilder {
     tokenizer: String,
     reader: String,
     bucket_width: usize,
+    truncation: Keep,
     records: Vec<PageRecord>,
 }
 
@@ -300,14 +304,14 @@ impl BenchReport {
     /// A builder with bucket width [`DEFAULT_BUCKET_WIDTH`] and no records.
     ///
     /// ```
-    /// use lethe::metrics::{BenchReport, SourcePage, WhitespaceTokenizer};
+    /// use lethe::metrics::{BenchReport, Keep, SourcePage, WhitespaceTokenizer};
     /// let tok = WhitespaceTokenizer;
     /// let page = SourcePage::new("doc", 0, "alpha beta gamma delta", &tok).unwrap();
     /// let report = BenchReport::builder()
     ///     .tokenizer("whitespace")
     ///     .reader("identity")
     ///     .record(page.optical("tiny", 2, 1, "alpha beta"))
-    ///     .record(page.truncation("tiny", 2, &tok).unwrap())
+    ///     .record(page.truncation("tiny", 2, Keep::First, &tok).unwrap())
     ///     .record(page.uncompressed())
     ///     .build()
     ///     .unwrap();
@@ -320,6 +324,7 @@ impl BenchReport {
             tokenizer: String::new(),
             reader: String::new(),
             bucket_width: DEFAULT_BUCKET_WIDTH,
+            truncation: Keep::First,
             records: Vec::new(),
         }
     }
@@ -341,6 +346,12 @@ impl BenchReportBuilder {
     /// Sets the token bucket width (at least 1).
     pub fn bucket_width(mut self, width: usize) -> Self {
         self.bucket_width = width;
+        self
+    }
+
+    /// Says which end of each page the truncation records kept (default [`Keep::First`]).
+    pub fn truncation(mut self, keep: Keep) -> Self {
+        self.truncation = keep;
         self
     }
 
@@ -415,6 +426,7 @@ impl BenchReportBuilder {
             tokenizer: self.tokenizer,
             reader: self.reader,
             bucket_width: self.bucket_width,
+            truncation: self.truncation,
             series,
             pages: self.records,
         })
@@ -508,8 +520,11 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "text tokens by `{}`; pages decoded by `{}`",
-            self.tokenizer, self.reader
+            "text tokens by `{}`; pages decoded by `{}`; truncation@MODE keeps the {} N text \
+             tokens of a page, N = MODE's decoder positions",
+            self.tokenizer,
+            self.reader,
+            self.truncation.name()
         );
         out.push('\n');
         let mut rows = vec![std::iter::once("series")
