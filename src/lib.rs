@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Error, Result};
 pub use lethe_decoder::{Quantization, Sampling};
-pub use lethe_memory::{PageId, Scope, Stats as StoreStats, TierChange};
+pub use lethe_memory::{Compaction, PageId, Scope, Stats as StoreStats, TierChange};
 pub use lethe_policy::Policy;
 pub use lethe_render::{Mode, PageImage, RenderProfile, Turn};
 pub use model::{OcrModel, OcrOptions, Reading};
@@ -705,6 +705,12 @@ impl Lethe {
     /// Flushes the store to disk.
     pub fn flush(&self) -> Result<()> {
         Ok(self.store.flush()?)
+    }
+
+    /// Rewrites the store's files with only the live records: the engine keeps the space that
+    /// tier changes free until then. Crash-safe; see [`Store::compact`].
+    pub fn compact(&mut self) -> Result<Compaction> {
+        Ok(self.store.compact()?)
     }
 
     fn usage(&self) -> Usage {

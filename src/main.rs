@@ -49,6 +49,8 @@ enum Command {
     Maintain(cmd::store::MaintainArgs),
     /// Pin a page at its tier (or unpin it).
     Pin(cmd::store::PinArgs),
+    /// Give back the disk space decay left behind (crash-safe rewrite of the store's files).
+    Compact(cmd::store::CompactArgs),
     /// Export the store to a portable folder.
     Export(cmd::store::PortableArgs),
     /// Import a portable folder into the store.
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::History(args) => cmd::store::history(args),
         Command::Maintain(args) => cmd::store::maintain(args),
         Command::Pin(args) => cmd::store::pin(args),
+        Command::Compact(args) => cmd::store::compact(args),
         Command::Export(args) => cmd::store::export(args),
         Command::Import(args) => cmd::store::import(args),
         Command::Bench(args) => cmd::bench::run(args),

@@ -68,6 +68,7 @@ mod types;
 pub use error::{Error, Result};
 pub use store::{Store, StoreOptions, StoreOptionsBuilder, ENGINE_DIR, LOCK_FILE, SCHEMA_VERSION};
 pub use types::{
-    dtype_size, Checksum, Listing, NewPage, NewTurn, Page, PageId, PageRecord, Scope, Stamp, Stats,
-    Tier, TierChange, TierStats, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
+    dtype_size, Checksum, Compaction, Listing, NewPage, NewTurn, Page, PageId, PageRecord, Scope,
+    Stamp, Stats, Tier, TierChange, TierStats, TokenCache, TokenMeta, Transition, TurnRange,
+    TurnRecord,
 };

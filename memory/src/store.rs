@@ -12,8 +12,8 @@ use crate::engine::{self, Batch, Engine};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::types::{
-    Checksum, Listing, NewPage, NewTurn, Page, PageId, PageRecord, Scope, Stamp, Stats, Tier,
-    TierChange, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
+    Checksum, Compaction, Listing, NewPage, NewTurn, Page, PageId, PageRecord, Scope, Stamp, Stats,
+    Tier, TierChange, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
 };
 
 /// The schema version this build reads and writes.
@@ -23,6 +23,13 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const LOCK_FILE: &str = "LOCK";
 /// Name of the engine's folder inside a store folder.
 pub const ENGINE_DIR: &str = "db";
+
+/// The fresh engine folder [`Store::compact`] fills before swapping it in.
+const COMPACT_DIR: &str = "db.compact";
+/// The previous engine folder while [`Store::compact`] swaps the fresh one in.
+const RETIRED_DIR: &str = "db.retired";
+/// Bytes of records per batch while compacting.
+const COMPACT_BATCH_BYTES: usize = 8 << 20;
 
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
 
@@ -148,6 +155,67 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("opts", &self.opts).finish()
+    }
+}
+
+/// Completes or rolls back a [`Store::compact`] that a crash interrupted: with no engine folder but
+/// a retired one, the retired (complete, old) folder comes back; leftover fresh or retired
+/// folders are removed.
+fn finish_interrupted_compaction(path: &Path) -> Result<()> {
+    let live = path.join(ENGINE_DIR);
+    let retired = path.join(RETIRED_DIR);
+    if !live.exists() && retired.is_dir() {
+        rename(&retired, &live)?;
+    }
+    remove_dir_if_present(&retired)?;
+    remove_dir_if_present(&path.join(COMPACT_DIR))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| Error::io(from, e))
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(dir, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The engine slot while [`Store::compact`] swaps folders: every call fails, naming the store.
+struct Closed(PathBuf);
+
+impl Closed {
+    fn err<T>(&self) -> Result<T> {
+        Err(Error::BadPath {
+            path: self.0.clone(),
+            reason: "the store's engine is closed after a failed compaction; reopen the store"
+                .into(),
+        })
+    }
+}
+
+impl Engine for Closed {
+    fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.err()
+    }
+    fn put(&self, _: &[u8], _: &[u8]) -> Result<()> {
+        self.err()
+    }
+    fn delete(&self, _: &[u8]) -> Result<()> {
+        self.err()
+    }
+    fn scan_prefix(&self, _: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.err()
+    }
+    fn apply(&self, _: Batch) -> Result<()> {
+        self.err()
+    }
+    fn flush(&self) -> Result<()> {
+        self.err()
+    }
+    fn size_on_disk(&self) -> Result<u64> {
+        self.err()
     }
 }
 
@@ -289,6 +357,7 @@ impl Store {
             Err(fs4::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
 
+        finish_interrupted_compaction(&path)?;
         let engine = engine::open_default(&path.join(ENGINE_DIR))?;
         let store = Store {
             engine: Box::new(engine),
@@ -347,6 +416,82 @@ impl Store {
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
         self.engine.flush()
+    }
+
+    /// Rewrites the engine's files with only the live records, giving back the space that tier
+    /// changes and deletions left behind (sled never shrinks its files by itself).
+    ///
+    /// The records are copied into a fresh engine folder beside the current one, which is swapped
+    /// in by two renames once the copy is flushed, if it is smaller (otherwise it is discarded and
+    /// `bytes_after` equals `bytes_before`). A crash at any point loses nothing: the next open keeps
+    /// the old folder unless the swap had completed, and clears the leftovers. The copy holds
+    /// every record in memory once (about the live size, `Stats::live_bytes`).
+    pub fn compact(&mut self) -> Result<Compaction> {
+        self.engine.flush()?;
+        let bytes_before = self.engine.size_on_disk()?;
+        let path = self.opts.path.clone();
+        let fresh_dir = path.join(COMPACT_DIR);
+        remove_dir_if_present(&fresh_dir)?;
+        let (records, fresh_bytes) = match self.copy_into(&fresh_dir) {
+            Ok(copied) => copied,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&fresh_dir);
+                return Err(e);
+            }
+        };
+        if fresh_bytes >= bytes_before {
+            remove_dir_if_present(&fresh_dir)?;
+            return Ok(Compaction {
+                records,
+                bytes_before,
+                bytes_after: bytes_before,
+            });
+        }
+        // Close the old engine (sled releases its files on drop), swap, reopen whatever stands.
+        self.engine = Box::new(Closed(path.clone()));
+        let live = path.join(ENGINE_DIR);
+        let retired = path.join(RETIRED_DIR);
+        let swapped = rename(&live, &retired)
+            .and_then(|()| rename(&fresh_dir, &live))
+            .and_then(|()| remove_dir_if_present(&retired));
+        finish_interrupted_compaction(&path)?;
+        self.engine = Box::new(engine::open_default(&live)?);
+        swapped?;
+        Ok(Compaction {
+            records,
+            bytes_before,
+            bytes_after: self.engine.size_on_disk()?,
+        })
+    }
+
+    /// Copies every record into a new engine in `dir`; returns how many, and its size on disk.
+    fn copy_into(&self, dir: &Path) -> Result<(u64, u64)> {
+        let fresh = engine::open_default(dir)?;
+        let pairs = self.engine.scan_prefix(b"")?;
+        let records = pairs.len() as u64;
+        let mut batch = Batch::new();
+        let mut bytes = 0;
+        for (key, value) in pairs {
+            bytes += key.len() + value.len();
+            batch.put(key, value);
+            if bytes >= COMPACT_BATCH_BYTES {
+                fresh.apply(std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            fresh.apply(batch)?;
+        }
+        fresh.flush()?;
+        let copied = fresh.scan_prefix(b"")?.len() as u64;
+        if copied != records {
+            return Err(Error::Corrupt {
+                key: dir.display().to_string(),
+                page: None,
+                reason: format!("compaction copied {copied} of {records} records"),
+            });
+        }
+        Ok((records, fresh.size_on_disk()?))
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {

@@ -454,3 +454,14 @@ mod tests {
         assert_eq!(with.time_label.as_deref(), Some("10:02"));
     }
 }
+
+/// What [`Store::compact`](crate::Store::compact) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    /// Records copied into the fresh engine folder.
+    pub records: u64,
+    /// Bytes the engine folder took before.
+    pub bytes_before: u64,
+    /// Bytes it takes now.
+    pub bytes_after: u64,
+}

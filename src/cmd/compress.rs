@@ -79,7 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    lethe.flush()?;
+    // Decay rewrote most pages several times; give the space back before reporting sizes.
+    let compaction = lethe.compact().context("compacting the store")?;
     let report = lethe.report()?;
     let recall = match lethe.model() {
         Some(_) => Some(common::score_pages(&mut lethe, &scope)?),
@@ -92,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "turns": transcript.turns.len(),
             "store": args.store.store,
             "transitions": transitions,
+            "compaction": compaction,
             "missing_glyphs": missing_glyphs,
             "report": report,
             "recall": recall,
@@ -100,12 +102,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!(
-            "{}: {} turns ({} format) into {}; {} tier changes",
+            "{}: {} turns ({} format) into {}; {} tier changes; store compacted from {} to {} bytes",
             args.transcript.display(),
             transcript.turns.len(),
             transcript.format.name(),
             args.store.store.display(),
-            transitions
+            transitions,
+            compaction.bytes_before,
+            compaction.bytes_after
         );
         print_report(&report);
         match &recall {

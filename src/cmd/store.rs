@@ -1,4 +1,5 @@
-//! The store subcommands: `recall`, `stats`, `history`, `maintain`, `pin`, `export`, `import`.
+//! The store subcommands: `recall`, `stats`, `history`, `maintain`, `pin`, `compact`, `export`,
+//! `import`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -195,6 +196,41 @@ pub fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
         args.page,
         if args.unpin { "unpinned" } else { "pinned" }
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `memctl compact`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+The storage engine appends every write and keeps the space that tier changes and deletions free;
+a store that decays for a long time takes several times its live data on disk. compact copies the
+live records into a fresh folder inside the store and swaps it in; a crash at any point loses
+nothing (the next open finishes or undoes the swap). memctl compress compacts when it finishes.")]
+pub struct CompactArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `memctl compact`.
+pub fn compact(args: CompactArgs) -> anyhow::Result<ExitCode> {
+    let mut lethe = common::open(&args.store, &no_model())?;
+    let done = lethe
+        .compact()
+        .with_context(|| format!("compacting {}", args.store.store.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        println!(
+            "{}: {} records; {} -> {} bytes on disk",
+            args.store.store.display(),
+            done.records,
+            done.bytes_before,
+            done.bytes_after
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

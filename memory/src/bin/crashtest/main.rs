@@ -4,6 +4,10 @@
 //! tier ladder forever, printing `begin PAGE TIER SEQ` before and `done PAGE TIER SEQ` after each
 //! committed transition, until it is killed.
 //!
+//! `lethe-memory-crashtest compact DIR`: opens the store and, over and over, rewrites every page
+//! record a few hundred times without changing it (leaving garbage behind) and compacts,
+//! printing `compacted N BEFORE AFTER` after each, until it is killed.
+//!
 //! `lethe-memory-crashtest hold DIR`: opens the store, prints `ready`, and keeps it open until
 //! standard input closes.
 
@@ -50,6 +54,27 @@ fn decay(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
+fn compact(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut store = Store::open(dir)?;
+    let ids: Vec<PageId> = store.pages(None)?.pages.iter().map(|p| p.id).collect();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    for n in 0u64.. {
+        for _ in 0..100 {
+            for &id in &ids {
+                store.set_pinned(id, false)?;
+            }
+        }
+        let done = store.compact()?;
+        writeln!(
+            out,
+            "compacted {n} {} {}",
+            done.bytes_before, done.bytes_after
+        )?;
+    }
+    Ok(())
+}
+
 fn hold(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(dir)?;
     println!("ready");
@@ -73,8 +98,9 @@ fn main() -> ExitCode {
             Ok(s) => decay(dir, s),
             Err(_) => Err(format!("bad seed {seed:?}").into()),
         },
+        ["compact", dir] => compact(dir),
         ["hold", dir] => hold(dir),
-        _ => Err("usage: lethe-memory-crashtest (decay DIR SEED | hold DIR)".into()),
+        _ => Err("usage: lethe-memory-crashtest (decay DIR SEED | compact DIR | hold DIR)".into()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
