@@ -42,6 +42,20 @@ fn seed() -> u64 {
         })
 }
 
+/// Lets `child` run on for a random part of twice `typical` (at least 1 ms), then SIGKILLs it and
+/// checks that the kill, not an exit of its own, ended it.
+fn kill_within(child: &mut std::process::Child, typical: Duration, rng: &mut Rng, who: &str) {
+    let micros = (typical.as_micros() as u64).max(1_000);
+    std::thread::sleep(Duration::from_micros(rng.next() % (2 * micros)));
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("reap");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the {who} must die by SIGKILL, not exit on its own ({status})"
+    );
+}
+
 fn setup(dir: &std::path::Path) {
     let store = Store::open(dir).expect("create store");
     let scope = Scope::session("crash");
@@ -194,15 +208,7 @@ fn sigkill_during_decay_never_loses_a_page() {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let typical = (transition_time.as_micros() as u64).max(1_000);
-        std::thread::sleep(Duration::from_micros(rng.next() % (2 * typical)));
-        child.kill().expect("SIGKILL writer");
-        let status = child.wait().expect("reap writer");
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "the writer must die by SIGKILL, not exit on its own ({status})"
-        );
+        kill_within(&mut child, transition_time, &mut rng, "writer");
         reader.join().expect("reader thread");
 
         // Replay what the writer acknowledged.
@@ -284,15 +290,7 @@ fn sigkill_during_compaction_never_loses_a_page() {
         if want > 0 {
             typical = (typical + started.elapsed() / want as u32) / 2;
         }
-        let micros = (typical.as_micros() as u64).max(1_000);
-        std::thread::sleep(Duration::from_micros(rng.next() % (2 * micros)));
-        child.kill().expect("SIGKILL compactor");
-        let status = child.wait().expect("reap compactor");
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "the compactor must die by SIGKILL ({status})"
-        );
+        kill_within(&mut child, typical, &mut rng, "compactor");
         compactions += want;
         // Nothing changes the pages: every one is where it was, with its content.
         assert!(!check(&dir, &mut expect, None), "round {round}");
