@@ -87,6 +87,17 @@ fn setup(dir: &std::path::Path) {
 /// Expected state per page: (tier index, number of history entries).
 type Expect = BTreeMap<u64, (u8, u64)>;
 
+/// A temporary folder whose `store` holds the [`setup`] pages, a seeded generator (its seed
+/// printed for replay) and the pages' expected state.
+fn seeded_store(test: &str) -> (tempfile::TempDir, Rng, Expect) {
+    let seed = seed();
+    eprintln!("{test} crash test seed {seed} (set LETHE_CRASH_SEED to replay)");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    setup(&tmp.path().join("store"));
+    let expect = (0..PAGES).map(|p| (p, (0, 1))).collect();
+    (tmp, Rng(seed), expect)
+}
+
 /// Checks every invariant after a kill; returns whether the in-flight transition had landed.
 fn check(dir: &std::path::Path, expect: &mut Expect, in_flight: Option<(u64, u8, u64)>) -> bool {
     let mut landed = false;
@@ -139,13 +150,8 @@ fn check(dir: &std::path::Path, expect: &mut Expect, in_flight: Option<(u64, u8,
 
 #[test]
 fn sigkill_during_decay_never_loses_a_page() {
-    let seed = seed();
-    eprintln!("crash test seed {seed} (set LETHE_CRASH_SEED to replay)");
-    let mut rng = Rng(seed);
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tmp, mut rng, mut expect) = seeded_store("decay");
     let dir = tmp.path().join("store");
-    setup(&dir);
-    let mut expect: Expect = (0..PAGES).map(|p| (p, (0, 1))).collect();
     let started = Instant::now();
     let mut committed = 0usize;
     let mut mid_transition = 0usize;
@@ -256,13 +262,8 @@ fn sigkill_during_decay_never_loses_a_page() {
 #[test]
 fn sigkill_during_compaction_never_loses_a_page() {
     const ROUNDS: usize = 30;
-    let seed = seed();
-    eprintln!("compaction crash test seed {seed} (set LETHE_CRASH_SEED to replay)");
-    let mut rng = Rng(seed);
-    let tmp = tempfile::tempdir().expect("tempdir");
+    let (tmp, mut rng, mut expect) = seeded_store("compaction");
     let dir = tmp.path().join("store");
-    setup(&dir);
-    let mut expect: Expect = (0..PAGES).map(|p| (p, (0, 1))).collect();
     let mut compactions = 0usize;
     let mut swaps = 0usize;
     let mut typical = Duration::from_millis(20);
