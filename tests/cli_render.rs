@@ -253,3 +253,44 @@ fn text_flag_writes_each_page_text_beside_its_png() {
         "every turn's text is on exactly one page"
     );
 }
+
+#[test]
+fn boxes_flag_writes_where_each_character_landed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.txt");
+    std::fs::write(&input, DIALOGUE.repeat(20)).unwrap();
+    let out = dir.path().join("pages");
+    let o = memctl(&[
+        "render",
+        path(&input),
+        "--mode",
+        "tiny",
+        "--out",
+        path(&out),
+        "--text",
+        "--boxes",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(out.join("page-0001.txt")).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("page-0001.boxes.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (doc["width"].as_u64(), doc["mode"].as_str()),
+        (Some(512), Some("tiny"))
+    );
+    let lines = doc["lines"].as_u64().unwrap() as usize;
+    let mut rebuilt = vec![String::new(); lines];
+    for b in doc["boxes"].as_array().unwrap() {
+        let line = b["line"].as_u64().unwrap() as usize;
+        rebuilt[line].push_str(b["ch"].as_str().unwrap());
+        let (x0, x1) = (b["x0"].as_f64().unwrap(), b["x1"].as_f64().unwrap());
+        assert!((0.0..=512.0).contains(&x0) && x0 <= x1 && x1 <= 512.5);
+    }
+    assert_eq!(rebuilt.join("\n"), text);
+}

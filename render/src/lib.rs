@@ -48,7 +48,7 @@ pub use mode::{
     find_closest_aspect_ratio, gundam_candidates, gundam_grid, Mode, Preprocess, TileGrid,
     GUNDAM_MAX_TILES, GUNDAM_MIN_TILES, GUNDAM_TILE_GRID, GUNDAM_TILE_PX,
 };
-pub use page::{Glyph, Line, Page, Rule, Segment};
+pub use page::{CharBox, Glyph, Line, Page, Rule, Segment};
 pub use profile::{FontFamily, LabelStyle, Margins, RenderProfile, TurnSeparator};
 pub use renderer::{Pages, Paginator, Renderer, RendererBuilder};
 pub use transcript::{Format, ParseOptions, Stats, Transcript, Turn, TurnReader};

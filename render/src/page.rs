@@ -24,6 +24,10 @@ pub struct Glyph {
     pub advance: f32,
     /// No bundled font covers this character: a replacement box is drawn instead.
     pub missing: bool,
+    /// The bytes of the line's text ([`Line::text`]) this glyph draws: its shaping cluster. Glyphs of
+    /// one cluster (a ligature, a base with marks, an emoji sequence) share the range.
+    #[serde(default)]
+    pub cluster: Range<usize>,
 }
 
 /// One line of a page.
@@ -66,6 +70,35 @@ pub struct Segment {
     pub start: usize,
     /// One past the last byte.
     pub end: usize,
+}
+
+/// Where one character of a page's text landed in an image of the page, in pixels.
+///
+/// Across, the box spans the character's advance (a shaping cluster of several characters, such as
+/// a ligature or an emoji sequence, is shared among them equally); down, the line box.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CharBox {
+    /// Byte offset of the character in [`Page::text`].
+    pub byte: usize,
+    /// The character.
+    pub ch: char,
+    /// Index of its line in [`Page::lines`].
+    pub line: usize,
+    /// Left edge.
+    pub x0: f32,
+    /// Top edge.
+    pub y0: f32,
+    /// Right edge.
+    pub x1: f32,
+    /// Bottom edge.
+    pub y1: f32,
+}
+
+impl CharBox {
+    /// The box's centre `(x, y)`.
+    pub fn centre(&self) -> (f32, f32) {
+        ((self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0)
+    }
 }
 
 /// A paginated page: its text and layout are fixed; it can be rasterised at any mode.
@@ -122,6 +155,79 @@ impl Page {
             }
             None => (mode.page_px(), mode.page_px()),
         }
+    }
+
+    /// How the layout maps onto an image of `width x height` pixels: `(scale, x offset)`, pixels
+    /// per logical unit and the left offset that centres the page across (it is top-aligned).
+    pub fn placement(&self, width: u32, height: u32) -> (f32, f32) {
+        let scale = (width as f32 / self.width).min(height as f32 / self.height);
+        let ox = ((width as f32 - self.width * scale) / 2.0).max(0.0);
+        (scale, ox)
+    }
+
+    /// Where every character of [`Page::text`] but the line breaks lands in an image of the page
+    /// of `width x height` pixels, in text order. The characters of the boxes of line `i`, in
+    /// order, are exactly the text of line `i`, so joining the lines with `\n` gives the page text.
+    pub fn char_boxes(&self, width: u32, height: u32) -> Vec<CharBox> {
+        let (scale, ox) = self.placement(width, height);
+        let mut out = Vec::with_capacity(self.chars);
+        for (li, line) in self.lines.iter().enumerate() {
+            let text = &self.text[line.text.clone()];
+            // Logical x span of each cluster, by its first byte.
+            let mut spans: Vec<(usize, usize, f32, f32)> = Vec::new();
+            for g in &line.glyphs {
+                let start = g.cluster.start.min(text.len());
+                let end = g.cluster.end.min(text.len());
+                if start >= end {
+                    continue;
+                }
+                let (x0, x1) = (g.x, g.x + g.advance.max(0.0));
+                match spans.iter_mut().find(|s| s.0 == start) {
+                    Some(s) => {
+                        s.1 = s.1.max(end);
+                        s.2 = s.2.min(x0);
+                        s.3 = s.3.max(x1);
+                    }
+                    None => spans.push((start, end, x0, x1)),
+                }
+            }
+            spans.sort_by_key(|s| s.0);
+            let (y0, y1) = (line.top * scale, (line.top + line.height) * scale);
+            let mut at = 0usize;
+            let mut last_x = spans.first().map_or(0.0, |s| s.2);
+            let mut push = |byte: usize, ch: char, x0: f32, x1: f32| {
+                out.push(CharBox {
+                    byte: line.text.start + byte,
+                    ch,
+                    line: li,
+                    x0: x0.mul_add(scale, ox),
+                    y0,
+                    x1: x1.mul_add(scale, ox),
+                    y1,
+                });
+            };
+            for &(start, end, x0, x1) in &spans {
+                if start < at {
+                    continue; // overlaps a cluster already placed
+                }
+                // Characters no glyph drew (none in practice): zero width where the pen stood.
+                for (i, ch) in text[at..start].char_indices() {
+                    push(at + i, ch, last_x, last_x);
+                }
+                let chars: Vec<(usize, char)> = text[start..end].char_indices().collect();
+                let w = (x1 - x0) / chars.len() as f32;
+                for (k, (i, ch)) in chars.into_iter().enumerate() {
+                    let a = x0 + w * k as f32;
+                    push(start + i, ch, a, a + w);
+                }
+                at = end;
+                last_x = x1;
+            }
+            for (i, ch) in text[at..].char_indices() {
+                push(at + i, ch, last_x, last_x);
+            }
+        }
+        out
     }
 
     /// Nominal vision tokens of this page in `mode`.

@@ -148,6 +148,16 @@ impl RenderProfile {
         Ok(profile)
     }
 
+    /// Parses and validates a profile from TOML text (`what` names its origin in errors).
+    pub fn from_toml_str(text: &str, what: &str) -> Result<Self> {
+        let profile = Self::from_toml(text).map_err(|message| Error::ProfileParse {
+            path: what.into(),
+            message,
+        })?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
     fn from_toml(text: &str) -> std::result::Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }

@@ -186,8 +186,7 @@ impl Renderer {
         format: PixelFormat,
     ) -> PageImage {
         let mut img = PageImage::blank(width, height, PixelFormat::Gray);
-        let scale = (width as f32 / page.width).min(height as f32 / page.height);
-        let ox = ((width as f32 - page.width * scale) / 2.0).max(0.0);
+        let (scale, ox) = page.placement(width, height);
         let oy = 0.0;
         {
             let mut guard = self.fonts();
@@ -789,6 +788,7 @@ fn shape_mixed(
                     size: g.font_size,
                     advance: g.w,
                     missing: is_missing,
+                    cluster: g.start.saturating_sub(start)..g.end.saturating_sub(start),
                 }
             })
             .collect();

@@ -62,6 +62,12 @@ pub struct Args {
     /// `page-NNNN.txt` beside its PNG: the label a reading model is trained and scored against.
     #[arg(long)]
     pub text: bool,
+    /// Also write where every character landed to `page-NNNN.boxes.json` beside its PNG:
+    /// {"page", "mode", "width", "height", "lines", "boxes": [{"byte", "ch", "line", "x0", "y0",
+    /// "x1", "y1"}]}, pixels of that PNG, one box per character of the page text but the line
+    /// breaks, in text order (a cluster such as a ligature shares its advance among its characters).
+    #[arg(long)]
+    pub boxes: bool,
     /// Print one JSON object on stdout:
     /// {"pages", "mode", "width", "height", "chars", "missing_glyphs", "files"}.
     #[arg(long)]
@@ -137,6 +143,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let text_path = path.with_extension("txt");
             std::fs::write(&text_path, &page.text)
                 .with_context(|| format!("writing {}", text_path.display()))?;
+        }
+        if args.boxes {
+            let boxes_path = path.with_extension("boxes.json");
+            let doc = serde_json::json!({
+                "page": page.index + 1,
+                "mode": args.mode.name(),
+                "width": image.width,
+                "height": image.height,
+                "lines": page.lines.len(),
+                "boxes": page.char_boxes(image.width, image.height),
+            });
+            std::fs::write(&boxes_path, doc.to_string())
+                .with_context(|| format!("writing {}", boxes_path.display()))?;
         }
         chars += page.chars;
         missing += page.missing_glyphs;
