@@ -62,8 +62,18 @@ CODE_KW = {
 class Gen:
     """Text pieces from one seeded stream."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, kinds: str = "all"):
+        """`kinds`: "all" (the mix of `KINDS`), "ordinary" (everything but no-prior text) or
+        "no_prior" (only shuffled words, random identifiers and random strings)."""
         self.r = random.Random(seed)
+        if kinds == "all":
+            self.kinds = self.KINDS
+        elif kinds == "ordinary":
+            self.kinds = [k for k in self.KINDS if k[0] != "no_prior"]
+        elif kinds == "no_prior":
+            self.kinds = [("no_prior", 1)]
+        else:
+            raise ValueError(f"kinds must be all, ordinary or no_prior, not {kinds!r}")
 
     # -- atoms --------------------------------------------------------------------------------
     def word(self) -> str:
@@ -234,7 +244,7 @@ class Gen:
 
     def piece(self) -> str:
         r = self.r
-        kinds, weights = zip(*self.KINDS)
+        kinds, weights = zip(*self.kinds)
         k = r.choices(kinds, weights)[0]
         return {"prose": self.prose, "code": self.code, "numbers": self.numbers,
                 "identifiers": self.identifiers, "urls": self.urls, "cjk": self.cjk,
@@ -258,8 +268,26 @@ class Gen:
         return "\n".join(out)[:max_chars]
 
 
-def transcript(seed: int, turns: int) -> list[dict]:
-    g = Gen(seed)
+def speaker_text(seed: int, turns: int, kinds: str = "all") -> str:
+    """The same kind of transcript in memctl's speaker format, as people write one: capitalised
+    speakers, a blank line between turns, and a `=== Session N · date time ===` header every 8-20
+    turns (drawn in bold at the top of every page of the session)."""
+    r = random.Random(seed * 31 + 7)
+    out, session, left = [], r.randint(1, 40), 0
+    day = (r.randint(2019, 2031), r.randint(1, 12), r.randint(1, 28))
+    for t in transcript(seed, turns, kinds):
+        if left == 0:
+            session += 1
+            left = r.randint(8, 20)
+            out.append(f"=== Session {session} · {day[0]}-{day[1]:02d}-{day[2]:02d} "
+                       f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d} ===\n")
+        left -= 1
+        out.append(f"{t['role'].capitalize()}: {t['content']}\n")
+    return "\n".join(out)
+
+
+def transcript(seed: int, turns: int, kinds: str = "all") -> list[dict]:
+    g = Gen(seed, kinds)
     return [g.turn() for _ in range(turns)]
 
 
@@ -269,9 +297,11 @@ def main() -> None:
     ap.add_argument("--heldout", action="store_true", help=f"use the held-out stream (seed {HELDOUT_SEED} + --seed)")
     ap.add_argument("--turns", type=int, default=100)
     ap.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
+    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior"], default="all",
+                    help="content mix: all, ordinary (no no-prior text) or no_prior only")
     a = ap.parse_args()
     seed = HELDOUT_SEED + a.seed if a.heldout else a.seed
-    for t in transcript(seed, a.turns):
+    for t in transcript(seed, a.turns, a.kinds):
         if a.format == "jsonl":
             sys.stdout.write(json.dumps(t, ensure_ascii=False) + "\n")
         else:

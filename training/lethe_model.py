@@ -497,6 +497,8 @@ class DecoderAttention(nn.Module):
         self.k_proj = nn.Linear(h, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(h, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, h, bias=False)
+        self.capture_head: int | None = None  # set to keep that head's weights in `captured`
+        self.captured: torch.Tensor | None = None
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
@@ -510,6 +512,12 @@ class DecoderAttention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if self.capture_head is not None:
+            # Training-only probe: the attention weights of one head, recomputed explicitly.
+            h = self.capture_head
+            scores = (q[:, h] @ k[:, h].transpose(-1, -2)) / math.sqrt(self.head_dim)
+            causal = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
+            self.captured = scores.masked_fill(causal, float("-inf")).softmax(-1)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 

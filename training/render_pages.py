@@ -3,10 +3,11 @@
 For each transcript index i in [--first, --first + --count) and each mode, writes the transcript
 `OUT/transcripts/{split}-{i:06d}.jsonl` from `gen_text.transcript(seed_i, --turns)` and runs
 
-    memctl render TRANSCRIPT --mode MODE --out OUT/{split}/{mode}/{i:06d} --json --text
+    memctl render TRANSCRIPT --mode MODE --out OUT/{split}/{mode}/{i:06d} --json --text --boxes
 
-saving the printed JSON as `render.json` in that folder. `--text` must make memctl write each
-page's exact text next to its image (`page-0001.png` + `page-0001.txt`); that text is the label.
+(plus `--profile FILE` when given) saving the printed JSON as `render.json` in that folder: each
+page's image, its exact text (`page-0001.txt`, the label) and where every character landed
+(`page-0001.boxes.json`, for the per-cell targets).
 Seeds: train i -> TRAIN_SEED + i, held-out i -> HELDOUT_SEED + i (disjoint streams).
 
   python training/render_pages.py --memctl target/release/memctl --out scratch/pages \\
@@ -28,22 +29,33 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_text import HELDOUT_SEED, TRAIN_SEED, transcript  # noqa: E402
+from gen_text import HELDOUT_SEED, TRAIN_SEED, speaker_text, transcript  # noqa: E402
 
 
-def render_one(memctl: str, out: Path, split: str, i: int, mode: str, turns: int) -> dict:
+def render_one(memctl: str, out: Path, split: str, i: int, mode: str, turns: int,
+               profile: str | None = None, kinds: str = "all", style: str = "jsonl") -> dict:
     seed = (TRAIN_SEED if split == "train" else HELDOUT_SEED) + i
+    name = split if kinds == "all" else f"{split}-{kinds}"
     tdir = out / "transcripts"
     tdir.mkdir(parents=True, exist_ok=True)
-    tpath = tdir / f"{split}-{i:06d}.jsonl"
-    if not tpath.exists():
-        tpath.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in transcript(seed, turns)))
-    pdir = out / split / mode / f"{i:06d}"
+    if style == "speaker" or (style == "mixed" and i % 2 == 1):
+        tpath = tdir / f"{name}-{i:06d}.txt"
+        if not tpath.exists():
+            tpath.write_text(speaker_text(seed, turns, kinds))
+    else:
+        tpath = tdir / f"{name}-{i:06d}.jsonl"
+        if not tpath.exists():
+            tpath.write_text("".join(json.dumps(t, ensure_ascii=False) + "\n"
+                                     for t in transcript(seed, turns, kinds)))
+    pdir = out / name / mode / f"{i:06d}"
     if (pdir / "render.json").is_file():
         return json.loads((pdir / "render.json").read_text())
     pdir.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run([memctl, "render", str(tpath), "--mode", mode, "--out", str(pdir), "--json",
-                          "--text"], capture_output=True, text=True)
+    cmd = [memctl, "render", str(tpath), "--mode", mode, "--out", str(pdir), "--json", "--text",
+           "--boxes"]
+    if profile:
+        cmd += ["--profile", profile]
+    res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode not in (0, 3):
         raise RuntimeError(f"memctl render {tpath} --mode {mode}: exit {res.returncode}: {res.stderr.strip()}")
     meta = json.loads(res.stdout)
@@ -64,14 +76,21 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=40)
     ap.add_argument("--modes", default="tiny,small,base")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--profile", default=None, help="render profile (TOML or JSON) passed to memctl")
+    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior"], default="all",
+                    help="content mix (gen_text.py); not 'all' writes to SPLIT-KINDS folders")
+    ap.add_argument("--style", choices=["jsonl", "speaker", "mixed"], default="jsonl",
+                    help="transcript files: JSON Lines (lowercase roles), memctl's speaker format "
+                         "with session headers, or mixed (odd indices in speaker format)")
     a = ap.parse_args()
     out = Path(a.out)
     jobs = [(i, m) for i in range(a.first, a.first + a.count) for m in a.modes.split(",")]
     pages = 0
     with ThreadPoolExecutor(a.jobs) as ex:
-        for meta in ex.map(lambda j: render_one(a.memctl, out, a.split, j[0], j[1], a.turns), jobs):
+        for meta in ex.map(lambda j: render_one(a.memctl, out, a.split, j[0], j[1], a.turns, a.profile, a.kinds, a.style), jobs):
             pages += int(meta.get("pages", 0))
-    print(f"{len(jobs)} renders, {pages} pages under {out / a.split}")
+    name = a.split if a.kinds == "all" else f"{a.split}-{a.kinds}"
+    print(f"{len(jobs)} renders, {pages} pages under {out / name}")
 
 
 if __name__ == "__main__":
