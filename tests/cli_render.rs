@@ -55,6 +55,7 @@ fn renders_pages_and_prints_one_json_object() {
             "chars",
             "files",
             "height",
+            "missing_chars",
             "missing_glyphs",
             "mode",
             "pages",
@@ -197,8 +198,9 @@ fn bad_inputs_fail_clearly() {
 #[test]
 fn missing_glyphs_exit_3() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("emoji.txt");
-    std::fs::write(&input, "User: launch 🚀\n").unwrap();
+    let input = dir.path().join("glyphs.txt");
+    // Emoji are covered (Noto Emoji); an Egyptian hieroglyph is not.
+    std::fs::write(&input, "User: launch 🚀 \u{13000} \u{13000}\n").unwrap();
     let o = memctl(&[
         "render",
         path(&input),
@@ -210,7 +212,8 @@ fn missing_glyphs_exit_3() {
     ]);
     assert_eq!(o.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["missing_glyphs"], 1);
+    assert_eq!(v["missing_glyphs"], 2);
+    assert_eq!(v["missing_chars"], serde_json::json!(["U+13000"]));
     assert!(String::from_utf8_lossy(&o.stderr).contains("warning"));
 }
 

@@ -14,6 +14,7 @@ static DEJAVU_SANS_BOLD: &[u8] = include_bytes!("../fonts/DejaVuSans-Bold.ttf");
 static DEJAVU_SANS_MONO: &[u8] = include_bytes!("../fonts/DejaVuSansMono.ttf");
 static DROID_SANS_FALLBACK: &[u8] = include_bytes!("../fonts/DroidSansFallbackFull.ttf");
 static NANUM_SQUARE: &[u8] = include_bytes!("../fonts/NanumSquareR.ttf");
+static NOTO_EMOJI: &[u8] = include_bytes!("../fonts/NotoEmoji-Regular.ttf");
 
 /// Family name of the proportional Latin font.
 pub const SANS_FAMILY: &str = "DejaVu Sans";
@@ -23,6 +24,8 @@ pub const MONO_FAMILY: &str = "DejaVu Sans Mono";
 pub const CJK_FAMILY: &str = "Droid Sans Fallback";
 /// Family name of the Hangul font (Droid Sans Fallback covers only a handful of Hangul syllables).
 pub const HANGUL_FAMILY: &str = "NanumSquare";
+/// Family name of the emoji font (monochrome outlines, drawn like text).
+pub const EMOJI_FAMILY: &str = "Noto Emoji";
 
 /// One of the bundled font faces. Pages refer to faces by this name, so a stored page can be
 /// rasterised again by any renderer.
@@ -39,16 +42,19 @@ pub enum Face {
     Cjk,
     /// NanumSquare Regular (Hangul).
     Hangul,
+    /// Noto Emoji Regular (monochrome emoji, with ZWJ sequences and variation selectors).
+    Emoji,
 }
 
 impl Face {
     /// Every bundled face, in load order.
-    pub const ALL: [Face; 5] = [
+    pub const ALL: [Face; 6] = [
         Face::Sans,
         Face::SansBold,
         Face::Mono,
         Face::Cjk,
         Face::Hangul,
+        Face::Emoji,
     ];
 
     fn data(self) -> &'static [u8] {
@@ -58,6 +64,7 @@ impl Face {
             Face::Mono => DEJAVU_SANS_MONO,
             Face::Cjk => DROID_SANS_FALLBACK,
             Face::Hangul => NANUM_SQUARE,
+            Face::Emoji => NOTO_EMOJI,
         }
     }
 
@@ -68,6 +75,7 @@ impl Face {
             Face::Mono => "DejaVuSansMono.ttf",
             Face::Cjk => "DroidSansFallbackFull.ttf",
             Face::Hangul => "NanumSquareR.ttf",
+            Face::Emoji => "NotoEmoji-Regular.ttf",
         }
     }
 
@@ -77,6 +85,7 @@ impl Face {
             Face::Mono => MONO_FAMILY,
             Face::Cjk => CJK_FAMILY,
             Face::Hangul => HANGUL_FAMILY,
+            Face::Emoji => EMOJI_FAMILY,
         }
     }
 }
@@ -86,7 +95,13 @@ struct BundledFallback;
 
 impl Fallback for BundledFallback {
     fn common_fallback(&self) -> &[&'static str] {
-        &[SANS_FAMILY, MONO_FAMILY, CJK_FAMILY, HANGUL_FAMILY]
+        &[
+            SANS_FAMILY,
+            MONO_FAMILY,
+            CJK_FAMILY,
+            HANGUL_FAMILY,
+            EMOJI_FAMILY,
+        ]
     }
 
     fn forbidden_fallback(&self) -> &[&'static str] {
@@ -97,7 +112,7 @@ impl Fallback for BundledFallback {
         match script {
             Script::Hangul => &[HANGUL_FAMILY, CJK_FAMILY],
             Script::Han | Script::Hiragana | Script::Katakana | Script::Bopomofo => &[CJK_FAMILY],
-            _ => &[SANS_FAMILY, CJK_FAMILY],
+            _ => &[SANS_FAMILY, CJK_FAMILY, EMOJI_FAMILY],
         }
     }
 }
@@ -106,7 +121,7 @@ impl Fallback for BundledFallback {
 pub(crate) struct Fonts {
     pub(crate) system: FontSystem,
     pub(crate) cache: SwashCache,
-    ids: [(fontdb::ID, fontdb::Weight); 5],
+    ids: [(fontdb::ID, fontdb::Weight); 6],
 }
 
 impl Fonts {
@@ -126,7 +141,7 @@ impl Fonts {
         db.set_sans_serif_family(SANS_FAMILY);
         db.set_monospace_family(MONO_FAMILY);
         db.set_serif_family(SANS_FAMILY);
-        let ids: [(fontdb::ID, fontdb::Weight); 5] =
+        let ids: [(fontdb::ID, fontdb::Weight); 6] =
             ids.try_into().map_err(|_| Error::Font("DejaVuSans.ttf"))?;
         let system =
             FontSystem::new_with_locale_and_db_and_fallback("en-US".into(), db, BundledFallback);

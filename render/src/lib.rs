@@ -5,13 +5,14 @@
 //! 1. [`transcript`] parses plain text, `Speaker: text` lines, JSON Lines or an OpenAI-style messages
 //!    array into [`Turn`]s (streaming with [`TurnReader`]), sanitising control characters and tabs.
 //! 2. A [`Renderer`] paginates turns into [`Page`]s with a [`RenderProfile`]: text is shaped by
-//!    cosmic-text over the fonts bundled in this crate (DejaVu Sans, Sans Bold, Sans Mono and Droid
-//!    Sans Fallback for CJK; never system fonts), wrapped, and fixed on the page in logical units,
+//!    cosmic-text over the fonts bundled in this crate (DejaVu Sans, Sans Bold, Sans Mono, Droid
+//!    Sans Fallback for CJK, NanumSquare for Hangul, Noto Emoji; never system fonts; see
+//!    `fonts/README.md`), wrapped, and fixed on the page in logical units,
 //!    with the turns and bytes each page shows.
 //! 3. A page is rasterised at any [`Mode`]'s pixel size as a vector re-render of the same layout
 //!    (glyph coverage masks from swash blitted into an 8-bit buffer), giving a [`PageImage`] (gray or
-//!    RGB) with deterministic PNG bytes. Characters no bundled font covers are drawn as boxes and
-//!    counted in [`Page::missing_glyphs`].
+//!    RGB) with deterministic PNG bytes. Characters no bundled font covers are drawn as boxes,
+//!    counted in [`Page::missing_glyphs`] and named by [`Page::missing_chars`].
 //!
 //! ```
 //! use lethe_render::{transcript, Mode, Renderer};

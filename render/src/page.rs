@@ -230,6 +230,23 @@ impl Page {
         out
     }
 
+    /// The characters no bundled font covers (drawn as replacement boxes), each once, in the
+    /// order they first appear.
+    pub fn missing_chars(&self) -> Vec<char> {
+        let mut out = Vec::new();
+        for line in &self.lines {
+            let text = &self.text[line.text.clone()];
+            for g in line.glyphs.iter().filter(|g| g.missing) {
+                for c in text.get(g.cluster.clone()).unwrap_or_default().chars() {
+                    if !out.contains(&c) {
+                        out.push(c);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Nominal vision tokens of this page in `mode`.
     pub fn vision_tokens(&self, mode: Mode) -> usize {
         mode.vision_tokens(self.tile_grid(mode))

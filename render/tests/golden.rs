@@ -24,6 +24,11 @@ const GOLDEN: &[(&str, &str, u64)] = &[
     ("code", "base", 0x9c5f1959c8ed50aa),
     ("code", "large", 0xaea223a68ebaa404),
     ("code", "gundam", 0xaea223a68ebaa404),
+    ("emoji", "tiny", 0x9243d36fd3338603),
+    ("emoji", "small", 0xd98e9dcf47b2597a),
+    ("emoji", "base", 0xb9c46bba681219a8),
+    ("emoji", "large", 0x3be6d5e127b4850d),
+    ("emoji", "gundam", 0x3be6d5e127b4850d),
 ];
 
 fn cases() -> Vec<(&'static str, Vec<Turn>)> {
@@ -31,6 +36,16 @@ fn cases() -> Vec<(&'static str, Vec<Turn>)> {
         ("latin", latin_turns()),
         ("cjk_rtl", mixed_script_turns()),
         ("code", code_turns()),
+        (
+            "emoji",
+            vec![
+                Turn::new("User", "Shipped! 🎉🚀 Thanks everyone 👍 💪"),
+                Turn::new(
+                    "Assistant",
+                    "Great work 🌟 Time for a break 🧘\u{200d}\u{2640}\u{fe0f} ❤\u{fe0f}",
+                ),
+            ],
+        ),
     ]
 }
 

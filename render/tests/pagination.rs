@@ -162,10 +162,20 @@ fn scripts_render_without_missing_glyphs_and_emoji_are_counted() {
         pages[0].lines.iter().any(|l| l.rtl)
             || pages[0].lines.iter().any(|l| l.glyphs.iter().any(|_| true))
     );
-    let emoji = vec![Turn::new("User", "ship it 🚀 now 🎉!")];
+    // Chat emoji, with ZWJ sequences and variation selectors, come from the bundled Noto Emoji.
+    let emoji = vec![Turn::new(
+        "User",
+        "ship it 🚀 now 🎉! 👍 💪 🧘\u{200d}\u{2640}\u{fe0f} 🌟 ❤\u{fe0f}",
+    )];
     let pages = r.paginate(&emoji).unwrap();
+    assert_eq!(pages[0].missing_glyphs, 0, "{:?}", pages[0].missing_chars());
+    // What no bundled font covers is counted, named, and drawn as a visible box: the page has
+    // more ink than the same text without those characters.
+    let pages = r
+        .paginate(&[Turn::new("User", "ship it \u{13000} now \u{13001}!")])
+        .unwrap();
     assert_eq!(pages[0].missing_glyphs, 2);
-    // The replacement is visible: the emoji page has more ink than the same text without emoji.
+    assert_eq!(pages[0].missing_chars(), ['\u{13000}', '\u{13001}']);
     let plain = r.paginate(&[Turn::new("User", "ship it  now !")]).unwrap();
     let ink = |p: &Page| {
         r.rasterize(p, Mode::Base)

@@ -68,8 +68,9 @@ pub struct Args {
     /// breaks, in text order (a cluster such as a ligature shares its advance among its characters).
     #[arg(long)]
     pub boxes: bool,
-    /// Print one JSON object on stdout:
-    /// {"pages", "mode", "width", "height", "chars", "missing_glyphs", "files"}.
+    /// Print one JSON object on stdout: {"pages", "mode", "width", "height", "chars",
+    /// "missing_glyphs", "missing_chars" (code points no bundled font covers, as "U+1FAE8"),
+    /// "files"}.
     #[arg(long)]
     pub json: bool,
 }
@@ -131,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut files = Vec::new();
     let mut chars = 0usize;
     let mut missing = 0usize;
+    let mut missing_chars: Vec<char> = Vec::new();
     let mut size = None;
     for page in renderer.pages(turns) {
         let page =
@@ -159,6 +161,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         chars += page.chars;
         missing += page.missing_glyphs;
+        for c in page.missing_chars() {
+            if !missing_chars.contains(&c) {
+                missing_chars.push(c);
+            }
+        }
         files.push(path);
         bar.set_position(count.load(Ordering::Relaxed));
         bar.set_message(format!("{} pages", files.len()));
@@ -174,6 +181,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "height": height,
             "chars": chars,
             "missing_glyphs": missing,
+            "missing_chars": missing_chars
+                .iter()
+                .map(|c| format!("U+{:04X}", u32::from(*c)))
+                .collect::<Vec<_>>(),
             "files": files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         });
         println!("{out}");
