@@ -21,6 +21,7 @@
 //! # Ok::<(), lethe_render::Error>(())
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{BufRead, Chain, Cursor, Read};
 use std::str::FromStr;
@@ -32,6 +33,9 @@ use crate::error::{Error, Result};
 
 /// How many bytes at the start of an input are examined to detect its format and speakers.
 pub const SNIFF_BYTES: usize = 64 * 1024;
+
+/// How many of a session's latest speaker lines weigh in when an unknown name is judged.
+const RECENT_TURNS: usize = 64;
 
 /// Speaker names recognised in `Speaker: text` transcripts without further evidence (any case).
 pub const BUILTIN_SPEAKERS: &[&str] = &[
@@ -384,8 +388,22 @@ impl Speakers {
     fn from_head(head: &str, extra: &[String]) -> Self {
         let mut names: Vec<String> = BUILTIN_SPEAKERS.iter().map(|s| s.to_string()).collect();
         names.extend(extra.iter().map(|s| s.to_lowercase()));
+        names.sort();
+        names.dedup();
+        let known = Speakers {
+            names: names.clone(),
+        };
+        // In a transcript whose known speakers' turns follow blank lines, a new name must too:
+        // `Key: value` lines inside a turn follow the line before them.
+        let separated = blank_separated(head, &known);
         let mut seen: Vec<(String, usize)> = Vec::new();
+        let mut after_blank = true;
         for line in head.lines() {
+            let blank_before = after_blank;
+            after_blank = line.trim().is_empty() || session_header(line).is_some();
+            if separated && !blank_before {
+                continue;
+            }
             if let Some((_, name, _)) = split_speaker_line(line) {
                 if plausible_name(name) && name.chars().next().is_some_and(char::is_uppercase) {
                     let lower = name.to_lowercase();
@@ -408,6 +426,21 @@ impl Speakers {
         Speakers { names }
     }
 
+    /// Whether `lower` (a lowercase name) is a known speaker.
+    fn knows(&self, lower: &str) -> bool {
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(lower))
+            .is_ok()
+    }
+
+    /// Adds a speaker name.
+    fn learn(&mut self, name: &str) {
+        let lower = name.to_lowercase();
+        if let Err(at) = self.names.binary_search(&lower) {
+            self.names.insert(at, lower);
+        }
+    }
+
     /// `(timestamp, speaker, rest)` when the line starts with a known speaker.
     fn split<'a>(&self, line: &'a str) -> Option<(Option<&'a str>, &'a str, &'a str)> {
         let (ts, name, rest) = split_speaker_line(line)?;
@@ -417,6 +450,21 @@ impl Speakers {
             .ok()
             .map(|_| (ts, name, rest))
     }
+}
+
+/// Whether the known speakers' turns in `text` follow blank lines (or headers, or the start): at
+/// least four such turns, four in five of them separated.
+fn blank_separated(text: &str, known: &Speakers) -> bool {
+    let (mut lines, mut separated) = (0usize, 0usize);
+    let mut after_blank = true;
+    for line in text.lines() {
+        if known.split(line).is_some() {
+            lines += 1;
+            separated += usize::from(after_blank);
+        }
+        after_blank = line.trim().is_empty() || session_header(line).is_some();
+    }
+    lines >= 4 && separated * 5 >= lines * 4
 }
 
 /// Splits `[ts] Name: rest` / `Name: rest` without checking the name against a list.
@@ -460,6 +508,8 @@ struct RawLine {
     number: usize,
     /// Whether the piece ended with a newline (false for a cut-off piece or the last line).
     newline: bool,
+    /// Whether the piece starts a line (the previous piece ended with a newline).
+    starts_line: bool,
 }
 
 /// Streams [`Turn`]s from a reader with bounded memory.
@@ -479,6 +529,17 @@ pub struct TurnReader<R: BufRead> {
     /// Whether the previous piece ended a line (so the next piece starts a new line).
     at_line_start: bool,
     session: Option<String>,
+    /// Pieces read ahead to decide whether an unknown name starts turns (speaker format).
+    lookahead: VecDeque<RawLine>,
+    lookahead_bytes: usize,
+    /// The previous line was a session header (the next speaker line may bring a new name).
+    after_header: bool,
+    /// The previous line was blank.
+    after_blank: bool,
+    /// Turns are separated by blank lines (judged on the head; see `blank_separated`).
+    separated: bool,
+    /// The speakers (lowercase) of the last [`RECENT_TURNS`] speaker lines of this session.
+    recent: VecDeque<String>,
     pending: Option<Turn>,
     /// Column of the end of `pending`'s text, for tab stops.
     column: usize,
@@ -514,7 +575,9 @@ impl<R: BufRead> TurnReader<R> {
             Format::Auto => detect_format(&head, &opts.speakers),
             f => f,
         };
-        let speakers = Speakers::from_head(&String::from_utf8_lossy(&head), &opts.speakers);
+        let head_text = String::from_utf8_lossy(&head);
+        let speakers = Speakers::from_head(&head_text, &opts.speakers);
+        let separated = blank_separated(&head_text, &speakers);
         Ok(TurnReader {
             src: Cursor::new(head).chain(reader),
             opts: opts.clone(),
@@ -525,6 +588,12 @@ impl<R: BufRead> TurnReader<R> {
             line_no: 0,
             at_line_start: true,
             session: None,
+            lookahead: VecDeque::new(),
+            lookahead_bytes: 0,
+            after_header: false,
+            after_blank: false,
+            separated,
+            recent: VecDeque::new(),
             pending: None,
             column: 0,
             blank_run: 0,
@@ -548,6 +617,7 @@ impl<R: BufRead> TurnReader<R> {
     fn read_piece(&mut self, cap: Option<usize>) -> Result<Option<RawLine>> {
         let mut bytes = Vec::new();
         let offset = self.offset;
+        let starts_line = self.at_line_start;
         if self.at_line_start {
             self.line_no += 1;
         }
@@ -609,6 +679,7 @@ impl<R: BufRead> TurnReader<R> {
             offset,
             number,
             newline,
+            starts_line,
         }))
     }
 
@@ -684,18 +755,87 @@ impl<R: BufRead> TurnReader<R> {
     }
 
     /// Next turn of a line-based format (plain or speaker).
+    /// The next piece: read ahead first, then from the input.
+    fn next_piece(&mut self) -> Result<Option<RawLine>> {
+        if let Some(raw) = self.lookahead.pop_front() {
+            self.lookahead_bytes -= raw.bytes.len();
+            return Ok(Some(raw));
+        }
+        self.read_piece(Some(self.opts.max_line_bytes))
+    }
+
+    /// Whether an unknown but plausible name at the start of a line starts a turn: right after a
+    /// session header (a new conversation brings new speakers), or when the name starts at least
+    /// two lines of this session within the next [`SNIFF_BYTES`], and at least a quarter as many
+    /// as the busiest speaker over those lines and the session's last [`RECENT_TURNS`] turns (so
+    /// `Note:` or `Error:` inside a turn stays text). In a transcript whose turns are separated by
+    /// blank lines, a new name must follow one too.
+    fn learns_speaker(&mut self, name: &str) -> Result<bool> {
+        if !name.chars().next().is_some_and(char::is_uppercase) {
+            return Ok(false);
+        }
+        if self.after_header {
+            return Ok(true);
+        }
+        if self.separated && !self.after_blank {
+            return Ok(false);
+        }
+        while self.lookahead_bytes < SNIFF_BYTES && self.lookahead.len() < 4096 {
+            let Some(raw) = self.read_piece(Some(self.opts.max_line_bytes))? else {
+                break;
+            };
+            self.lookahead_bytes += raw.bytes.len();
+            self.lookahead.push_back(raw);
+        }
+        let lower = name.to_lowercase();
+        let mut counts: Vec<(String, usize)> = vec![(lower.clone(), 1)];
+        let mut add = |n: String| match counts.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((n, 1)),
+        };
+        for n in &self.recent {
+            add(n.clone());
+        }
+        let mut after_blank = false;
+        for raw in self.lookahead.iter().filter(|r| r.starts_line) {
+            let text = String::from_utf8_lossy(&raw.bytes);
+            if session_header(&text).is_some() {
+                break;
+            }
+            let blank_before = after_blank;
+            after_blank = text.trim().is_empty();
+            if self.separated && !blank_before {
+                continue;
+            }
+            if let Some((_, n, _)) = split_speaker_line(&text) {
+                add(n.to_lowercase());
+            }
+        }
+        let mine = counts[0].1;
+        let busiest = counts
+            .iter()
+            .filter(|(n, _)| self.speakers.knows(n) || *n == lower)
+            .map(|(_, c)| *c)
+            .max()
+            .unwrap_or(mine);
+        Ok(mine >= 2 && mine * 4 >= busiest)
+    }
+
     fn next_text_turn(&mut self) -> Result<Option<Turn>> {
         loop {
-            let continuing = !self.at_line_start;
-            let Some(raw) = self.read_piece(Some(self.opts.max_line_bytes))? else {
+            let Some(raw) = self.next_piece()? else {
                 return Ok(self.pending.take().filter(|t| !t.text.trim().is_empty()));
             };
+            let continuing = !raw.starts_line;
             let line = self.decode(&raw)?;
             if continuing {
                 self.append(&line, false);
             } else if self.format == Format::Speaker {
                 if let Some(inner) = session_header(&line) {
                     self.session = Some(inner.to_string());
+                    self.recent.clear();
+                    self.after_header = true;
+                    self.after_blank = false;
                     if let Some(done) = self.start_turn("", None) {
                         self.pending = None;
                         return Ok(Some(done));
@@ -703,20 +843,38 @@ impl<R: BufRead> TurnReader<R> {
                     self.pending = None;
                     continue;
                 }
-                let split = self.speakers.split(&line).map(|(ts, name, rest)| {
+                if line.trim().is_empty() {
+                    self.after_blank = true;
+                    if self.pending.as_ref().is_some_and(|t| !t.text.is_empty()) {
+                        self.blank_run += 1;
+                    }
+                    continue;
+                }
+                let mut split = self.speakers.split(&line).map(|(ts, name, rest)| {
                     (ts.map(str::to_string), name.to_string(), rest.to_string())
                 });
+                if split.is_none() {
+                    let candidate = split_speaker_line(&line).map(|(ts, name, rest)| {
+                        (ts.map(str::to_string), name.to_string(), rest.to_string())
+                    });
+                    if let Some((ts, name, rest)) = candidate {
+                        if self.learns_speaker(&name)? {
+                            self.speakers.learn(&name);
+                            split = Some((ts, name, rest));
+                        }
+                    }
+                }
+                self.after_header = false;
+                self.after_blank = false;
                 if let Some((ts, name, rest)) = split {
+                    if self.recent.len() == RECENT_TURNS {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(name.to_lowercase());
                     let done = self.start_turn(&name, ts.as_deref());
                     self.append(&rest, false);
                     if done.is_some() {
                         return Ok(done);
-                    }
-                    continue;
-                }
-                if line.trim().is_empty() {
-                    if self.pending.as_ref().is_some_and(|t| !t.text.is_empty()) {
-                        self.blank_run += 1;
                     }
                     continue;
                 }

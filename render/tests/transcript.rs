@@ -262,3 +262,113 @@ fn streaming_reader_splits_huge_turns_and_lines() {
     let joined: String = turns.iter().map(|t| t.text.as_str()).collect();
     assert_eq!(joined, src);
 }
+
+/// Conversations between different people, concatenated: each opens with a session header.
+fn conversations(
+    pairs: &[(&str, &str)],
+    turns_each: usize,
+    blank_between: bool,
+) -> (String, Vec<String>) {
+    let mut src = String::new();
+    let mut speakers = Vec::new();
+    for (c, (a, b)) in pairs.iter().enumerate() {
+        src.push_str(&format!(
+            "=== Session {} · 2026-01-{:02} ===\n",
+            c + 1,
+            c + 1
+        ));
+        for i in 0..turns_each {
+            let who = if i % 3 == 2 {
+                *b
+            } else if i % 2 == 0 {
+                *a
+            } else {
+                *b
+            };
+            src.push_str(&format!(
+                "{who}: message {i} of conversation {c}, about the budget, the plan and the trip.\n"
+            ));
+            if blank_between {
+                src.push('\n');
+            }
+            speakers.push(who.to_string());
+        }
+    }
+    (src, speakers)
+}
+
+#[test]
+fn speakers_who_first_appear_mid_file_start_their_own_turns() {
+    let pairs = [
+        ("Melanie", "Caroline"),
+        ("Joanna", "Nate"),
+        ("Tim", "John"),
+        ("Audrey", "Andrew"),
+    ];
+    for blank in [false, true] {
+        // 500 turns per conversation: later conversations begin far past the 64 KiB head.
+        let (src, expected) = conversations(&pairs, 500, blank);
+        assert!(src.len() > 2 * 64 * 1024, "{} bytes", src.len());
+        let t = parse(src.as_bytes(), &opts()).unwrap();
+        let got: Vec<&str> = t.turns.iter().map(|t| t.speaker.as_str()).collect();
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "blank lines between turns: {blank}"
+        );
+        assert_eq!(got, expected.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(t.turns.iter().all(|t| !t.text.contains(": message")));
+    }
+    // Without headers: a speaker who joins late, far past the head, is learned on repetition,
+    // from the first of their lines on.
+    let mut src = String::new();
+    for i in 0..800 {
+        src.push_str(&format!(
+            "{}: line {i} of the planning thread.\n",
+            ["Alice", "Bob"][i % 2]
+        ));
+    }
+    for i in 0..40 {
+        src.push_str(&format!("{}: late line {i}.\n", ["Alice", "Zoe"][i % 2]));
+    }
+    let t = parse(src.as_bytes(), &opts()).unwrap();
+    assert_eq!(t.turns.len(), 840);
+    assert_eq!(t.turns.iter().filter(|t| t.speaker == "Zoe").count(), 20);
+}
+
+#[test]
+fn key_value_lines_inside_long_tool_outputs_stay_text() {
+    let mut src = String::new();
+    for i in 0..30 {
+        src.push_str(&format!(
+            "User: run check {i}\n\nAssistant: running it now.\n\n"
+        ));
+        src.push_str("Tool: check finished\n");
+        for key in [
+            "Status",
+            "Duration",
+            "Retries",
+            "Host",
+            "Region",
+            "Exit code",
+        ] {
+            src.push_str(&format!("{key}: value {i}\n"));
+        }
+        src.push_str("Warning: disk at 91%\nWarning: disk at 92%\n\n");
+    }
+    let t = parse(src.as_bytes(), &opts()).unwrap();
+    let speakers: std::collections::BTreeSet<&str> =
+        t.turns.iter().map(|t| t.speaker.as_str()).collect();
+    assert_eq!(
+        speakers.into_iter().collect::<Vec<_>>(),
+        ["Assistant", "Tool", "User"]
+    );
+    assert_eq!(t.turns.len(), 90);
+    assert!(
+        t.turns[2]
+            .text
+            .contains("Exit code: value 0\nWarning: disk at 91%"),
+        "{}",
+        t.turns[2].text
+    );
+}
