@@ -20,12 +20,16 @@ pub enum Error {
         reason: String,
     },
     /// Another process (or another handle in this one) holds the store's lock file.
-    #[error("store {path} is already open by another process (lock held on {lock})")]
+    #[error("store {path} is in use by {} (lock held on {lock}){}", holder.map_or("another process".to_string(), |p| format!("PID {p}")), if *waited { "; gave up waiting" } else { "" })]
     Locked {
         /// The store folder.
         path: PathBuf,
         /// The lock file that is held.
         lock: PathBuf,
+        /// The process id the holder wrote into the lock file, when it could be read.
+        holder: Option<u32>,
+        /// Whether the open waited for the lock before giving up.
+        waited: bool,
     },
     /// The store was written by another schema version of this crate.
     #[error(

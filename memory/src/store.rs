@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,9 @@ use crate::types::{
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// How often a waiting open retries the lock.
+const LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// Name of the lock file inside a store folder.
 pub const LOCK_FILE: &str = "LOCK";
@@ -40,6 +45,7 @@ pub struct StoreOptions {
     create: bool,
     retain_text: bool,
     sync_writes: bool,
+    wait: Option<Duration>,
 }
 
 impl StoreOptions {
@@ -67,6 +73,11 @@ impl StoreOptions {
     pub fn sync_writes(&self) -> bool {
         self.sync_writes
     }
+
+    /// How long opening waits for another process to release the store (`None`: not at all).
+    pub fn wait(&self) -> Option<Duration> {
+        self.wait
+    }
 }
 
 /// Builder for [`StoreOptions`].
@@ -76,6 +87,7 @@ pub struct StoreOptionsBuilder {
     create: bool,
     retain_text: bool,
     sync_writes: bool,
+    wait: Option<Duration>,
 }
 
 impl Default for StoreOptionsBuilder {
@@ -85,6 +97,7 @@ impl Default for StoreOptionsBuilder {
             create: true,
             retain_text: true,
             sync_writes: true,
+            wait: None,
         }
     }
 }
@@ -115,6 +128,13 @@ impl StoreOptionsBuilder {
         self
     }
 
+    /// When another process has the store open, wait up to this long for it to close the store
+    /// instead of failing at once (default: fail at once with [`Error::Locked`], naming its PID).
+    pub fn wait(mut self, wait: Option<Duration>) -> Self {
+        self.wait = wait;
+        self
+    }
+
     /// Checks and returns the options.
     pub fn build(self) -> Result<StoreOptions> {
         let path = self.path.ok_or_else(|| Error::BadPath {
@@ -132,6 +152,7 @@ impl StoreOptionsBuilder {
             create: self.create,
             retain_text: self.retain_text,
             sync_writes: self.sync_writes,
+            wait: self.wait,
         })
     }
 }
@@ -339,23 +360,41 @@ impl Store {
         }
 
         let lock_path = path.join(LOCK_FILE);
-        let lock = OpenOptions::new()
+        let mut lock = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?;
-        match fs4::FileExt::try_lock(&lock) {
-            Ok(()) => {}
-            Err(fs4::TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
-                    path,
-                    lock: lock_path,
-                })
+        let started = Instant::now();
+        loop {
+            match fs4::FileExt::try_lock(&lock) {
+                Ok(()) => break,
+                Err(fs4::TryLockError::WouldBlock) => {
+                    if opts.wait.is_some_and(|w| started.elapsed() < w) {
+                        std::thread::sleep(LOCK_POLL);
+                        continue;
+                    }
+                    let holder = std::fs::read_to_string(&lock_path)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok());
+                    return Err(Error::Locked {
+                        path,
+                        lock: lock_path,
+                        holder,
+                        waited: opts.wait.is_some(),
+                    });
+                }
+                Err(fs4::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
             }
-            Err(fs4::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
+        // Name the holder for whoever finds the store in use.
+        lock.set_len(0)
+            .and_then(|_| lock.seek(SeekFrom::Start(0)))
+            .and_then(|_| write!(lock, "{}", std::process::id()))
+            .and_then(|_| lock.flush())
+            .map_err(|e| Error::io(&lock_path, e))?;
 
         finish_interrupted_compaction(&path)?;
         let engine = engine::open_default(&path.join(ENGINE_DIR))?;

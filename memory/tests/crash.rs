@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lethe_memory::{Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, Tier, TokenCache};
+use lethe_memory::{
+    Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier, TokenCache,
+};
 
 #[path = "../src/bin/crashtest/data.rs"]
 mod data;
@@ -329,11 +331,29 @@ fn second_process_gets_a_clear_lock_error() {
     assert_eq!(line.trim(), "ready");
 
     let err = Store::open(&dir).expect_err("a second open must fail");
-    assert!(matches!(err, Error::Locked { .. }), "{err:?}");
+    let pid = child.id();
+    assert!(
+        matches!(err, Error::Locked { holder: Some(p), waited: false, .. } if p == pid),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("already open by another process"), "{msg}");
+    assert!(msg.contains(&format!("in use by PID {pid}")), "{msg}");
     assert!(msg.contains(dir.to_str().expect("utf-8")), "{msg}");
 
+    // A short wait gives up with the same answer; a longer one gets the store once the holder
+    // closes it.
+    let store_dir = dir.clone();
+    let waiting = move |secs: f64| {
+        StoreOptions::builder()
+            .path(&store_dir)
+            .wait(Some(Duration::from_secs_f64(secs)))
+            .build()
+            .expect("options")
+    };
+    let err = Store::open_with(waiting(0.2)).expect_err("still held");
+    assert!(err.to_string().contains("gave up waiting"), "{err}");
+    let waiter = std::thread::spawn(move || Store::open_with(waiting(30.0)).map(|_| ()));
+    std::thread::sleep(Duration::from_millis(200));
     // Closing the holder releases the lock.
     child
         .stdin
@@ -343,5 +363,9 @@ fn second_process_gets_a_clear_lock_error() {
         .expect("write");
     let status = child.wait().expect("wait holder");
     assert!(status.success());
+    waiter
+        .join()
+        .expect("waiter thread")
+        .expect("the waiting open gets the store");
     Store::open(&dir).expect("open after the holder exits");
 }
