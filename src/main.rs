@@ -60,6 +60,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Piped into `head` or a closed reader, stop quietly as Unix tools do, rather than panic on
+    // the first print to a closed stdout.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Render(args) => cmd::render::run(args),
@@ -79,8 +86,25 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("memctl: error: {err:#}");
+            eprintln!("memctl: error: {}", message(&err));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text the message already
+/// holds (the facade's errors quote the crate error they wrap, which is also their source).
+fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

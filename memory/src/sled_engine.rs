@@ -3,7 +3,9 @@
 //! sled keeps an append-only log with atomic batches; it takes several times the disk of its live
 //! data, which `Stats::bytes_on_disk` reports next to the live byte count.
 
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::engine::{Batch, Engine, Op};
@@ -12,8 +14,24 @@ use crate::error::{Error, Result};
 /// A sled database in one folder.
 #[derive(Debug)]
 pub struct SledEngine {
-    db: sled::Db,
+    /// Dropped by hand: see the `Drop` impl.
+    db: ManuallyDrop<sled::Db>,
     dir: PathBuf,
+    /// Set by the first I/O error (a full disk, a vanished or read-only mount).
+    io_failed: AtomicBool,
+}
+
+impl Drop for SledEngine {
+    /// sled 0.34 flushes when its last handle drops and, after a write has failed with an I/O
+    /// error, waits forever for that write to become durable. So once an I/O error was seen, the
+    /// handle is leaked instead (its memory and threads go when the process does); every write
+    /// acknowledged before the error is already on disk.
+    fn drop(&mut self) {
+        if !*self.io_failed.get_mut() {
+            // SAFETY: `db` is dropped exactly once, here, and never used afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.db) }
+        }
+    }
 }
 
 impl SledEngine {
@@ -32,8 +50,9 @@ impl SledEngine {
             match opened {
                 Ok(db) => {
                     return Ok(Self {
-                        db,
+                        db: ManuallyDrop::new(db),
                         dir: dir.to_path_buf(),
+                        io_failed: AtomicBool::new(false),
                     })
                 }
                 Err(sled::Error::Io(io))
@@ -52,22 +71,36 @@ impl SledEngine {
 /// How long opening waits for a just-dropped handle of this process to release sled's lock.
 const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
-fn map(op: &'static str) -> impl Fn(sled::Error) -> Error {
-    move |e| Error::engine(op, e)
+impl SledEngine {
+    /// Maps a sled error: an I/O failure (a full disk, a read-only mount) names the engine's
+    /// folder; anything else names the operation.
+    fn map(&self, op: &'static str) -> impl Fn(sled::Error) -> Error + '_ {
+        move |e| match e {
+            sled::Error::Io(io) => {
+                self.io_failed.store(true, Ordering::SeqCst);
+                Error::io(&self.dir, io)
+            }
+            other => Error::engine(op, other),
+        }
+    }
 }
 
 impl Engine for SledEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(key).map_err(map("get"))?.map(|v| v.to_vec()))
+        Ok(self
+            .db
+            .get(key)
+            .map_err(self.map("get"))?
+            .map(|v| v.to_vec()))
     }
 
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.db.insert(key, value).map_err(map("put"))?;
+        self.db.insert(key, value).map_err(self.map("put"))?;
         Ok(())
     }
 
     fn delete(&self, key: &[u8]) -> Result<()> {
-        self.db.remove(key).map_err(map("delete"))?;
+        self.db.remove(key).map_err(self.map("delete"))?;
         Ok(())
     }
 
@@ -76,7 +109,7 @@ impl Engine for SledEngine {
             .scan_prefix(prefix)
             .map(|kv| {
                 kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(map("scan"))
+                    .map_err(self.map("scan"))
             })
             .collect()
     }
@@ -89,11 +122,11 @@ impl Engine for SledEngine {
                 Op::Delete(k) => b.remove(k),
             }
         }
-        self.db.apply_batch(b).map_err(map("batch"))
+        self.db.apply_batch(b).map_err(self.map("batch"))
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(map("flush"))?;
+        self.db.flush().map_err(self.map("flush"))?;
         Ok(())
     }
 

@@ -837,8 +837,11 @@ fn chunk_bounds(para: &str, max: usize) -> Vec<usize> {
         while !para.is_char_boundary(cut) {
             cut -= 1;
         }
-        if let Some(sp) = para[start + max / 2..cut].rfind(' ') {
-            cut = start + max / 2 + sp + 1;
+        // By bytes: the window's start need not be a character boundary, and a space byte
+        // always is one.
+        let half = start + max / 2;
+        if let Some(sp) = para.as_bytes()[half..cut].iter().rposition(|&b| b == b' ') {
+            cut = half + sp + 1;
         }
         ends.push(cut);
         start = cut;

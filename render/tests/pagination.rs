@@ -111,6 +111,18 @@ fn a_long_turn_spans_pages() {
     check_coverage(&turns, &pages);
 }
 
+/// Found by the fuzzer: a paragraph longer than a shaping chunk (8 KiB) whose chunk midpoint falls
+/// inside a multi-byte character.
+#[test]
+fn a_long_paragraph_of_multibyte_characters_is_shaped_in_pieces() {
+    let r = Renderer::new().unwrap();
+    let text = format!("x{}", "\u{e9}".repeat(6_000));
+    let turns = vec![Turn::new("User", text)];
+    let pages = r.paginate(&turns).unwrap();
+    assert!(!pages.is_empty());
+    check_coverage(&turns, &pages);
+}
+
 #[test]
 fn a_page_holds_about_a_thousand_tokens_of_prose() {
     let r = Renderer::new().unwrap();
