@@ -18,7 +18,13 @@ mod data;
 
 const CHILD: &str = env!("CARGO_BIN_EXE_lethe-memory-crashtest");
 const PAGES: u64 = 5;
-const KILLS: usize = 100;
+/// Kills per crash test: `LETHE_CRASH_KILLS`, default 100 (decay) and 30 (compaction).
+fn kills(default: usize) -> usize {
+    std::env::var("LETHE_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
 
 /// xorshift64*, seeded from the clock and printed so a failure can be replayed.
 struct Rng(u64);
@@ -160,7 +166,9 @@ fn sigkill_during_decay_never_loses_a_page() {
     let mut landed = 0usize;
     // Running estimate of one transition's duration, from the writer's begin/done lines.
     let mut transition_time = Duration::from_millis(20);
-    for round in 0..KILLS {
+    let kill_count = kills(100);
+    eprintln!("decay crash test: {kill_count} kills (set LETHE_CRASH_KILLS to change)");
+    for round in 0..kill_count {
         let mut child = Command::new(CHILD)
             .args([
                 "decay",
@@ -253,7 +261,7 @@ fn sigkill_during_decay_never_loses_a_page() {
         );
     }
     eprintln!(
-        "{KILLS} kills, {committed} acknowledged transitions, {mid_transition} kills between \
+        "{kill_count} kills, {committed} acknowledged transitions, {mid_transition} kills between \
          begin and done ({landed} found at the new tier, the rest at the old), {:.1?}",
         started.elapsed()
     );
@@ -263,13 +271,14 @@ fn sigkill_during_decay_never_loses_a_page() {
 
 #[test]
 fn sigkill_during_compaction_never_loses_a_page() {
-    const ROUNDS: usize = 30;
+    let rounds = kills(30);
+    eprintln!("compaction crash test: {rounds} kills (set LETHE_CRASH_KILLS to change)");
     let (tmp, mut rng, mut expect) = seeded_store("compaction");
     let dir = tmp.path().join("store");
     let mut compactions = 0usize;
     let mut swaps = 0usize;
     let mut typical = Duration::from_millis(20);
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut child = Command::new(CHILD)
             .args(["compact", dir.to_str().expect("utf-8 path")])
             .stdout(Stdio::piped())
@@ -305,7 +314,7 @@ fn sigkill_during_compaction_never_loses_a_page() {
         }
     }
     eprintln!(
-        "{ROUNDS} kills during compaction, {compactions} compactions acknowledged ({swaps} swapped \
+        "{rounds} kills during compaction, {compactions} compactions acknowledged ({swaps} swapped \
          in a smaller copy); typical {typical:.1?}"
     );
     assert!(

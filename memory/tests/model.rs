@@ -9,6 +9,9 @@ use lethe_memory::{
 };
 use proptest::prelude::*;
 
+#[path = "../../tests/support/fuzz_runner.rs"]
+mod fuzz_runner;
+
 const LADDER: [&str; 4] = ["large", "base", "small", "tiny"];
 
 fn scopes() -> [Scope; 3] {
@@ -473,7 +476,7 @@ fn check(store: &Store, m: &Model) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(fuzz_runner::config("store model", 48))]
 
     #[test]
     fn store_agrees_with_btreemap_model(ops in proptest::collection::vec(op(), 1..60)) {

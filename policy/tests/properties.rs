@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use lethe_policy::{retention, AgeFrom, Clock, Curve, PageState, Policy, PolicyError, Rule, Tier};
 use proptest::prelude::*;
 
+#[path = "../../tests/support/fuzz_runner.rs"]
+mod fuzz_runner;
+
 const LEVELS: usize = 4;
 
 fn tier() -> impl Strategy<Value = Tier> {
@@ -96,7 +99,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(fuzz_runner::config("policy properties", 256))]
 
     #[test]
     fn retention_is_within_unit_interval_and_non_increasing_in_age(
