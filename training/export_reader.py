@@ -22,6 +22,7 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ def write_check(model: LetheOCR, bpe: Bpe, classes, pages: Path, mode: str, run:
     sam = sam_tail(model, trunk)
     proj = project(model, sam)
     emb = layout(model, proj)
-    ids, labels, _ = sequence(text, doc, bpe, 10_000)
+    ids, labels, _, _ = sequence(text, doc, bpe, 10_000)
     prompt = ids[: len(ids) - sum(1 for x in labels if x != -100)]
     logits = model.decode(model.embed(torch.tensor([prompt]), emb))[0]
     gen = greedy(model, emb, prompt, 32)
@@ -75,6 +76,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f16")
     ap.add_argument("--check-mode", default="tiny")
+    ap.add_argument("--history", default="", help="earlier stages' run folders, oldest first (TRAINING.md)")
     a = ap.parse_args(argv)
     run, out = Path(a.run), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,15 +94,65 @@ def main(argv=None) -> None:
     raw["torch_dtype"] = "float16" if a.dtype == "f16" else "float32"
     raw.setdefault("language_config", {})["torch_dtype"] = raw["torch_dtype"]
     (out / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-    shutil.copy(a.tokenizer, out / "tokenizer.json")
-    shutil.copy(a.profile, out / "render-profile.toml")
-    shutil.copy(a.policy, out / "policy.toml")
+    for src, name in ((a.tokenizer, "tokenizer.json"), (a.profile, "render-profile.toml"),
+                      (a.policy, "policy.toml")):
+        if not (out / name).exists() or not (out / name).samefile(src):
+            shutil.copy(src, out / name)
     # The check case is computed with the exported precision, as Rust will load it.
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()}, strict=True)
     classes = CharClasses.load(run / "classes.json")
     write_check(model, Bpe(Path(a.tokenizer)), classes, Path(a.pages), a.check_mode, run)
+    write_training_md(out, [Path(r) for r in a.history.split(",") if r] + [run], ck, model, weights, a)
     print(f"exported {out}: {count_params(model):,} parameters, {weights.stat().st_size:,} bytes "
           f"({a.dtype}), step {ck['step']} of stage {ck.get('stage', 1)}, sha256 {sha256(weights)}")
+
+
+def curve(run: Path) -> str:
+    """The run's log as a table: step, losses, collapse signal, held-out accuracies."""
+    rows = ["| step | loss | lm | cell | patch | spread | held-out (per mode) |", "|---|---|---|---|---|---|---|"]
+    log = run / "log.jsonl"
+    if not log.is_file():
+        return "(no log)"
+    recs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    for r in recs:
+        if "heldout" not in r:
+            continue
+        held = "; ".join(f"{m}: " + ", ".join(f"{k} {v}" for k, v in d.items() if k != "sample")
+                         for m, d in r["heldout"].items())
+        rows.append(f"| {r['step']} | {r.get('loss', '')} | {r.get('lm', '')} | {r.get('cell', '')} | "
+                    f"{r.get('patch', '')} | {r.get('spread', '')} | {held} |")
+    return "\n".join(rows)
+
+
+def write_training_md(out: Path, runs: list[Path], ck: dict, model, weights: Path, a) -> None:
+    args = ck.get("args", {})
+    parts = [f"""# How these weights were made
+
+`model.safetensors`: {count_params(model):,} parameters in {a.dtype}, {weights.stat().st_size:,} bytes,
+sha256 `{sha256(weights)}`. Config `config.json` ({ck['config'].get('_name_or_path')}), vocabulary
+`tokenizer.json`, pages drawn with `render-profile.toml`, tiers in `policy.toml`.
+
+Made by `training/reader.py` in stages (see its docstring and `training/README.md`): each stage's
+run folder, command lines (with seeds: `--seed` for the weights, the pages' generator seeds are
+`render_pages.py`'s TRAIN_SEED + i, held-out HELDOUT_SEED + i) and held-out figures follow, oldest
+first. The last run ended at step {ck['step']} of stage {ck.get('stage', 1)}; code at git
+`{git_rev()}`; exported {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+"""]
+    for run in runs:
+        cmd = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else "(not recorded)"
+        parts.append(f"## {run.name}\n\n```\n{cmd}\n```\n\n{curve(run)}\n")
+    parts.append(f"## Export\n\n```\npython {' '.join(sys.argv)}\n```\n")
+    (out / "TRAINING.md").write_text("\n".join(parts))
+
+
+def git_rev() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@
 # Prepare here (once per session that has a device machine):
 #   cargo build --release --bin memctl
 #   bash training/gpu_run.sh --prepare          # memctl-rendered held-out pages -> scratch/gpu-heldout
-# Then one device call, about 12 minutes (timeout_s 660):
-#   run(command="OUT=$OUT bash training/gpu_run.sh", carry=["scratch/gpu-heldout"], timeout_s=660)
+# Then one device call, about 9 minutes (a call may run 10 at most; the session has 15 in all):
+#   run(command="OUT=$OUT bash training/gpu_run.sh", carry=["scratch/gpu-heldout"], timeout_s=590)
 # Back here:
 #   bash training/gpu_run.sh --unpack /work/.device/...   # joins the weights into scratch/gpu-model
 #
@@ -69,7 +69,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
 else
     CONFIG=training/configs/lethe-reader-gpu.json; MODES=tiny,small,base,large
     DEV="--device cuda --bf16 --workers 12"
-    FIRST=300; MORE=1700; JOBS=14; B1=32; B2=16; T1=270; T2=210; T3=120; EVAL=16; DECODE=2; MAXTOK=1400
+    FIRST=300; MORE=1700; JOBS=14; B1=32; B2=16; T1=190; T2=160; T3=70; EVAL=16; DECODE=2; MAXTOK=1400
     # Default density: ~80 characters a 64 px cell at tiny (5 lines of ~17), ~2 a patch.
     SLOTS="--patch-slots 3 --cell-lines 6 --cell-slots 20"
     HELD_ROOT=$HELD

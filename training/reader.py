@@ -150,6 +150,10 @@ class PageSet:
                 raise FileNotFoundError(f"no pages of mode {m} under {root}")
             self.by_mode[m] = pngs
 
+    def page(self, mode: str, seed: int, k: int) -> Path:
+        """The k-th page of `mode` in a seeded, epoch-wise shuffled pass."""
+        return pick(self.by_mode[mode], seed, k)
+
     def texts(self, mode: str, limit: int = 2000):
         for p in self.by_mode[mode][:limit]:
             yield p.with_suffix(".txt").read_text(encoding="utf-8")
@@ -164,6 +168,30 @@ class PageSet:
         patch, cell = targets(doc["boxes"], side, classes)
         text = png.with_suffix(".txt").read_text(encoding="utf-8")
         return pix, torch.from_numpy(patch), torch.from_numpy(cell), text, doc
+
+
+class Mixture:
+    """Several page sets drawn with weights: `train` alone, or e.g. `train:3,train-no_prior:1`."""
+
+    def __init__(self, root: Path, spec: str, modes: list[str]):
+        self.sets = []
+        for item in spec.split(","):
+            name, _, w = item.partition(":")
+            self.sets.append((PageSet(Path(root) / name, modes), float(w or 1)))
+        self.total = sum(w for _, w in self.sets)
+
+    def page(self, mode: str, seed: int, k: int) -> Path:
+        if len(self.sets) == 1:
+            return self.sets[0][0].page(mode, seed, k)
+        x = random.Random(seed * 1_000_033 + k).random() * self.total
+        for pages, w in self.sets:
+            if x < w:
+                return pages.page(mode, seed, k)
+            x -= w
+        return self.sets[-1][0].page(mode, seed, k)
+
+    def texts(self, mode: str, limit: int = 2000):
+        return self.sets[0][0].texts(mode, limit)
 
 
 def page_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -203,6 +231,8 @@ class Heads(nn.Module):
         self.n = n_classes
         self.patch = SlotHead(cfg.sam_width, PATCH_SLOTS, n_classes)
         self.cell = SlotHead(cfg.proj_n_embed, CELL_LINES * CELL_SLOTS, n_classes)
+        # Decoder-side (stage 2/3, `--slot-weight`): which slot of its cell the next character is.
+        self.slot = nn.Linear(cfg.hidden_size, CELL_LINES * CELL_SLOTS)
 
 
 def sam_trunk(model: LetheOCR, pixels: torch.Tensor) -> torch.Tensor:
@@ -322,39 +352,49 @@ def sequence(text: str, doc: dict, bpe: Bpe, max_tokens: int):
     prompt = [BOS] + [IMAGE] * n_pos + bpe.tail
     ids, offs = bpe.encode(text)
     ids, offs = ids[:max_tokens], offs[:max_tokens]
-    # char index -> cell sequence position, for characters with a box
-    byte_to_cell = {}
+    # byte offset -> (cell sequence position, slot in the cell head's layout), for characters
+    # with a box that the head has a slot for
+    where = {}
+    by_cell: dict = {}
     for b in doc["boxes"]:
         cx, cy = (b["x0"] + b["x1"]) / 2, (b["y0"] + b["y1"]) / 2
         r, c = min(g - 1, int(cy // CELL_PX)), min(g - 1, int(cx // CELL_PX))
-        byte_to_cell[b["byte"]] = 1 + r * (g + 1) + c
-    char_cell = []
+        by_cell.setdefault((r, c), {}).setdefault(b["line"], []).append((cx, b["byte"]))
+    for (r, c), lines in by_cell.items():
+        for li, line in enumerate(sorted(lines)):
+            for k, (_, byte) in enumerate(sorted(lines[line])):
+                slot = li * CELL_SLOTS + k if li < CELL_LINES and k < CELL_SLOTS else -1
+                where[byte] = (1 + r * (g + 1) + c, slot)
+    char_at = []
     byte = 0
     for ch in text:
-        char_cell.append(byte_to_cell.get(byte, -1) if not ch.isspace() else -1)
+        char_at.append(where.get(byte, (-1, -1)) if not ch.isspace() else (-1, -1))
         byte += len(ch.encode("utf-8"))
     # the first visible character at or after each char index
-    nxt = [-1] * (len(text) + 1)
+    nxt = [(-1, -1)] * (len(text) + 1)
     for i in range(len(text) - 1, -1, -1):
-        nxt[i] = char_cell[i] if char_cell[i] >= 0 else nxt[i + 1]
+        nxt[i] = char_at[i] if char_at[i][0] >= 0 else nxt[i + 1]
     target = ids + [EOS]
-    attn_t = [nxt[min(o[0], len(text))] for o in offs] + [-1]
+    at = [nxt[min(o[0], len(text))] for o in offs] + [(-1, -1)]
     seq = prompt + target
     labels = [IGNORE] * (len(prompt) - 1) + target + [IGNORE]
-    attn = [-1] * (len(prompt) - 1) + attn_t + [-1]
-    return seq, labels, attn
+    attn = [-1] * (len(prompt) - 1) + [x[0] for x in at] + [-1]
+    slots = [-1] * (len(prompt) - 1) + [x[1] for x in at] + [-1]
+    return seq, labels, attn, slots
 
 
-def collate(seqs: list[tuple[list[int], list[int], list[int]]]):
+def collate(seqs: list[tuple[list[int], list[int], list[int], list[int]]]):
     n = max(len(s[0]) for s in seqs)
     ids = torch.full((len(seqs), n), PAD, dtype=torch.long)
     labels = torch.full((len(seqs), n), IGNORE, dtype=torch.long)
     attn = torch.full((len(seqs), n), -1, dtype=torch.long)
-    for i, (x, y, a) in enumerate(seqs):
+    slots = torch.full((len(seqs), n), -1, dtype=torch.long)
+    for i, (x, y, a, sl) in enumerate(seqs):
         ids[i, : len(x)] = torch.tensor(x)
         labels[i, : len(y)] = torch.tensor(y)
         attn[i, : len(a)] = torch.tensor(a)
-    return ids, labels, attn
+        slots[i, : len(sl)] = torch.tensor(sl)
+    return ids, labels, attn, slots
 
 
 def attn_loss(weights: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -444,6 +484,16 @@ def save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def first_lines(pix: torch.Tensor, text: str, doc: dict, keep: int):
+    """The page cut to its first `keep` lines: pixels below them whited out, text and boxes cut."""
+    boxes = [b for b in doc["boxes"] if b["line"] < keep]
+    bottom = max((b["y1"] for b in boxes), default=0.0)
+    pix = pix.clone()
+    pix[:, int(math.ceil(bottom)):, :] = 1.0  # white, normalised
+    text = "\n".join(text.split("\n")[:keep])
+    return pix, text, {**doc, "boxes": boxes, "lines": keep}
+
+
 class StepData(torch.utils.data.Dataset):
     """Item k is the batch of step `start + k`, a pure function of (seed, step): worker processes
     can build batches ahead without changing what a step sees, and a resumed run sees the same."""
@@ -459,14 +509,31 @@ class StepData(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict:
         step = self.start + k
         mode = self.modes[step % len(self.modes)]
-        pngs = [pick(self.src.by_mode[mode], self.seed, step * self.bsz + i) for i in range(self.bsz)]
+        pngs = [self.src.page(mode, self.seed, step * self.bsz + i) for i in range(self.bsz)]
         items = [PageSet.load(p, self.classes) for p in pngs]
-        out = {"keys": [str(p) for p in pngs], "pix": torch.stack([x[0] for x in items]),
+        keys = [str(p) for p in pngs]
+        ramp = getattr(self.a, "curriculum", 0)
+        if ramp and self.bpe is not None:
+            # Curriculum: early on, most pages keep only their first few lines (the rest whited
+            # out), so the decoder learns where to look on short texts; the share of whole pages
+            # grows linearly to 1 over `--curriculum` steps.
+            rng = random.Random(self.seed * 7_919 + step)
+            for i, (pix, _, _, text, doc) in enumerate(items):
+                n_lines = doc["lines"]
+                if rng.random() < step / ramp or n_lines < 2:
+                    continue
+                keep = rng.randint(1, n_lines - 1)
+                pix, text, doc = first_lines(pix, text, doc, keep)
+                patch, cell = targets(doc["boxes"], doc["width"], self.classes)
+                items[i] = (pix, torch.from_numpy(patch), torch.from_numpy(cell), text, doc)
+                keys[i] = f"{keys[i]}#{keep}"
+        out = {"keys": keys, "pix": torch.stack([x[0] for x in items]),
                "patch": torch.stack([x[1] for x in items]), "cell": torch.stack([x[2] for x in items]),
                "texts": [x[3] for x in items]}
         if self.bpe is not None:
-            ids, labels, attn = collate([sequence(x[3], x[4], self.bpe, self.a.max_tokens) for x in items])
-            out.update(ids=ids, labels=labels, attn=attn)
+            ids, labels, attn, slots = collate([sequence(x[3], x[4], self.bpe, self.a.max_tokens)
+                                                for x in items])
+            out.update(ids=ids, labels=labels, attn=attn, slots=slots)
         return out
 
 
@@ -496,7 +563,8 @@ class FeatureCache:
 
 def run_batch(model, heads, a, b: dict, stage: int, device, cache=None, probe=None) -> dict:
     """Forward pass of one batch and its losses (stage 1: the heads; 2: LM + cell head with SAM
-    frozen; 3: LM + both heads)."""
+    frozen; 3: LM + both heads). `probe`: [(attention layer, "next" | "current")] whose head 0 is
+    supervised to look at a cell."""
     pix = b["pix"].to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=a.bf16):
         if stage == 2:
@@ -512,7 +580,8 @@ def run_batch(model, heads, a, b: dict, stage: int, device, cache=None, probe=No
         proj = project(model, feats)
         logits = None
         if stage > 1:
-            logits = model.decode(model.embed(b["ids"].to(device), layout(model, proj)))
+            logits, hidden, _ = model.decode(model.embed(b["ids"].to(device), layout(model, proj)),
+                                             return_hidden=True)
     out = {"proj": proj.float()}
     h = head_losses(heads, None if trunk is None else trunk.float(), proj.float(),
                     b["patch"].to(device), b["cell"].to(device), a.blank_weight, a.patch_sample)
@@ -524,15 +593,30 @@ def run_batch(model, heads, a, b: dict, stage: int, device, cache=None, probe=No
                                     ignore_index=IGNORE)
         aux = model.aux_loss()
         out["aux"] = aux.float() if aux is not None else out["lm"] * 0.0
-        out["attn"] = (attn_loss(probe.captured.float(), b["attn"].to(device))
-                       if probe is not None and probe.captured is not None else out["lm"] * 0.0)
+        out["slot"] = out["lm"] * 0.0
+        if getattr(a, "slot_weight", 0) > 0:
+            st = b["slots"].to(device)
+            keep = st >= 0
+            if keep.any():
+                h = hidden[min(len(hidden) - 1, a.probe_layer + 1)].float()
+                out["slot"] = F.cross_entropy(heads.slot(h[keep]), st[keep])
+        out["attn"] = out["lm"] * 0.0
+        if probe is not None:
+            nxt = b["attn"].to(device)
+            # The cell of the token just read: the previous position's next-token target.
+            cur = torch.cat([torch.full_like(nxt[:, :1], -1), nxt[:, :-1]], 1)
+            for layer, target in probe:
+                if layer.captured is not None:
+                    out["attn"] = out["attn"] + attn_loss(layer.captured.float(),
+                                                          cur if target == "current" else nxt)
     return out
 
 
 def total_loss(o: dict, a, stage: int) -> torch.Tensor:
     if stage == 1:
         return a.patch_weight * o["patch"] + o["cell"]
-    loss = o["lm"] + o["aux"] + a.cell_weight * o["cell"] + a.attn_weight * o["attn"]
+    loss = o["lm"] + o["aux"] + a.cell_weight * o["cell"] + a.attn_weight * o["attn"] \
+        + getattr(a, "slot_weight", 0) * o["slot"]
     if stage == 3:
         loss = loss + a.patch_weight * o["patch"]
     return loss
@@ -592,7 +676,15 @@ def build(a, classes_n: int, device):
     return cfg, model.to(device), heads.to(device)
 
 
-def trainable(model, heads, stage: int) -> list:
+def fit_vocab(name: str, t: torch.Tensor, vocab: int) -> torch.Tensor:
+    """A checkpoint's embedding or LM-head rows cut to a smaller vocabulary (the byte vocabulary
+    is ids 0..259 of a larger table, so a run can move to a 260-entry config)."""
+    if name in ("model.embed_tokens.weight", "lm_head.weight") and t.shape[0] > vocab:
+        return t[:vocab].clone()
+    return t
+
+
+def trainable(model, heads, stage: int, slot: bool = False) -> list:
     decoder = ("model.layers", "model.embed_tokens", "model.norm", "lm_head")
     for n, p in model.named_parameters():
         if stage == 1:
@@ -602,7 +694,12 @@ def trainable(model, heads, stage: int) -> list:
         else:
             p.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    params += [p for n, p in heads.named_parameters() if stage != 2 or n.startswith("cell")]
+    def wanted(n: str) -> bool:
+        if n.startswith("slot"):
+            return slot and stage > 1
+        return stage != 2 or n.startswith("cell")
+
+    params += [p for n, p in heads.named_parameters() if wanted(n)]
     return params
 
 
@@ -612,9 +709,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--stage", type=int, default=1, choices=[1, 2, 3])
     ap.add_argument("--init", default=None, help="stage 2/3: the previous stage's ckpt.pt")
+    ap.add_argument("--init-decoder", default=None,
+                    help="stage 2/3: take the decoder (not the vision side) from this ckpt.pt")
     ap.add_argument("--tokenizer", default=None, help="stage 2/3: the BPE tokenizer.json")
     ap.add_argument("--pages", required=True, help="render_pages.py output root (has train/ and heldout/)")
     ap.add_argument("--modes", default="tiny,small")
+    ap.add_argument("--train-sets", default="train",
+                    help="page sets under --pages to train on, with weights: train:3,train-no_prior:1")
     ap.add_argument("--steps", type=int, default=20000, help="planned steps (the cosine schedule's length)")
     ap.add_argument("--time-budget", type=float, default=0,
                     help="seconds: the schedule runs on time used when that is further along, and the "
@@ -634,6 +735,14 @@ def main(argv=None) -> None:
     ap.add_argument("--cell-weight", type=float, default=0.5)
     ap.add_argument("--attn-weight", type=float, default=0.5, help="attention-probe loss (0: off)")
     ap.add_argument("--probe-layer", type=int, default=1)
+    ap.add_argument("--slot-weight", type=float, default=0.0,
+                    help="stage 2/3: loss of a head on the decoder layer after --probe-layer that "
+                         "names the slot of its cell the next character sits in")
+    ap.add_argument("--probe-current", type=int, default=None,
+                    help="also supervise head 0 of this layer to look at the cell of the token just read")
+    ap.add_argument("--curriculum", type=int, default=0,
+                    help="stage 2/3: steps over which the share of whole pages grows from 0 to 1 "
+                         "(the others keep their first few lines); 0: whole pages throughout")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=250)
@@ -659,7 +768,7 @@ def main(argv=None) -> None:
     torch.manual_seed(a.seed)
     stage = a.stage
 
-    train = PageSet(Path(a.pages) / "train", modes)
+    train = Mixture(Path(a.pages), a.train_sets, modes)
     held = PageSet(Path(a.pages) / "heldout", modes)
     cls_path = out / "classes.json"
     if not cls_path.is_file() and a.init:
@@ -684,17 +793,25 @@ def main(argv=None) -> None:
         ck = torch.load(a.init, map_location=device, weights_only=False)
         keep = ("model.sam_model", "model.vision_model", "model.projector", "model.image_newline",
                 "model.view_seperator")
-        state = {k: v for k, v in ck["model"].items() if ck.get("stage", 1) > 1 or k.startswith(keep)}
+        state = {k: fit_vocab(k, v, cfg.vocab_size) for k, v in ck["model"].items()
+                 if ck.get("stage", 1) > 1 or k.startswith(keep)}
         model.load_state_dict(state, strict=False)
-        heads.load_state_dict(ck["heads"])
+        heads.load_state_dict(ck["heads"], strict=False)
         print(f"initialised from {a.init} (stage {ck.get('stage', 1)}, step {ck['step']})", flush=True)
-    params = trainable(model, heads, stage)
+    if a.init_decoder and not resume:
+        ck = torch.load(a.init_decoder, map_location=device, weights_only=False)
+        dec = ("model.layers", "model.embed_tokens", "model.norm", "lm_head")
+        state = {k: fit_vocab(k, v, cfg.vocab_size) for k, v in ck["model"].items() if k.startswith(dec)}
+        model.load_state_dict(state, strict=False)
+        print(f"decoder initialised from {a.init_decoder} (stage {ck.get('stage')}, step {ck['step']})",
+              flush=True)
+    params = trainable(model, heads, stage, a.slot_weight > 0)
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=a.weight_decay)
     step, used = 0, 0.0
     if resume:
         ck = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
-        heads.load_state_dict(ck["heads"])
+        heads.load_state_dict(ck["heads"], strict=False)
         opt.load_state_dict(ck["opt"])
         step, used = ck["step"], ck.get("seconds", 0.0)
         torch.set_rng_state(ck["rng"])
@@ -707,8 +824,13 @@ def main(argv=None) -> None:
           flush=True)
     probe = None
     if stage > 1 and a.attn_weight > 0:
-        probe = model.model.layers[a.probe_layer].self_attn
-        probe.capture_head = 0
+        # Head 0 of `--probe-layer` looks at the cell of the next token's first character; with
+        # `--probe-current L`, head 0 of layer L looks at the cell of the token just read.
+        probe = [(model.model.layers[a.probe_layer].self_attn, "next")]
+        if a.probe_current is not None:
+            probe.append((model.model.layers[a.probe_current].self_attn, "current"))
+        for layer, _ in probe:
+            layer.capture_head = 0
     cache = FeatureCache(model) if stage == 2 and device.type == "cpu" and not a.no_sam_cache else None
     if stage == 2:
         model.model.sam_model.eval()
@@ -716,7 +838,7 @@ def main(argv=None) -> None:
     data = batches(StepData(train, classes, bpe, a, modes, step, a.seed, a.batch, a.steps), a.workers)
     log = open(out / "log.jsonl", "a")
     t0 = last = time.time()
-    names = ("loss", "patch", "cell", "lm", "attn", "aux")
+    names = ("loss", "patch", "cell", "lm", "attn", "slot", "aux")
     acc = {k: 0.0 for k in names + ("spread",)}
     n_acc = 0
     model.train()
