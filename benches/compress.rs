@@ -6,7 +6,7 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lethe::{Lethe, Scope, Turn};
+use lethe::{Lethe, Reader, Scope, Turn};
 use lethe_render::transcript::{parse, ParseOptions};
 
 fn sample() -> Vec<Turn> {
@@ -20,7 +20,10 @@ fn sample() -> Vec<Turn> {
 
 fn compress(turns: &[Turn]) -> u64 {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut lethe = Lethe::open(dir.path()).expect("open");
+    let mut lethe = Lethe::builder(dir.path())
+        .reader(Reader::None)
+        .build()
+        .expect("open");
     let scope = Scope::session("bench");
     for (i, turn) in turns.iter().enumerate() {
         let now = i as u64 * 60;

@@ -37,6 +37,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod embedded;
 mod error;
 pub mod metrics;
 mod model;
@@ -52,7 +53,7 @@ pub use lethe_decoder::{Quantization, Sampling};
 pub use lethe_memory::{Compaction, PageId, Scope, Stats as StoreStats, TierChange};
 pub use lethe_policy::Policy;
 pub use lethe_render::{Mode, PageImage, RenderProfile, Turn};
-pub use model::{OcrModel, OcrOptions, Reading};
+pub use model::{OcrModel, OcrOptions, Reading, POLICY_FILE, PROFILE_FILE};
 
 use lethe_decoder::Tokenizer;
 use lethe_memory::{
@@ -260,16 +261,30 @@ fn page_source(page: &Page, turns: &[Turn]) -> Vec<Turn> {
         .collect()
 }
 
+/// Which model reads pages back (and encodes them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Reader {
+    /// The reader embedded in the build ([`OcrModel::embedded`]): the default.
+    #[default]
+    Embedded,
+    /// A checkpoint folder, such as the real DeepSeek-OCR ([`OcrModel::load`]).
+    Folder(PathBuf),
+    /// No model: pages are rendered, stored and counted, but not encoded or read back.
+    None,
+}
+
 /// Builder of a [`Lethe`] memory.
 #[derive(Debug)]
 pub struct LetheBuilder {
     path: PathBuf,
     policy: Option<Policy>,
     profile: Option<RenderProfile>,
-    model: Option<PathBuf>,
+    reader: Reader,
     ocr: OcrOptions,
     hot_turns: usize,
     retain_text: bool,
+    cache_tokens: bool,
+    wait: Option<std::time::Duration>,
 }
 
 impl LetheBuilder {
@@ -279,16 +294,23 @@ impl LetheBuilder {
         self
     }
 
-    /// The render profile for new pages (default: [`RenderProfile::default`]).
+    /// The render profile for new pages (default: the reader's declared profile, else
+    /// [`RenderProfile::default`]).
     pub fn profile(mut self, profile: RenderProfile) -> Self {
         self.profile = Some(profile);
         self
     }
 
     /// A DeepSeek-OCR checkpoint folder (`config.json`, `*.safetensors`, `tokenizer.json`) to
-    /// encode pages and decode them back.
+    /// encode pages and decode them back, instead of the embedded reader.
     pub fn model(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.model = Some(dir.into());
+        self.reader = Reader::Folder(dir.into());
+        self
+    }
+
+    /// Which reader encodes pages and decodes them back (default [`Reader::Embedded`]).
+    pub fn reader(mut self, reader: Reader) -> Self {
+        self.reader = reader;
         self
     }
 
@@ -310,32 +332,60 @@ impl LetheBuilder {
         self
     }
 
+    /// Whether every page's vision tokens are encoded and stored as the page is written and each
+    /// time it changes tier (default true: [`Lethe::context`] and recall then skip the encoder).
+    /// Off, pages are encoded when they are read, and writing them costs no encoder time.
+    pub fn cache_tokens(mut self, cache: bool) -> Self {
+        self.cache_tokens = cache;
+        self
+    }
+
+    /// When another process has the store open, wait up to this long for it (default: fail at
+    /// once with an error that names the holder's PID).
+    pub fn wait(mut self, wait: Option<std::time::Duration>) -> Self {
+        self.wait = wait;
+        self
+    }
+
     /// Opens (or creates) the store and loads the model, if any.
     pub fn build(self) -> Result<Lethe> {
         let store = Store::open_with(
             StoreOptions::builder()
                 .path(&self.path)
                 .retain_text(self.retain_text)
+                .wait(self.wait)
                 .build()?,
         )?;
-        let profile = self.profile.unwrap_or_default();
+        let model = match &self.reader {
+            Reader::Embedded => Some(OcrModel::embedded(self.ocr.clone())?),
+            Reader::Folder(dir) => Some(OcrModel::load(dir, self.ocr.clone())?),
+            Reader::None => None,
+        };
+        // Explicit settings win; then what the reader declares; then the defaults.
+        let profile = self
+            .profile
+            .or_else(|| model.as_ref().and_then(|m| m.render_profile().cloned()))
+            .unwrap_or_default();
+        let policy = self
+            .policy
+            .or_else(|| model.as_ref().and_then(|m| m.policy().cloned()))
+            .unwrap_or_default();
         let renderer = Renderer::builder().profile(profile.clone()).build()?;
-        let model = self
-            .model
-            .map(|dir| OcrModel::load(&dir, self.ocr.clone()))
-            .transpose()?;
+        // Text tokens are counted with the DeepSeek-OCR tokenizer, so ratios compare across
+        // readers; a checkpoint folder with its own tokenizer counts with that one.
         let tokenizer = match &model {
-            Some(m) => m.text_tokenizer()?,
-            None => Tokenizer::deepseek_ocr()?,
+            Some(m) if !m.is_embedded() => m.text_tokenizer()?,
+            _ => Tokenizer::deepseek_ocr()?,
         };
         Ok(Lethe {
             store,
-            policy: self.policy.unwrap_or_default(),
+            policy,
             renderer,
             profile,
             model,
             tokenizer,
             hot_turns: self.hot_turns,
+            cache_tokens: self.cache_tokens,
         })
     }
 }
@@ -350,6 +400,7 @@ pub struct Lethe {
     model: Option<OcrModel>,
     tokenizer: Tokenizer,
     hot_turns: usize,
+    cache_tokens: bool,
 }
 
 impl std::fmt::Debug for Lethe {
@@ -363,7 +414,7 @@ impl std::fmt::Debug for Lethe {
 }
 
 impl Lethe {
-    /// Opens (or creates) a memory at `path` with the defaults and no model.
+    /// Opens (or creates) a memory at `path` with the defaults (the embedded reader).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::builder(path).build()
     }
@@ -374,10 +425,12 @@ impl Lethe {
             path: path.as_ref().to_path_buf(),
             policy: None,
             profile: None,
-            model: None,
+            reader: Reader::default(),
             ocr: OcrOptions::default(),
             hot_turns: DEFAULT_HOT_TURNS,
             retain_text: true,
+            cache_tokens: true,
+            wait: None,
         }
     }
 
@@ -892,11 +945,11 @@ impl Lethe {
 
     fn encode_cache(&mut self, image: &PageImage, mode: Mode) -> Result<Option<TokenCache>> {
         match &mut self.model {
-            Some(model) => {
+            Some(model) if self.cache_tokens => {
                 let tokens = model.encode(image, mode)?;
                 Ok(Some(model::tokens_to_cache(&tokens)?))
             }
-            None => Ok(None),
+            _ => Ok(None),
         }
     }
 

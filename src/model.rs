@@ -1,5 +1,5 @@
 //! The OCR model: DeepEncoder (`lethe-encoder`) + MoE decoder (`lethe-decoder`) loaded from one
-//! checkpoint folder, joined the way DeepSeek-OCR's `infer()` joins them.
+//! checkpoint folder or embedded in the build, joined the way DeepSeek-OCR's `infer()` joins them.
 
 use std::path::Path;
 use std::time::Instant;
@@ -11,7 +11,8 @@ use lethe_decoder::{
 };
 use lethe_encoder::{load_image, preprocess, Encoder};
 use lethe_memory::TokenCache;
-use lethe_render::{Mode, PageImage};
+use lethe_policy::Policy;
+use lethe_render::{Mode, PageImage, RenderProfile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -51,6 +52,29 @@ impl Default for OcrOptions {
     }
 }
 
+/// A model's pieces before generation is configured.
+struct Parts {
+    name: String,
+    encoder: Encoder,
+    decoder: DecoderModel,
+    tokenizer: Tokenizer,
+    profile: Option<RenderProfile>,
+    policy: Option<Policy>,
+    embedded: bool,
+}
+
+/// The prompt must hold exactly one `<image>` tag.
+fn check_prompt(options: &OcrOptions) -> Result<()> {
+    let images = options.prompt.matches("<image>").count();
+    if images != 1 {
+        return Err(Error::Invalid(format!(
+            "the prompt must contain exactly one <image> tag (found {images}): {:?}",
+            options.prompt
+        )));
+    }
+    Ok(())
+}
+
 /// One page read back by the decoder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
@@ -86,19 +110,24 @@ impl Reading {
     }
 }
 
-/// DeepSeek-OCR (or a model of the same family) loaded from a checkpoint folder.
+/// DeepSeek-OCR (or a model of the same family): the embedded reader, or a checkpoint folder.
 pub struct OcrModel {
+    name: String,
     encoder: Encoder,
     decoder: DecoderModel,
     tokenizer: Tokenizer,
     image_token_id: u32,
     generation: GenerationConfig,
     options: OcrOptions,
+    profile: Option<RenderProfile>,
+    policy: Option<Policy>,
+    embedded: bool,
 }
 
 impl std::fmt::Debug for OcrModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OcrModel")
+            .field("name", &self.name)
             .field("tokenizer", &self.tokenizer.name())
             .field("image_token_id", &self.image_token_id)
             .field("options", &self.options)
@@ -106,9 +135,16 @@ impl std::fmt::Debug for OcrModel {
     }
 }
 
+/// The file in a model folder that declares the render profile its pages are drawn with.
+pub const PROFILE_FILE: &str = "render-profile.toml";
+/// The file in a model folder that declares the forgetting policy (the tiers it reads).
+pub const POLICY_FILE: &str = "policy.toml";
+
 impl OcrModel {
     /// Loads `config.json`, the `*.safetensors` weights and `tokenizer.json` from `dir` (the
-    /// embedded DeepSeek-OCR tokenizer when the folder has none) on the default device.
+    /// embedded DeepSeek-OCR tokenizer when the folder has none) on the default device, with
+    /// the folder's declared render profile ([`PROFILE_FILE`]) and policy ([`POLICY_FILE`]) when
+    /// it has them.
     ///
     /// Fails on a missing folder or file, a tensor of the wrong shape, or options the model
     /// cannot honour (a prompt without exactly one `<image>`, a bad temperature).
@@ -119,13 +155,7 @@ impl OcrModel {
                 dir.display()
             )));
         }
-        let images = options.prompt.matches("<image>").count();
-        if images != 1 {
-            return Err(Error::Invalid(format!(
-                "the prompt must contain exactly one <image> tag (found {images}): {:?}",
-                options.prompt
-            )));
-        }
+        check_prompt(&options)?;
         let encoder = Encoder::builder().model_dir(dir).build()?;
         let device = encoder.device().clone();
         let decoder = DecoderModel::load(dir, &device, options.quantization)?;
@@ -137,6 +167,76 @@ impl OcrModel {
         } else {
             Tokenizer::deepseek_ocr()?
         };
+        let read = |name: &str| -> Result<Option<String>> {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(Error::Io { path, source }),
+            }
+        };
+        let profile = read(PROFILE_FILE)?
+            .map(|t| RenderProfile::from_toml_str(&t, &dir.join(PROFILE_FILE).to_string_lossy()))
+            .transpose()?;
+        let policy = read(POLICY_FILE)?
+            .map(|t| {
+                Policy::from_toml_str(&t).map_err(|e| {
+                    Error::Invalid(format!("{}: {e}", dir.join(POLICY_FILE).display()))
+                })
+            })
+            .transpose()?;
+        let parts = Parts {
+            name: dir.display().to_string(),
+            encoder,
+            decoder,
+            tokenizer,
+            profile,
+            policy,
+            embedded: false,
+        };
+        Self::assemble(parts, options)
+    }
+
+    /// The reader embedded in this build (`models/lethe-reader`, trained by this project; see its
+    /// `TRAINING.md`), with its own render profile and policy. It needs no file at run time.
+    pub fn embedded(options: OcrOptions) -> Result<Self> {
+        check_prompt(&options)?;
+        let e = &crate::embedded::READER;
+        let enc_cfg = lethe_encoder::Config::from_json(e.config)?;
+        let encoder = Encoder::builder().in_memory(enc_cfg, e.weights).build()?;
+        let device = encoder.device().clone();
+        let dec_cfg = lethe_decoder::DecoderConfig::from_json_str(e.config)?;
+        let decoder = DecoderModel::from_safetensors_bytes(
+            &dec_cfg,
+            e.weights,
+            &device,
+            options.quantization,
+        )?;
+        let parts = Parts {
+            name: e.name.to_string(),
+            encoder,
+            decoder,
+            tokenizer: Tokenizer::from_bytes(e.name, e.tokenizer)?,
+            profile: Some(RenderProfile::from_toml_str(e.profile, e.name)?),
+            policy: Some(
+                Policy::from_toml_str(e.policy)
+                    .map_err(|err| Error::Invalid(format!("{} policy: {err}", e.name)))?,
+            ),
+            embedded: true,
+        };
+        Self::assemble(parts, options)
+    }
+
+    fn assemble(parts: Parts, options: OcrOptions) -> Result<Self> {
+        let Parts {
+            name,
+            encoder,
+            decoder,
+            tokenizer,
+            profile,
+            policy,
+            embedded,
+        } = parts;
         let cfg = decoder.config();
         let image_token_id = cfg
             .image_token_id
@@ -169,13 +269,37 @@ impl OcrModel {
         }
         let generation = generation.build()?;
         Ok(Self {
+            name,
             encoder,
             decoder,
             tokenizer,
             image_token_id,
             generation,
             options,
+            profile,
+            policy,
+            embedded,
         })
+    }
+
+    /// What the model is: the embedded reader's name, or the folder it was loaded from.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is the reader embedded in the build.
+    pub fn is_embedded(&self) -> bool {
+        self.embedded
+    }
+
+    /// The render profile the model reads, when it declares one (pages for it are drawn with it).
+    pub fn render_profile(&self) -> Option<&RenderProfile> {
+        self.profile.as_ref()
+    }
+
+    /// The forgetting policy the model declares (the tiers it reads), if any.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
     }
 
     /// The device the model runs on.

@@ -1,6 +1,6 @@
 //! The facade end to end, without a model: append, maintain, tiers, context, recall, report.
 
-use lethe::{Lethe, Policy, RecallTarget, Scope, Turn};
+use lethe::{Lethe, Policy, Reader, RecallTarget, Scope, Turn};
 use lethe_render::transcript::{parse, ParseOptions};
 
 fn sample_turns() -> Vec<Turn> {
@@ -30,6 +30,7 @@ fn step_policy(step: u64) -> Policy {
 fn turns_age_through_the_tiers_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let mut lethe = Lethe::builder(dir.path())
+        .reader(Reader::None)
         .hot_turns(4)
         .policy(step_policy(10))
         .build()
@@ -123,7 +124,11 @@ fn turns_age_through_the_tiers_and_nothing_is_lost() {
 #[test]
 fn context_fits_the_budget_by_showing_pages_at_lower_modes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lethe = Lethe::builder(dir.path()).hot_turns(3).build().unwrap();
+    let mut lethe = Lethe::builder(dir.path())
+        .reader(Reader::None)
+        .hot_turns(3)
+        .build()
+        .unwrap();
     let scope = Scope::session("s");
     for (i, turn) in sample_turns().into_iter().take(60).enumerate() {
         lethe.append(&scope, &[turn], i as u64).unwrap();
@@ -155,6 +160,7 @@ fn context_fits_the_budget_by_showing_pages_at_lower_modes() {
 fn pinned_pages_keep_their_tier() {
     let dir = tempfile::tempdir().unwrap();
     let mut lethe = Lethe::builder(dir.path())
+        .reader(Reader::None)
         .hot_turns(2)
         .policy(step_policy(3))
         .build()
@@ -190,6 +196,7 @@ fn a_policy_can_drop_page_text_and_pages_then_decay_by_resampling() {
     )
     .unwrap();
     let mut lethe = Lethe::builder(dir.path())
+        .reader(Reader::None)
         .hot_turns(2)
         .policy(policy)
         .build()

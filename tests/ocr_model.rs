@@ -122,3 +122,103 @@ fn bad_options_and_inputs_are_named() {
         .to_string();
     assert!(err.contains("/nonexistent/page.png"), "{err}");
 }
+
+/// A copy of the tiny checkpoint folder, plus `extra` files, in a temporary folder.
+fn tiny_copy(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixtures().join("tiny")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    for (name, text) in extra {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_model_folder_declares_the_profile_and_tiers_it_reads() {
+    use lethe::{Lethe, Reader, Scope, Turn};
+
+    let profile = "font_family = \"mono\"\nfont_size = 40.0\nline_height = 1.5\n";
+    let policy = "clock = \"turns\"\nage_from = \"created\"\nfloor = \"tiny\"\n\
+                  [[ladder]]\nname = \"small\"\npositions = 111\n\
+                  [[ladder]]\nname = \"tiny\"\npositions = 73\n\
+                  [curve]\nkind = \"step\"\nafter = [3, 1000]\n";
+    let declared = tiny_copy(&[(lethe::PROFILE_FILE, profile), (lethe::POLICY_FILE, policy)]);
+    let plain = tiny_copy(&[]);
+    let model = OcrModel::load(declared.path(), options(1)).unwrap();
+    assert_eq!(model.render_profile().unwrap().font_size, 40.0);
+    assert_eq!(model.policy().unwrap().ladder().levels().len(), 2);
+    assert!(OcrModel::load(plain.path(), options(1))
+        .unwrap()
+        .render_profile()
+        .is_none());
+
+    // The same turns make more pages with the declared (larger) type, and those pages use only
+    // the declared tiers.
+    let turns: Vec<Turn> = (0..24)
+        .map(|i| Turn::new("User", format!("Turn {i}: ").repeat(40)))
+        .collect();
+    let pages = |model_dir: &Path| {
+        let store = tempfile::tempdir().unwrap();
+        let mut lethe = Lethe::builder(store.path())
+            .reader(Reader::Folder(model_dir.to_path_buf()))
+            .ocr_options(options(1))
+            .hot_turns(2)
+            .build()
+            .unwrap();
+        let scope = Scope::session("s");
+        for (i, t) in turns.iter().enumerate() {
+            lethe
+                .append(&scope, std::slice::from_ref(t), i as u64)
+                .unwrap();
+            lethe.maintain(i as u64).unwrap();
+        }
+        let pages = lethe.store().pages(Some(&scope)).unwrap().pages;
+        // The tier each page was first made at: the top of the policy's ladder.
+        let first: Vec<String> = pages
+            .iter()
+            .map(|p| {
+                lethe.history(p.id).unwrap()[0]
+                    .to
+                    .as_ref()
+                    .unwrap()
+                    .mode
+                    .clone()
+            })
+            .collect();
+        (pages, first)
+    };
+    let (with_profile, first_declared) = pages(declared.path());
+    let (without, first_default) = pages(plain.path());
+    assert!(
+        with_profile.len() > 2 * without.len(),
+        "{} pages with the declared 40-unit type vs {} with the default",
+        with_profile.len(),
+        without.len()
+    );
+    assert!(with_profile
+        .iter()
+        .all(|p| ["small", "tiny"].contains(&p.tier.mode.as_str())));
+    assert!(
+        first_declared.iter().all(|m| m == "small"),
+        "{first_declared:?}"
+    );
+    assert!(
+        first_default.iter().all(|m| m == "large"),
+        "{first_default:?}"
+    );
+}
+
+#[test]
+fn a_bad_declared_profile_names_its_file() {
+    let dir = tiny_copy(&[(lethe::PROFILE_FILE, "font_size = \"big\"\n")]);
+    let err = tiny(options(1)).map(|_| ()).and(
+        OcrModel::load(dir.path(), options(1))
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    );
+    let err = err.unwrap_err();
+    assert!(err.contains(lethe::PROFILE_FILE), "{err}");
+}

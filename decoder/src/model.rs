@@ -194,6 +194,26 @@ impl DecoderModel {
         })
     }
 
+    /// Builds the decoder from the bytes of one safetensors file held in memory (a model embedded
+    /// in a binary), in [`compute_dtype`], with the linear layers stored as `quant` asks.
+    pub fn from_safetensors_bytes(
+        cfg: &DecoderConfig,
+        bytes: &[u8],
+        device: &Device,
+        quant: Quantization,
+    ) -> Result<Self> {
+        let weights = |source| Error::Weights {
+            origin: "in-memory safetensors".to_string(),
+            source,
+        };
+        let vb = VarBuilder::from_slice_safetensors(bytes, compute_dtype(device), device)
+            .map_err(weights)?;
+        Self::new(cfg, vb, quant).map_err(|e| match e {
+            Error::Candle(source) => weights(source),
+            other => other,
+        })
+    }
+
     /// Builds the decoder from in-memory f32 tensors named as in the checkpoint (tests, benches).
     pub fn from_tensors(
         cfg: &DecoderConfig,

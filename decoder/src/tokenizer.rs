@@ -56,6 +56,14 @@ impl Tokenizer {
         })
     }
 
+    /// Parses the bytes of a `tokenizer.json` (one embedded in a binary) and names it `name`.
+    pub fn from_bytes(name: impl Into<String>, json: &[u8]) -> Result<Self> {
+        let name = name.into();
+        let inner = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(tok_err(format!("loading the {name} tokenizer.json")))?;
+        Ok(Self { inner, name })
+    }
+
     /// Loads a `tokenizer.json` file; the tokenizer is named after the file's parent folder.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();

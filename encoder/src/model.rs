@@ -50,6 +50,7 @@ pub fn default_device() -> Result<Device> {
 #[derive(Debug, Clone, Default)]
 pub struct EncoderBuilder {
     model_dir: Option<PathBuf>,
+    in_memory: Option<(Config, &'static [u8])>,
     device: Option<Device>,
     dtype: Option<DType>,
 }
@@ -58,6 +59,13 @@ impl EncoderBuilder {
     /// The folder holding `config.json` and the `*.safetensors` weights.
     pub fn model_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.model_dir = Some(dir.into());
+        self
+    }
+
+    /// A checkpoint held in memory instead of a folder: its config and the bytes of one
+    /// safetensors file (a model embedded in a binary with `include_bytes!`).
+    pub fn in_memory(mut self, config: Config, safetensors: &'static [u8]) -> Self {
+        self.in_memory = Some((config, safetensors));
         self
     }
 
@@ -76,13 +84,18 @@ impl EncoderBuilder {
 
     /// Reads the config, maps the weights and builds the encoder.
     pub fn build(self) -> Result<Encoder> {
-        let dir = self
-            .model_dir
-            .ok_or_else(|| Error::BadInput("EncoderBuilder needs a model_dir".into()))?;
         let device = match self.device {
             Some(d) => d,
             None => default_device()?,
         };
+        let dtype = self.dtype.unwrap_or_else(|| compute_dtype(&device));
+        if let Some((cfg, bytes)) = self.in_memory {
+            let vb = VarBuilder::from_slice_safetensors(bytes, dtype, &device)?;
+            return Encoder::new(&cfg, vb);
+        }
+        let dir = self.model_dir.ok_or_else(|| {
+            Error::BadInput("EncoderBuilder needs a model_dir or in-memory weights".into())
+        })?;
         if !dir.is_dir() {
             return Err(Error::MissingFolder { path: dir });
         }
@@ -91,7 +104,6 @@ impl EncoderBuilder {
         // SAFETY: the files are memory-mapped read-only; like every mmap user we rely on no
         // other process truncating or rewriting a checkpoint while it is being loaded. Every
         // tensor the encoder keeps is copied out of the map (and converted to f32) at load.
-        let dtype = self.dtype.unwrap_or_else(|| compute_dtype(&device));
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device)? };
         Encoder::new(&cfg, vb)
     }

@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use lethe::metrics::{BenchReport, BoxError, Keep, PageRecord, Plot, SourcePage, TextTokenizer};
 use lethe::{OcrModel, OcrOptions};
-use lethe_render::{gundam_grid, Mode, Page, PageImage, Renderer};
+use lethe_render::{gundam_grid, Mode, Page, PageImage, RenderProfile, Renderer};
 
 use super::common::{self, read_transcript, FormatArg, ModelArgs};
 
@@ -62,12 +62,9 @@ pub struct Args {
     #[arg(value_name = "TRANSCRIPT", required_unless_present = "images")]
     pub transcripts: Vec<PathBuf>,
 
-    /// Resolution modes to measure, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "tiny,small,base,large,gundam"
-    )]
+    /// Resolution modes to measure, comma-separated. Default: the tiers the reader declares
+    /// (the embedded reader: base,tiny), else tiny,small,base,large,gundam.
+    #[arg(long, value_delimiter = ',')]
     pub modes: Vec<Mode>,
 
     #[command(flatten)]
@@ -130,6 +127,15 @@ pub trait PageReader {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The render profile the reader reads (transcript pages are drawn with it), if it declares
+    /// one.
+    fn render_profile(&self) -> Option<RenderProfile> {
+        None
+    }
+    /// The modes the reader reads (the default `--modes`), if it declares them.
+    fn modes(&self) -> Option<Vec<Mode>> {
+        None
+    }
 }
 
 /// Turns transcripts into pages: fixed page texts, each rasterised at any mode.
@@ -141,12 +147,9 @@ pub trait PageRenderer {
     fn render(&mut self, page: usize, mode: Mode) -> anyhow::Result<Vec<u8>>;
 }
 
-/// The decoder for this run: the `--model` checkpoint, or `None` (the command then refuses to
-/// run). Other decoders (an embedded model, a remote endpoint) plug in here.
+/// The decoder for this run: the reader `--model` names (the embedded one by default), or `None`
+/// for `--model none` (the command then refuses to run). A remote endpoint plugs in here.
 pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
-    let Some(dir) = &args.model.model else {
-        return Ok(None);
-    };
     let quantization = common::parse_quant(&args.model.quant)?;
     let options = OcrOptions {
         prompt: args.prompt.clone(),
@@ -154,19 +157,28 @@ pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
         quantization,
         ..OcrOptions::default()
     };
-    let model = OcrModel::load(dir, options)
-        .with_context(|| format!("loading the model {}", dir.display()))?;
+    let Some(model) = common::load_model(&args.model, options)? else {
+        return Ok(None);
+    };
+    let name = format!("{} ({})", model.name(), args.model.quant);
     Ok(Some(Box::new(OcrReader {
         model,
-        name: format!("{} ({})", dir.display(), args.model.quant),
+        name,
         max_tokens: args.model.max_tokens,
         hit_limit: 0,
     })))
 }
 
-/// The renderer for transcripts: `lethe-render` with its default profile.
-pub fn page_renderer(args: &Args) -> anyhow::Result<Option<Box<dyn PageRenderer>>> {
-    let renderer = Renderer::new().context("loading the renderer's fonts")?;
+/// The renderer for transcripts: `lethe-render` with the profile the reader declares (its pages
+/// are drawn the way it reads them), else the default profile.
+pub fn page_renderer(
+    args: &Args,
+    profile: Option<RenderProfile>,
+) -> anyhow::Result<Option<Box<dyn PageRenderer>>> {
+    let renderer = Renderer::builder()
+        .profile(profile.unwrap_or_default())
+        .build()
+        .context("loading the renderer's fonts")?;
     Ok(Some(Box::new(TranscriptRenderer {
         renderer,
         format: args.format,
@@ -185,6 +197,17 @@ pub struct OcrReader {
 impl PageReader for OcrReader {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn render_profile(&self) -> Option<RenderProfile> {
+        self.model.render_profile().cloned()
+    }
+
+    fn modes(&self) -> Option<Vec<Mode>> {
+        let policy = self.model.policy()?;
+        let levels = policy.ladder().levels();
+        let modes: Vec<Mode> = levels.iter().filter_map(|l| l.name.parse().ok()).collect();
+        (modes.len() == levels.len() && !modes.is_empty()).then_some(modes)
     }
 
     fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
@@ -267,12 +290,11 @@ impl TextTokenizer for DecoderTokenizer {
 /// The tokenizer that counts text tokens: `--tokenizer`, else the model folder's
 /// `tokenizer.json`, else the embedded DeepSeek-OCR tokenizer.
 fn text_tokenizer(args: &Args) -> anyhow::Result<DecoderTokenizer> {
-    let from_model = args
-        .model
-        .model
-        .as_ref()
-        .map(|m| m.join("tokenizer.json"))
-        .filter(|p| p.is_file());
+    // The embedded reader's own vocabulary is an internal detail: it counts with DeepSeek-OCR's.
+    let from_model = match &args.model.model {
+        lethe::Reader::Folder(dir) => Some(dir.join("tokenizer.json")).filter(|p| p.is_file()),
+        _ => None,
+    };
     let tok = match args.tokenizer.as_ref().or(from_model.as_ref()) {
         Some(path) => lethe_decoder::Tokenizer::from_file(path)
             .with_context(|| format!("loading the tokenizer {}", path.display()))?,
@@ -283,9 +305,16 @@ fn text_tokenizer(args: &Args) -> anyhow::Result<DecoderTokenizer> {
 }
 
 /// Runs `memctl bench`.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let reader = page_reader(&args)?;
-    let renderer = page_renderer(&args)?;
+    let profile = reader.as_ref().and_then(|r| r.render_profile());
+    if args.modes.is_empty() {
+        args.modes = reader
+            .as_ref()
+            .and_then(|r| r.modes())
+            .unwrap_or_else(|| Mode::ALL.to_vec());
+    }
+    let renderer = page_renderer(&args, profile)?;
     run_with(args, reader, renderer)
 }
 
@@ -297,9 +326,9 @@ pub fn run_with(
 ) -> anyhow::Result<ExitCode> {
     let Some(mut reader) = reader else {
         bail!(
-            "memctl bench measures recall, and recall needs a model to read the pages back: pass \
-             a DeepSeek-OCR checkpoint folder with --model DIR (no embedded model ships with this \
-             build, and no numbers are printed rather than made-up ones)"
+            "memctl bench measures recall, and recall needs a model to read the pages back: \
+             --model none leaves nothing to measure (use the embedded reader, the default, or a \
+             DeepSeek-OCR checkpoint folder with --model DIR)"
         );
     };
     let tokenizer = text_tokenizer(&args)?;
@@ -754,9 +783,10 @@ mod tests {
             transcripts: vec![dir.path().join("t.txt")],
             modes: vec![Mode::Tiny],
             model: ModelArgs {
-                model: None,
+                model: lethe::Reader::None,
                 quant: "none".to_owned(),
                 max_tokens: 8,
+                cache_tokens: false,
             },
             prompt: "<image>".to_owned(),
             format: FormatArg::Auto,
@@ -822,9 +852,10 @@ mod tests {
             transcripts: vec![transcript],
             modes: vec![Mode::Tiny, Mode::Small],
             model: ModelArgs {
-                model: Some(model.path().to_path_buf()),
+                model: lethe::Reader::Folder(model.path().to_path_buf()),
                 quant: "none".to_owned(),
                 max_tokens: 4,
+                cache_tokens: false,
             },
             prompt: "<image>".to_owned(),
             format: FormatArg::Auto,

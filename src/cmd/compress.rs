@@ -40,9 +40,26 @@ pub struct Args {
     pub seconds_per_turn: u64,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Pages read back per tier to measure recall, spread evenly over the tier's pages, or
+    /// `all`.
+    #[arg(long, default_value = "8", value_name = "N|all", value_parser = parse_recall_pages)]
+    pub recall_pages: RecallPages,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How many pages per tier `--recall-pages` reads (`None`: all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecallPages(pub Option<usize>);
+
+fn parse_recall_pages(s: &str) -> Result<RecallPages, String> {
+    if s == "all" {
+        return Ok(RecallPages(None));
+    }
+    s.parse::<usize>()
+        .map(|n| RecallPages(Some(n)))
+        .map_err(|_| format!("expected a number of pages or `all`, got {s:?}"))
 }
 
 /// Runs `memctl compress`.
@@ -83,7 +100,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let compaction = lethe.compact().context("compacting the store")?;
     let report = lethe.report()?;
     let recall = match lethe.model() {
-        Some(_) => Some(common::score_pages(&mut lethe, &scope)?),
+        Some(_) => Some(common::score_pages(
+            &mut lethe,
+            &scope,
+            args.recall_pages.0,
+        )?),
         None => None,
     };
     if args.json {
@@ -97,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "missing_glyphs": missing_glyphs,
             "report": report,
             "recall": recall,
-            "recall_note": recall.is_none().then_some("recall needs a decoder: pass --model DIR"),
+            "recall_note": recall.is_none().then_some("recall needs a reader: --model none reads nothing"),
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -115,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         match &recall {
             Some(rows) => common::print_recall(rows),
             None => println!(
-                "\nrecall: not measured; decoding pages back to text needs a decoder (--model DIR)"
+                "\nrecall: not measured; --model none reads nothing back (the embedded reader is the default)"
             ),
         }
     }

