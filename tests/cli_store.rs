@@ -176,7 +176,8 @@ fn bad_input_gives_clear_errors() {
 /// A store on a full disk: the write that does not fit fails with an error naming the store's
 /// files and the cause, and everything the store held before stays readable once space is back.
 /// The disk is a 16 MiB tmpfs, which needs the right to mount (root, as in CI); without it the
-/// test says so on stderr and checks nothing.
+/// test says so on stderr and checks nothing here, and the store's own test with an injected
+/// writer error (`memory/tests/bad_input.rs`) still runs.
 #[test]
 fn full_disk_fails_clearly_and_loses_nothing() {
     struct Mount(std::path::PathBuf);

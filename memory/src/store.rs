@@ -328,6 +328,17 @@ impl Store {
 
     /// Opens a store with explicit options.
     pub fn open_with(opts: StoreOptions) -> Result<Self> {
+        Self::open_wrapped(opts, |engine| Box::new(engine))
+    }
+
+    /// Opens a store whose engine is the default one wrapped by `wrap`: a test hook for faults
+    /// that cannot be staged on every machine (a full disk where no small filesystem can be
+    /// mounted). Not part of the stable API.
+    #[doc(hidden)]
+    pub fn open_wrapped(
+        opts: StoreOptions,
+        wrap: impl FnOnce(engine::DefaultEngine) -> Box<dyn Engine>,
+    ) -> Result<Self> {
         let path = opts.path.clone();
         match std::fs::metadata(&path) {
             Ok(m) if !m.is_dir() => {
@@ -399,7 +410,7 @@ impl Store {
         finish_interrupted_compaction(&path)?;
         let engine = engine::open_default(&path.join(ENGINE_DIR))?;
         let store = Store {
-            engine: Box::new(engine),
+            engine: wrap(engine),
             write: Mutex::new(()),
             opts,
             _lock: lock,

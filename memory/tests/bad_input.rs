@@ -302,3 +302,102 @@ fn export_import_errors_name_the_file_and_write_nothing() {
         .expect_err("missing folder");
     assert!(err.to_string().contains("manifest.json"), "{err}");
 }
+
+/// The default engine with a switch that makes every write fail as a full disk does.
+struct FullDisk {
+    inner: lethe_memory::engine::DefaultEngine,
+    full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dir: std::path::PathBuf,
+}
+
+impl FullDisk {
+    fn check(&self) -> lethe_memory::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Engine for FullDisk {
+    fn get(&self, key: &[u8]) -> lethe_memory::Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn put(&self, key: &[u8], value: &[u8]) -> lethe_memory::Result<()> {
+        self.check()?;
+        self.inner.put(key, value)
+    }
+    fn delete(&self, key: &[u8]) -> lethe_memory::Result<()> {
+        self.check()?;
+        self.inner.delete(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> lethe_memory::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_prefix(prefix)
+    }
+    fn apply(&self, batch: lethe_memory::engine::Batch) -> lethe_memory::Result<()> {
+        self.check()?;
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> lethe_memory::Result<()> {
+        self.check()?;
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> lethe_memory::Result<u64> {
+        self.inner.size_on_disk()
+    }
+}
+
+/// A full disk simulated by an injected writer error (for machines where no tmpfs can be mounted;
+/// `tests/cli_store.rs` stages a real one): the write fails with an error naming where and why,
+/// and every page stored before reads back intact.
+#[test]
+fn a_full_disk_fails_the_write_and_loses_nothing_stored() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store");
+    three_pages(&dir);
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = full.clone();
+    let engine_dir = dir.join(ENGINE_DIR);
+    let store = Store::open_wrapped(
+        StoreOptions::builder().path(&dir).build().expect("options"),
+        move |inner| {
+            Box::new(FullDisk {
+                inner,
+                full: switch,
+                dir: engine_dir,
+            })
+        },
+    )
+    .expect("open");
+    let scope = Scope::session("s");
+    let r = store
+        .append(&scope, &[NewTurn::new("user", "t3", 3)])
+        .expect("append while there is space");
+    full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = store
+        .page_out(&scope, r, new_page("3"))
+        .expect_err("a full disk fails the page-out");
+    let source = std::error::Error::source(&err).map_or(String::new(), |s| s.to_string());
+    let chain = format!("{err}: {source}");
+    assert!(chain.contains("No space left on device"), "{chain}");
+    assert!(chain.contains(ENGINE_DIR), "{chain}");
+    let err = store
+        .append(&scope, &[NewTurn::new("user", "t4", 4)])
+        .expect_err("and so does an append");
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    drop(store);
+    let store = Store::open(&dir).expect("reopen once space is back");
+    let listing = store.pages(None).expect("pages");
+    assert_eq!(listing.pages.len(), 3, "the three earlier pages");
+    assert!(listing.corrupt.is_empty());
+    for p in &listing.pages {
+        assert_eq!(
+            store.load(p.id).expect("load").image,
+            png(&p.id.0.to_string())
+        );
+    }
+    assert!(store.verify().expect("verify").is_empty());
+}
