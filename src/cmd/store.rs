@@ -250,7 +250,7 @@ pub fn export(args: PortableArgs) -> anyhow::Result<ExitCode> {
         .store()
         .export(&args.dir)
         .with_context(|| format!("exporting to {}", args.dir.display()))?;
-    println!("exported to {}: {summary:?}", args.dir.display());
+    println!("exported to {}: {}", args.dir.display(), transfer(&summary));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -262,8 +262,20 @@ pub fn import(args: PortableArgs) -> anyhow::Result<ExitCode> {
         .import(&args.dir)
         .with_context(|| format!("importing from {}", args.dir.display()))?;
     lethe.flush()?;
-    println!("imported from {}: {summary:?}", args.dir.display());
+    println!(
+        "imported from {}: {}",
+        args.dir.display(),
+        transfer(&summary)
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an export or import moved, in words.
+fn transfer(s: &lethe_memory::export::TransferSummary) -> String {
+    format!(
+        "{} pages, {} hot turns, {} history entries, {} bytes of images, tokens and text",
+        s.pages, s.turns, s.history_entries, s.content_bytes
+    )
 }
 
 fn no_model() -> ModelArgs {
