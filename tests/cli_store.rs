@@ -10,6 +10,21 @@ fn memctl(args: &[&str]) -> Output {
         .expect("run memctl")
 }
 
+/// `memctl compress` with no reader, 4 hot turns and JSON output.
+fn compress(transcript: &str, store: &str) -> Output {
+    memctl(&[
+        "compress",
+        transcript,
+        "--store",
+        store,
+        "--hot-turns",
+        "4",
+        "--model",
+        "none",
+        "--json",
+    ])
+}
+
 fn json(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -42,17 +57,7 @@ fn compress_then_inspect_the_store() {
     let store = dir.path().join("store");
     let store = store.to_str().unwrap();
 
-    let report = json(&memctl(&[
-        "compress",
-        &transcript,
-        "--store",
-        store,
-        "--hot-turns",
-        "4",
-        "--model",
-        "none",
-        "--json",
-    ]));
+    let report = json(&compress(&transcript, store));
     assert_eq!(report["turns"], 60);
     assert_eq!(report["report"]["tokenizer"], "deepseek-ocr");
     let tiers = report["report"]["tiers"].as_array().unwrap();
@@ -201,26 +206,7 @@ fn full_disk_fails_clearly_and_loses_nothing() {
     let store = disk.join("store");
     let store = store.to_str().unwrap();
     let transcript = write_transcript(dir.path(), 60);
-    let args = |t: &str| {
-        [
-            "compress",
-            t,
-            "--store",
-            store,
-            "--hot-turns",
-            "4",
-            "--model",
-            "none",
-            "--json",
-        ]
-        .map(str::to_string)
-    };
-    let first = json(
-        &Command::new(env!("CARGO_BIN_EXE_memctl"))
-            .args(args(&transcript))
-            .output()
-            .unwrap(),
-    );
+    let first = json(&compress(&transcript, store));
     let pages_before = stored_pages(&first["report"]);
     assert!(pages_before > 0);
 
@@ -232,10 +218,7 @@ fn full_disk_fails_clearly_and_loses_nothing() {
 
     let second = dir.path().join("second.txt");
     std::fs::copy(&transcript, &second).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_memctl"))
-        .args(args(second.to_str().unwrap()))
-        .output()
-        .unwrap();
+    let out = compress(second.to_str().unwrap(), store);
     assert_eq!(out.status.code(), Some(1), "a full disk is an error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No space left on device"), "{err}");
