@@ -273,6 +273,17 @@ pub enum Reader {
     None,
 }
 
+impl Reader {
+    /// Loads the model this names (`None` for [`Reader::None`]).
+    pub fn load(&self, options: OcrOptions) -> Result<Option<OcrModel>> {
+        Ok(match self {
+            Reader::Embedded => Some(OcrModel::embedded(options)?),
+            Reader::Folder(dir) => Some(OcrModel::load(dir, options)?),
+            Reader::None => None,
+        })
+    }
+}
+
 /// Builder of a [`Lethe`] memory.
 #[derive(Debug)]
 pub struct LetheBuilder {
@@ -356,11 +367,7 @@ impl LetheBuilder {
                 .wait(self.wait)
                 .build()?,
         )?;
-        let model = match &self.reader {
-            Reader::Embedded => Some(OcrModel::embedded(self.ocr.clone())?),
-            Reader::Folder(dir) => Some(OcrModel::load(dir, self.ocr.clone())?),
-            Reader::None => None,
-        };
+        let model = self.reader.load(self.ocr)?;
         // Explicit settings win; then what the reader declares; then the defaults.
         let profile = self
             .profile

@@ -302,6 +302,14 @@ impl OcrModel {
         self.policy.as_ref()
     }
 
+    /// The resolution modes of the tiers the model declares, sharpest first; `None` when it
+    /// declares no policy or a tier is not a mode.
+    pub fn modes(&self) -> Option<Vec<Mode>> {
+        let levels = self.policy.as_ref()?.ladder().levels();
+        let modes: Vec<Mode> = levels.iter().filter_map(|l| l.name.parse().ok()).collect();
+        (modes.len() == levels.len() && !modes.is_empty()).then_some(modes)
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         self.encoder.device()

@@ -45,14 +45,7 @@ fn the_embedded_reader_reads_short_rendered_pages() {
         .render_profile()
         .cloned()
         .expect("the reader declares its render profile");
-    let modes: Vec<Mode> = model
-        .policy()
-        .expect("the reader declares its tiers")
-        .ladder()
-        .levels()
-        .iter()
-        .map(|l| l.name.parse().expect("a resolution mode"))
-        .collect();
+    let modes = model.modes().expect("the reader declares its tiers");
     assert_eq!(modes, [Mode::Base, Mode::Tiny]);
     let renderer = Renderer::builder().profile(profile).build().unwrap();
     let pages: Vec<_> = PAGES

@@ -137,28 +137,22 @@ fn apply(bytes: Vec<u8>, d: &Damage, framed: bool) -> Vec<u8> {
                 &bytes[..]
             };
             let text = String::from_utf8_lossy(payload);
-            // JSON Lines: mutate one line.
             let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-            if lines.len() > 1 {
+            let out = if lines.len() > 1 {
+                // JSON Lines: mutate one line.
                 let k = i % lines.len();
                 if let Ok(mut v) = serde_json::from_str::<Value>(&lines[k]) {
-                    let mut pick = i / lines.len() % 64;
-                    replace_json(&mut v, &mut pick, with);
+                    replace_json(&mut v, &mut (i / lines.len() % 64), with);
                     lines[k] = v.to_string();
                 }
-                let out = lines.join("\n") + "\n";
-                return if framed {
-                    keys::frame(out.as_bytes())
-                } else {
-                    out.into_bytes()
+                (lines.join("\n") + "\n").into_bytes()
+            } else {
+                let Ok(mut v) = serde_json::from_slice::<Value>(payload) else {
+                    return bytes;
                 };
-            }
-            let Ok(mut v) = serde_json::from_slice::<Value>(payload) else {
-                return bytes;
+                replace_json(&mut v, &mut (i % 64), with);
+                serde_json::to_vec(&v).expect("json")
             };
-            let mut pick = i % 64;
-            replace_json(&mut v, &mut pick, with);
-            let out = serde_json::to_vec(&v).expect("json");
             if framed {
                 keys::frame(&out)
             } else {

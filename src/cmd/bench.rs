@@ -157,7 +157,7 @@ pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
         quantization,
         ..OcrOptions::default()
     };
-    let Some(model) = common::load_model(&args.model, options)? else {
+    let Some(model) = common::load_model(&args.model.model, options)? else {
         return Ok(None);
     };
     let name = format!("{} ({})", model.name(), args.model.quant);
@@ -204,10 +204,7 @@ impl PageReader for OcrReader {
     }
 
     fn modes(&self) -> Option<Vec<Mode>> {
-        let policy = self.model.policy()?;
-        let levels = policy.ladder().levels();
-        let modes: Vec<Mode> = levels.iter().filter_map(|l| l.name.parse().ok()).collect();
-        (modes.len() == levels.len() && !modes.is_empty()).then_some(modes)
+        self.model.modes()
     }
 
     fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String> {

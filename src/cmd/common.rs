@@ -133,16 +133,10 @@ pub fn parse_reader(s: &str) -> Result<Reader, String> {
 }
 
 /// Loads the model `--model` names (`None` for `--model none`).
-pub fn load_model(model: &ModelArgs, options: OcrOptions) -> anyhow::Result<Option<OcrModel>> {
-    Ok(match &model.model {
-        Reader::Embedded => {
-            Some(OcrModel::embedded(options).context("loading the embedded reader")?)
-        }
-        Reader::Folder(dir) => Some(
-            OcrModel::load(dir, options)
-                .with_context(|| format!("loading the model {}", dir.display()))?,
-        ),
-        Reader::None => None,
+pub fn load_model(reader: &Reader, options: OcrOptions) -> anyhow::Result<Option<OcrModel>> {
+    reader.load(options).with_context(|| match reader {
+        Reader::Folder(dir) => format!("loading the model from {}", dir.display()),
+        _ => "loading the embedded reader".to_string(),
     })
 }
 

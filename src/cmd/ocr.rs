@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use lethe::{Mode, OcrModel, OcrOptions, Reader, Sampling};
+use lethe::{Mode, OcrOptions, Reader, Sampling};
 use lethe_decoder::DEFAULT_PROMPT;
 
-use super::common::{parse_mode, parse_quant, parse_reader};
+use super::common::{load_model, parse_mode, parse_quant, parse_reader};
 
 const ABOUT: &str = "\
 Run DeepSeek-OCR (encoder + MoE decoder) on one image and print the text as it is generated.
@@ -120,17 +120,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let t_load = Instant::now();
-    let mut model = match &args.model {
-        Reader::Folder(dir) => OcrModel::load(dir, options)
-            .with_context(|| format!("loading the model from {}", dir.display()))?,
-        _ => OcrModel::embedded(options).context("loading the embedded reader")?,
-    };
+    let mut model = load_model(&args.model, options)?.expect("--model none was refused above");
     let load_secs = t_load.elapsed().as_secs_f64();
     let mode = args.mode.unwrap_or_else(|| {
         model
-            .policy()
-            .and_then(|p| p.ladder().levels().first())
-            .and_then(|l| l.name.parse().ok())
+            .modes()
+            .and_then(|m| m.first().copied())
             .unwrap_or(Mode::Base)
     });
 
