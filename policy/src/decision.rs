@@ -30,6 +30,28 @@ impl Decision {
     }
 }
 
+/// When a page's decision may next change (see [`Policy::due`](crate::Policy::due)): the first
+/// turn and the first time, whichever comes first; `None` for a clock that never moves it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Due {
+    /// The first turn (of the page's conversation) at which the page may move.
+    pub turn: Option<u64>,
+    /// The first time (seconds) at which the page may move.
+    pub time: Option<u64>,
+}
+
+impl Due {
+    /// True when the page may move at turn `turn` and time `now`.
+    pub fn is_due(&self, now: u64, turn: u64) -> bool {
+        self.turn.is_some_and(|t| turn >= t) || self.time.is_some_and(|t| now >= t)
+    }
+
+    /// True when no clock moves the page (only an access, a pin or a new policy can).
+    pub fn is_never(&self) -> bool {
+        self.turn.is_none() && self.time.is_none()
+    }
+}
+
 /// Which rule settled a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

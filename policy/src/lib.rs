@@ -72,7 +72,7 @@ mod policy;
 
 pub use budget::BudgetFit;
 pub use curve::{retention, AgeFrom, Clock, Curve, RecallCurve, Reinforcement};
-pub use decision::{Decision, Reason, Rule};
+pub use decision::{Decision, Due, Reason, Rule};
 pub use error::{PolicyError, Result};
 pub use ladder::{Ladder, Level, Tier, EVICTED};
 pub use page::PageState;

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::curve::{retention, AgeFrom, Clock, Curve, RecallCurve, Reinforcement};
-use crate::decision::{Decision, Reason, Rule};
+use crate::decision::{Decision, Due, Reason, Rule};
 use crate::error::{PolicyError, Result};
 use crate::ladder::{Ladder, Level, Tier};
 use crate::page::PageState;
@@ -213,13 +213,84 @@ impl Policy {
 
     /// The tier the curve alone gives the page now.
     pub fn curve_tier(&self, page: &PageState, now: u64, turn: u64) -> Tier {
+        self.curve_tier_at_age(page, self.age(page, now, turn))
+    }
+
+    /// The tier the curve gives the page at `age` (in the policy's clock).
+    fn curve_tier_at_age(&self, page: &PageState, age: u64) -> Tier {
         let index = match &self.curve {
-            Curve::Step { after } => Curve::step_index(after, self.age(page, now, turn)),
+            Curve::Step { after } => Curve::step_index(after, age),
             Curve::Retention { thresholds } => {
-                Curve::retention_index(thresholds, self.retention(page, now, turn))
+                Curve::retention_index(thresholds, retention(age as f64, self.stability(page)))
             }
         };
         self.ladder.tier_at(index)
+    }
+
+    /// When [`Policy::decide`] may next move the page from the tier it is at, if nothing happens
+    /// to it meanwhile (no access, no pin or unpin, the same policy): the first turn and the first
+    /// time at which it may change. A page whose decision changes already is due at `turn` and
+    /// `now`; a page nothing but an access can move (pinned, evicted, held at the floor, or held
+    /// above the curve) is never due.
+    ///
+    /// A store keeps pages indexed by this, so that maintenance looks only at the pages that are
+    /// due instead of deciding every page at every turn.
+    ///
+    /// # Errors
+    /// As [`Policy::decide`].
+    pub fn due(&self, page: &PageState, now: u64, turn: u64) -> Result<Due> {
+        if self.decide(page, now, turn)?.changed() {
+            return Ok(Due {
+                turn: Some(turn),
+                time: Some(now),
+            });
+        }
+        let mut due = Due::default();
+        if page.tier.is_evicted() || page.pinned {
+            return Ok(due);
+        }
+        due.turn = self.ttl_turns.map(|t| page.created_turn.saturating_add(t));
+        due.time = self.ttl_seconds.map(|t| page.created_at.saturating_add(t));
+        // The curve moves the page only downwards without an access, and only above the floor.
+        if page.tier < self.floor {
+            let age = self.age(page, now, turn);
+            if let Some(at) = self.first_age_below(page, age) {
+                let (origin_turn, origin_at) = match self.age_from {
+                    AgeFrom::Created => (page.created_turn, page.created_at),
+                    AgeFrom::LastAccess => (page.last_access_turn, page.last_access_at),
+                };
+                let (slot, origin) = match self.clock {
+                    Clock::Turns => (&mut due.turn, origin_turn),
+                    Clock::Seconds => (&mut due.time, origin_at),
+                };
+                let when = origin.saturating_add(at);
+                *slot = Some(slot.map_or(when, |t| t.min(when)));
+            }
+        }
+        Ok(due)
+    }
+
+    /// The least age above `age` at which the curve puts the page below its tier (the curve is
+    /// monotone in age, so a doubling search then a bisection find it exactly).
+    fn first_age_below(&self, page: &PageState, age: u64) -> Option<u64> {
+        let below = |a: u64| self.curve_tier_at_age(page, a) > page.tier;
+        let mut hi = age.saturating_add(1);
+        while !below(hi) {
+            if hi >= u64::MAX / 4 {
+                return None;
+            }
+            hi = hi.saturating_mul(2);
+        }
+        let mut lo = age; // not below at `lo` (or `lo` is the current age, already decided)
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if below(mid) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Some(hi)
     }
 
     /// Decides the page's tier at time `now` (seconds) and turn `turn`.

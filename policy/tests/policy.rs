@@ -492,3 +492,23 @@ fn budget_fit_reports_infeasible_pins() {
     let tiers: Vec<_> = fit.decisions.iter().map(|d| d.tier).collect();
     assert_eq!(tiers, [L0, L0, Tier::Evicted]);
 }
+
+#[test]
+fn due_names_the_turn_the_default_curve_moves_a_page() {
+    // The default policy keeps a never-accessed page large through age 10, base through 20,
+    // small through 37 and tiny (the floor) after that.
+    let policy = Policy::default();
+    let mut p = page(1, 100, Tier::Level(0), 500);
+    let mut dues = Vec::new();
+    for turn in 100..200 {
+        let d = policy.decide(&p, 0, turn).unwrap();
+        if d.changed() {
+            p.set_tier(d.tier);
+        }
+        let due = policy.due(&p, 0, turn).unwrap();
+        if dues.last() != Some(&due.turn) {
+            dues.push(due.turn);
+        }
+    }
+    assert_eq!(dues, vec![Some(111), Some(121), Some(138), None]);
+}

@@ -278,4 +278,35 @@ proptest! {
         let text = policy.to_toml().expect("serialises");
         prop_assert_eq!(Policy::from_toml_str(&text).expect("reads back"), policy);
     }
+
+    #[test]
+    fn a_page_never_moves_before_it_is_due_and_moves_when_it_is(
+        policy in policy(), (page, now, turn) in page_at(0), dt in 0u64..600, ds in 0u64..6_000,
+    ) {
+        // The page as maintenance leaves it: at the tier decided now.
+        let mut page = page;
+        let decided = policy.decide(&page, now, turn).expect("on the ladder");
+        if decided.changed() {
+            page.set_tier(decided.tier);
+        }
+        prop_assume!(!policy.decide(&page, now, turn).expect("decides").changed());
+        let due = policy.due(&page, now, turn).expect("due");
+        prop_assert!(!due.is_due(now, turn) || due.turn == Some(turn) || due.time == Some(now));
+        let (later_now, later_turn) = (now + ds, turn + dt);
+        if !due.is_due(later_now, later_turn) {
+            let d = policy.decide(&page, later_now, later_turn).expect("decides");
+            prop_assert!(!d.changed(), "moved at +{dt} turns +{ds} s before due {due:?}: {}", d.reason);
+        }
+        // At the due turn (or time) itself it moves, and one step before it does not.
+        let stays = |now, turn| !policy.decide(&page, now, turn).expect("decides").changed();
+        let time_due = due.time.unwrap_or(u64::MAX);
+        if let Some(t) = due.turn.filter(|&t| t > turn) {
+            prop_assert!(!stays(now, t), "due at turn {t} but stays");
+            prop_assert!(now >= time_due || stays(now, t - 1), "moves at turn {}, before due {t}", t - 1);
+        }
+        if let Some(t) = due.time.filter(|&t| t > now) {
+            prop_assert!(!stays(t, turn), "due at time {t} but stays");
+            prop_assert!(turn >= due.turn.unwrap_or(u64::MAX) || stays(t - 1, turn), "moves at time {}, before due {t}", t - 1);
+        }
+    }
 }
