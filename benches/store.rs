@@ -2,14 +2,14 @@
 //! sync-on-every-write on and off; and, printed once, bytes on disk against the raw data size.
 //!
 //! A page here is a 1024-px-class PNG stand-in of 96 KiB plus a base-mode token cache
-//! (273 positions x 1280 dims, bf16, 699 KB); a transition swaps in a 48 KiB image and a
-//! small-mode cache (111 x 1280 bf16).
+//! (273 positions x 1280 dims, bf16, 699 KB), both stored as blob files; a transition swaps in a
+//! 48 KiB image and a small-mode cache (111 x 1280 bf16).
 
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use lethe_memory::{
-    NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier, TokenCache, Transition,
+    Due, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier, TokenCache, Transition,
 };
 
 fn fill(seed: u64, len: usize) -> Vec<u8> {
@@ -42,10 +42,11 @@ fn new_page(seed: u64) -> NewPage {
         profile: r#"{"mode":"base","font_px":14}"#.into(),
         tier: Tier::new(1, "base"),
         text: "user: hello there\nassistant: general kenobi\n".repeat(40),
-        image: png(seed, 96 * 1024),
+        image: Some(png(seed, 96 * 1024)),
         tokens: Some(tokens(seed, 273)),
         at: Stamp::new(seed, seed),
         reason: "page-out".into(),
+        due: Due::NEVER,
     }
 }
 
@@ -69,7 +70,8 @@ fn add_page(store: &Store, scope: &Scope, seed: u64) -> PageId {
 fn bench(c: &mut Criterion) {
     let page_bytes = {
         let p = new_page(0);
-        (p.image.len() + p.tokens.map_or(0, |t| t.bytes.len()) + p.text.len()) as u64
+        (p.image.map_or(0, |i| i.len()) + p.tokens.map_or(0, |t| t.bytes.len()) + p.text.len())
+            as u64
     };
     for sync in [true, false] {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -109,10 +111,11 @@ fn bench(c: &mut Criterion) {
                         } else {
                             Tier::new(1, "base")
                         },
-                        image: png(step, if small { 48 * 1024 } else { 96 * 1024 }),
+                        image: Some(png(step, if small { 48 * 1024 } else { 96 * 1024 })),
                         tokens: Some(tokens(step, if small { 111 } else { 273 })),
                         reason: "bench".into(),
                         at: Stamp::new(step, step),
+                        due: Due::NEVER,
                     }
                 },
                 |t| black_box(store.transition(id, t).expect("transition")),
@@ -155,10 +158,11 @@ fn disk_report() {
             let seed = id.0 + 10_000 * (round as u64 + 1);
             let t = Transition {
                 tier: Tier::new(index, mode),
-                image: png(seed, px),
+                image: Some(png(seed, px)),
                 tokens: Some(tokens(seed, positions)),
                 reason: "decay".into(),
                 at: Stamp::new(seed, seed),
+                due: Due::NEVER,
             };
             store.transition(id, t).expect("transition");
         }

@@ -42,6 +42,7 @@ mod error;
 pub mod metrics;
 mod model;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
@@ -57,7 +58,8 @@ pub use model::{OcrModel, OcrOptions, Reading, POLICY_FILE, PROFILE_FILE};
 
 use lethe_decoder::Tokenizer;
 use lethe_memory::{
-    NewPage, NewTurn, PageRecord, Stamp, Store, StoreOptions, TokenCache, Transition,
+    Due, NewPage, NewTurn, PageId as StorePageId, PageRecord, Stamp, Store, StoreOptions,
+    TokenCache, Transition,
 };
 use lethe_policy::{PageState, Tier};
 use lethe_render::{Page, Renderer};
@@ -70,6 +72,9 @@ const MIN_CHAINED_PAGES: usize = 3;
 
 /// Name of the evicted pseudo-tier in the store.
 const EVICTED: &str = "evicted";
+
+/// The store tag that holds the fingerprint of the policy that set the pages' due stamps.
+const POLICY_TAG: &str = "lethe.policy";
 
 /// What a call cost and produced: text tokens (with the tokenizer that counted them), decoder
 /// positions of the pages involved, bytes written or returned, and wall time.
@@ -195,6 +200,12 @@ pub struct TierReport {
     pub ratio_vision_tokens: f64,
     /// Bytes of images, token caches and text stored for the tier.
     pub bytes: u64,
+    /// Of which stored PNGs (pages that keep their text store none: they are redrawn).
+    pub image_bytes: u64,
+    /// Of which vision-token caches.
+    pub token_bytes: u64,
+    /// Of which text (retained page text, or the hot turns).
+    pub text_bytes: u64,
 }
 
 /// The whole store by tier, with the store's own bytes on disk.
@@ -210,6 +221,8 @@ pub struct Report {
     pub bytes_on_disk: u64,
     /// Pages whose records failed their checksum or could not be read.
     pub corrupt_pages: u64,
+    /// The store's own counts: live bytes, bytes on disk, and what they are made of.
+    pub store: StoreStats,
 }
 
 /// What the facade stores beside a page (in the store's opaque profile field): the render profile
@@ -377,6 +390,13 @@ impl LetheBuilder {
             .policy
             .or_else(|| model.as_ref().and_then(|m| m.policy().cloned()))
             .unwrap_or_default();
+        // Due stamps were set by the policy in force when they were written: under another policy
+        // every page is looked at again once.
+        let fingerprint = format!("{:016x}", fnv1a(policy.to_toml()?.as_bytes()));
+        if store.tag(POLICY_TAG)?.as_deref() != Some(fingerprint.as_str()) {
+            store.mark_all_due()?;
+            store.set_tag(POLICY_TAG, &fingerprint)?;
+        }
         let renderer = Renderer::builder().profile(profile.clone()).build()?;
         // Text tokens are counted with the DeepSeek-OCR tokenizer, so ratios compare across
         // readers; a checkpoint folder with its own tokenizer counts with that one.
@@ -393,6 +413,7 @@ impl LetheBuilder {
             tokenizer,
             hot_turns: self.hot_turns,
             cache_tokens: self.cache_tokens,
+            touched: None,
         })
     }
 }
@@ -408,6 +429,9 @@ pub struct Lethe {
     tokenizer: Tokenizer,
     hot_turns: usize,
     cache_tokens: bool,
+    /// Scopes appended to, recalled or pinned since the last maintenance (`None`: every scope,
+    /// as after opening, when another process may have written).
+    touched: Option<BTreeSet<Scope>>,
 }
 
 impl std::fmt::Debug for Lethe {
@@ -483,62 +507,121 @@ impl Lethe {
             usage.bytes += (t.speaker.len() + t.text.len()) as u64;
         }
         self.store.append(scope, &new)?;
+        self.touch(scope);
         usage.millis = elapsed_ms(started);
         Ok(usage)
     }
 
-    /// Pages out turns older than the hot window, then applies the policy to every page: a tier
-    /// change re-renders (or resamples) the page at the new tier's mode, re-encodes it, and swaps
-    /// image and tokens in one transaction. `now` is the current time in seconds.
+    /// Marks a scope for the next maintenance.
+    fn touch(&mut self, scope: &Scope) {
+        if let Some(touched) = &mut self.touched {
+            touched.insert(scope.clone());
+        }
+    }
+
+    /// Pages out turns older than the hot window, then applies the policy to the pages that are
+    /// due: a tier change re-renders (or resamples) the page at the new tier's mode, re-encodes it
+    /// when tokens are cached, and swaps image and tokens in one transaction. `now` is the current
+    /// time in seconds.
+    ///
+    /// Its cost follows what changed, not what is stored: only scopes with new turns (or pages
+    /// read or pinned) since the last call are looked at, and only pages whose due turn or time
+    /// has come, found through the store's due index. Each decided page gets its next due stamp
+    /// from [`Policy::due`].
     pub fn maintain(&mut self, now: u64) -> Result<Maintenance> {
         let started = Instant::now();
         let mut done = Maintenance {
             usage: self.usage(),
             ..Maintenance::default()
         };
-        for scope in self.store.scopes()? {
-            let hot = self.store.hot_turns(&scope)?;
+        let scopes = match self.touched.replace(BTreeSet::new()) {
+            Some(touched) => touched.into_iter().collect(),
+            None => self.store.scopes()?,
+        };
+        let mut due: BTreeSet<StorePageId> = BTreeSet::new();
+        for scope in &scopes {
+            let hot = self.store.hot_turns(scope)?;
             if hot.len() > self.hot_turns {
                 let old = &hot[..hot.len() - self.hot_turns];
-                self.page_out(&scope, old, now, &mut done)?;
+                self.page_out(scope, old, now, &mut done)?;
             }
+            let turn = self.store.next_turn(scope)?;
+            due.extend(self.store.due_pages(scope, turn)?);
         }
-        let listing = self.store.pages(None)?;
-        for record in listing.pages {
-            let turn = self.store.next_turn(&record.scope)?;
-            let state = self.page_state(&record)?;
-            let decision = self.policy.decide(&state, now, turn)?;
-            let stamp = Stamp::new(turn, now);
-            if decision.changed() {
-                self.move_page(
-                    &record,
-                    decision.tier,
-                    &decision.reason.text,
-                    stamp,
-                    &mut done,
-                )?;
-            }
-            // After any re-render, which still had the text to draw from.
-            if decision.drop_text && record.text.is_some() {
-                let mut meta = page_meta(&record)?;
-                meta.source = None;
-                let profile = serde_json::to_string(&meta)
-                    .map_err(|e| Error::Invalid(format!("page metadata: {e}")))?;
-                let reason = format!(
-                    "policy drops page text at {} (drop_text = {:?})",
-                    self.policy.ladder().name(decision.tier),
-                    self.policy
-                        .drop_text_tier()
-                        .map(|t| self.policy.ladder().name(t))
-                        .unwrap_or_default(),
-                );
-                self.store
-                    .drop_text(record.id, Some(profile), &reason, stamp)?;
-                done.texts_dropped += 1;
-            }
+        due.extend(self.store.due_by_time(now)?);
+        for id in due {
+            let record = self.store.page(id)?;
+            self.maintain_page(record, now, &mut done)?;
         }
         done.usage.millis = elapsed_ms(started);
         Ok(done)
+    }
+
+    /// Decides one due page: moves it, drops its text, and sets when it is next due.
+    fn maintain_page(
+        &mut self,
+        record: PageRecord,
+        now: u64,
+        done: &mut Maintenance,
+    ) -> Result<()> {
+        let turn = self.store.next_turn(&record.scope)?;
+        let stamp = Stamp::new(turn, now);
+        let mut state = self.page_state(&record)?;
+        let decision = self.policy.decide(&state, now, turn)?;
+        if decision.changed() {
+            state.set_tier(decision.tier);
+        }
+        let next = self.due(&state, now, turn)?;
+        let record = if decision.changed() {
+            self.move_page(
+                &record,
+                decision.tier,
+                &decision.reason.text,
+                stamp,
+                next,
+                done,
+            )?
+        } else if record.due != next {
+            self.store.set_due(record.id, next)?
+        } else {
+            record
+        };
+        // After any re-render, which still had the text to draw from.
+        if decision.drop_text && record.text.is_some() {
+            let mut meta = page_meta(&record)?;
+            // A page drawn from its text needs its image stored before the text goes.
+            let image = match (&record.image_blob, decision.tier) {
+                (None, Tier::Level(_)) => {
+                    let mode = Mode::from_str(&record.tier.mode)?;
+                    Some(self.image_at(&record, mode)?.to_png()?)
+                }
+                _ => None,
+            };
+            meta.source = None;
+            let profile = serde_json::to_string(&meta)
+                .map_err(|e| Error::Invalid(format!("page metadata: {e}")))?;
+            let reason = format!(
+                "policy drops page text at {} (drop_text = {:?})",
+                self.policy.ladder().name(decision.tier),
+                self.policy
+                    .drop_text_tier()
+                    .map(|t| self.policy.ladder().name(t))
+                    .unwrap_or_default(),
+            );
+            self.store
+                .drop_text(record.id, Some(profile), image, &reason, stamp)?;
+            done.texts_dropped += 1;
+        }
+        Ok(())
+    }
+
+    /// When the policy next wants to look at a page in `state`, as the store indexes it.
+    fn due(&self, state: &PageState, now: u64, turn: u64) -> Result<Due> {
+        let due = self.policy.due(state, now, turn)?;
+        Ok(Due {
+            turn: due.turn,
+            time: due.time,
+        })
     }
 
     /// Reads pages back: the decoder's text (when a model is loaded and the page is not evicted)
@@ -565,12 +648,15 @@ impl Lethe {
         for record in records {
             let turn = self.store.next_turn(&record.scope)?;
             let evicted = record.tier.mode == EVICTED;
-            let decoded_text = match (&mut self.model, evicted) {
-                (Some(model), false) => {
-                    let page = self.store.load(record.id)?;
+            let decoded_text = match (self.model.is_some(), evicted) {
+                (true, false) => {
                     let mode = Mode::from_str(&record.tier.mode)?;
-                    let image = PageImage::from_png(&page.image)?;
-                    let tokens = match &page.tokens {
+                    let image = self.image_at(&record, mode)?;
+                    let cache = self.store.tokens(record.id)?;
+                    let Some(model) = &mut self.model else {
+                        unreachable!("checked above")
+                    };
+                    let tokens = match &cache {
                         Some(cache) => Some(model::tokens_from_cache(cache, model.device())?),
                         None => None,
                     };
@@ -585,6 +671,7 @@ impl Lethe {
             usage.bytes += record.text.as_ref().map_or(0, |t| t.len() as u64)
                 + decoded_text.as_ref().map_or(0, |t| t.len() as u64);
             self.store.record_access(record.id, Stamp::new(turn, now))?;
+            self.touch(&record.scope);
             pages.push(RecalledPage {
                 id: record.id,
                 turns: (record.turns.start, record.turns.end),
@@ -643,11 +730,7 @@ impl Lethe {
             // At its stored tier a page's image and (cached) tokens are read back; below it, the
             // page is rendered and encoded on the fly.
             let at_stored_tier = record.tier.mode == mode.name();
-            let image = if at_stored_tier {
-                PageImage::from_png(&self.store.image(record.id)?)?
-            } else {
-                self.image_at(record, mode)?.0
-            };
+            let image = self.image_at(record, mode)?;
             let cached = match (&self.model, at_stored_tier) {
                 (Some(_), true) => self.store.tokens(record.id)?,
                 _ => None,
@@ -682,7 +765,8 @@ impl Lethe {
 
     /// Pins or unpins a page (a pinned page keeps its tier, or goes to the policy's pin tier).
     pub fn pin(&mut self, page: PageId, pinned: bool) -> Result<()> {
-        self.store.set_pinned(page, pinned)?;
+        let record = self.store.set_pinned(page, pinned)?;
+        self.touch(&record.scope);
         Ok(())
     }
 
@@ -719,9 +803,9 @@ impl Lethe {
                 row.decoder_positions += positions;
                 row.vision_tokens += vision;
             }
-            row.bytes += record.image_len
-                + record.tokens.as_ref().map_or(0, |t| t.len)
-                + record.text.as_ref().map_or(0, |t| t.len() as u64);
+            row.image_bytes += record.image_len;
+            row.token_bytes += record.tokens.as_ref().map_or(0, |t| t.len);
+            row.text_bytes += record.text.as_ref().map_or(0, |t| t.len() as u64);
         }
         let mut hot = TierReport {
             tier: "hot".into(),
@@ -731,7 +815,7 @@ impl Lethe {
             for t in self.store.hot_turns(&scope)? {
                 hot.pages += 1;
                 hot.text_tokens += self.count_tokens(&t.text)?;
-                hot.bytes += (t.speaker.len() + t.text.len()) as u64;
+                hot.text_bytes += (t.speaker.len() + t.text.len()) as u64;
             }
         }
         // Hot turns cost their text tokens in context.
@@ -742,6 +826,10 @@ impl Lethe {
             ..TierReport::default()
         };
         for row in &mut rows {
+            row.bytes = row.image_bytes + row.token_bytes + row.text_bytes;
+            total.image_bytes += row.image_bytes;
+            total.token_bytes += row.token_bytes;
+            total.text_bytes += row.text_bytes;
             row.ratio_positions = ratio(row.text_tokens, row.decoder_positions);
             row.ratio_vision_tokens = ratio(row.text_tokens, row.vision_tokens);
             total.pages += row.pages;
@@ -759,6 +847,7 @@ impl Lethe {
             total,
             bytes_on_disk: stats.bytes_on_disk,
             corrupt_pages: stats.corrupt,
+            store: stats,
         })
     }
 
@@ -824,10 +913,20 @@ impl Lethe {
             let start = turns[group[0].turns.start].index;
             let end = turns[group[group.len() - 1].turns.end - 1].index + 1;
             let mut new_pages = Vec::with_capacity(group.len());
+            // A page that keeps its text is redrawn from it when needed: rendered now only to be
+            // encoded, and stored as a PNG only when the store drops text.
+            let keeps_text = self.store.options().retain_text();
             for page in group {
-                let image = self.renderer.rasterize(&page, mode);
-                let png = image.to_png()?;
-                let tokens = self.encode_cache(&image, mode)?;
+                let image = (!keeps_text || self.caches_tokens())
+                    .then(|| self.renderer.rasterize(&page, mode));
+                let png = match &image {
+                    Some(image) if !keeps_text => Some(image.to_png()?),
+                    _ => None,
+                };
+                let tokens = match &image {
+                    Some(image) => self.encode_cache(image, mode)?,
+                    None => None,
+                };
                 let meta = PageMeta {
                     profile: self.profile.clone(),
                     source: Some(page_source(&page, &input)),
@@ -839,7 +938,14 @@ impl Lethe {
                 done.usage.text_tokens += meta.text_tokens;
                 done.usage.decoder_positions += positions;
                 done.usage.vision_tokens += vision;
-                done.usage.bytes += png.len() as u64;
+                done.usage.bytes += png.as_ref().map_or(0, |p| p.len() as u64);
+                let state = PageState::new(
+                    0,
+                    turn,
+                    now,
+                    top,
+                    meta.text_tokens.min(u64::from(u32::MAX)) as u32,
+                );
                 new_pages.push(NewPage {
                     profile: serde_json::to_string(&meta)
                         .map_err(|e| Error::Invalid(format!("page metadata: {e}")))?,
@@ -849,6 +955,7 @@ impl Lethe {
                     tokens,
                     at: stamp,
                     reason: format!("paged out of the hot window at turn {turn}"),
+                    due: self.due(&state, now, turn)?,
                 });
             }
             let ids = self
@@ -860,20 +967,33 @@ impl Lethe {
         Ok(())
     }
 
-    /// Applies one tier change to a stored page.
+    /// Applies one tier change to a stored page; returns the page as it now is.
     fn move_page(
         &mut self,
         record: &PageRecord,
         tier: Tier,
         reason: &str,
         at: Stamp,
+        due: Due,
         done: &mut Maintenance,
-    ) -> Result<()> {
+    ) -> Result<PageRecord> {
         let (store_tier, image, tokens) = match tier {
             Tier::Level(level) => {
                 let mode = Mode::from_str(self.policy.ladder().name(tier))?;
-                let (image, png) = self.image_at(record, mode)?;
-                let tokens = self.encode_cache(&image, mode)?;
+                // A page that keeps its text is redrawn when needed; only the encoder, or a page
+                // without its text, needs the image now.
+                let redrawable = record.text.is_some() && page_meta(record)?.source.is_some();
+                let image = (!redrawable || self.caches_tokens())
+                    .then(|| self.image_at(record, mode))
+                    .transpose()?;
+                let tokens = match &image {
+                    Some(image) => self.encode_cache(image, mode)?,
+                    None => None,
+                };
+                let png = match &image {
+                    Some(image) if !redrawable => Some(image.to_png()?),
+                    _ => None,
+                };
                 done.usage.decoder_positions += mode.decoder_positions(None) as u64;
                 (
                     lethe_memory::Tier::new(level as u8, mode.name()),
@@ -884,11 +1004,11 @@ impl Lethe {
             Tier::Evicted => {
                 done.evicted += 1;
                 let index = self.policy.ladder().len() as u8;
-                (lethe_memory::Tier::new(index, EVICTED), Vec::new(), None)
+                (lethe_memory::Tier::new(index, EVICTED), None, None)
             }
         };
-        done.usage.bytes += image.len() as u64;
-        self.store.transition(
+        done.usage.bytes += image.as_ref().map_or(0, |i| i.len() as u64);
+        let moved = self.store.transition(
             record.id,
             Transition {
                 tier: store_tier,
@@ -896,58 +1016,63 @@ impl Lethe {
                 tokens,
                 reason: reason.to_string(),
                 at,
+                due,
             },
         )?;
         done.transitions += 1;
-        Ok(())
+        Ok(moved)
     }
 
-    /// The page image at `mode`: a vector re-render of the stored layout when the text is
-    /// retained, else a resample of the stored image. Returns the image and its PNG.
-    fn image_at(&self, record: &PageRecord, mode: Mode) -> Result<(PageImage, Vec<u8>)> {
+    /// The page image at `mode`: a vector re-render of the page's layout when its text is
+    /// retained (exactly the image drawn at page-out: the renderer's golden hashes hold it to
+    /// that), else the stored image, resampled when `mode` is not its tier's.
+    fn image_at(&self, record: &PageRecord, mode: Mode) -> Result<PageImage> {
         let meta = page_meta(record)?;
-        let image = match (&meta.source, &record.text) {
-            (Some(source), Some(_)) => {
-                let renderer = if meta.profile == self.profile {
-                    &self.renderer
-                } else {
-                    &Renderer::builder().profile(meta.profile.clone()).build()?
-                };
-                // The source lays out as the same page again (a split last turn may leave a
-                // trailing page with no turn text, only a running header); anything else would
-                // re-render different text.
-                let pages = renderer.paginate(source)?;
-                let page = pages
-                    .first()
-                    .filter(|p| Some(&p.text) == record.text.as_ref())
-                    .filter(|_| {
-                        pages[1..]
-                            .iter()
-                            .flat_map(|p| &p.segments)
-                            .all(|s| s.start == s.end)
-                    })
-                    .ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "page {}: its source no longer lays out as the stored page ({} pages)",
-                            record.id,
-                            pages.len()
-                        ))
-                    })?;
-                renderer.rasterize(page, mode)
-            }
-            _ => {
-                let png = self.store.image(record.id)?;
-                if png.is_empty() {
-                    return Err(Error::Invalid(format!(
-                        "page {} was evicted and its text dropped: nothing is left to render",
-                        record.id
-                    )));
-                }
-                PageImage::from_png(&png)?.resample(mode.page_px())
-            }
-        };
-        let png = image.to_png()?;
-        Ok((image, png))
+        if let (Some(source), Some(_)) = (&meta.source, &record.text) {
+            let renderer = if meta.profile == self.profile {
+                &self.renderer
+            } else {
+                &Renderer::builder().profile(meta.profile.clone()).build()?
+            };
+            // The source lays out as the same page again (a split last turn may leave a
+            // trailing page with no turn text, only a running header); anything else would
+            // re-render different text.
+            let pages = renderer.paginate(source)?;
+            let page = pages
+                .first()
+                .filter(|p| Some(&p.text) == record.text.as_ref())
+                .filter(|_| {
+                    pages[1..]
+                        .iter()
+                        .flat_map(|p| &p.segments)
+                        .all(|s| s.start == s.end)
+                })
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "page {}: its source no longer lays out as the stored page ({} pages)",
+                        record.id,
+                        pages.len()
+                    ))
+                })?;
+            return Ok(renderer.rasterize(page, mode));
+        }
+        let png = self.store.image(record.id)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "page {} was evicted and its text dropped: nothing is left to render",
+                record.id
+            ))
+        })?;
+        let image = PageImage::from_png(&png)?;
+        Ok(if record.tier.mode == mode.name() {
+            image
+        } else {
+            image.resample(mode.page_px())
+        })
+    }
+
+    /// Whether page writes encode vision tokens (a model is loaded and caching is on).
+    fn caches_tokens(&self) -> bool {
+        self.model.is_some() && self.cache_tokens
     }
 
     fn encode_cache(&mut self, image: &PageImage, mode: Mode) -> Result<Option<TokenCache>> {
@@ -987,14 +1112,17 @@ impl Lethe {
         state.access_count = record.access_count.min(u64::from(u32::MAX)) as u32;
         state.pinned = record.pinned;
         // The policy compares access counts: `tier_access_count` is the count when the page
-        // reached its tier. The store logs tier changes with their stamps, so an access after
-        // the last change means at least one access since.
-        let last_change = self
-            .store
-            .history(record.id)?
-            .last()
-            .map(|c| c.at)
-            .unwrap_or(record.created);
+        // reached its tier. The record stamps its last tier change (stores of schema 1 did not:
+        // their history does), so an access after it means at least one access since.
+        let last_change = match record.tier_since {
+            Some(at) => at,
+            None => self
+                .store
+                .history(record.id)?
+                .last()
+                .map(|c| c.at)
+                .unwrap_or(record.created),
+        };
         state.tier_access_count = if record.last_access > last_change {
             state.access_count.saturating_sub(1)
         } else {
@@ -1024,6 +1152,13 @@ fn tier_index(tier: Tier) -> u8 {
         Tier::Level(i) => i as u8,
         Tier::Evicted => u8::MAX,
     }
+}
+
+/// FNV-1a, 64 bits: a fingerprint that stays the same across builds and platforms.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

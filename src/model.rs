@@ -436,27 +436,34 @@ impl OcrModel {
     }
 }
 
-/// Vision tokens as stored in the page store (f32 little-endian).
+/// Vision tokens as stored in the page store: f16 little-endian (half the bytes of f32; the
+/// decoder reads them back as f32).
 pub(crate) fn tokens_to_cache(tokens: &Tensor) -> Result<TokenCache> {
-    let tokens = tokens.to_dtype(DType::F32)?;
+    let tokens = tokens.to_dtype(DType::F16)?;
     let shape = tokens.dims().to_vec();
-    let values = tokens.flatten_all()?.to_vec1::<f32>()?;
+    let values = tokens.flatten_all()?.to_vec1::<half::f16>()?;
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    Ok(TokenCache::new(shape, "f32", bytes)?)
+    Ok(TokenCache::new(shape, "f16", bytes)?)
 }
 
-/// Vision tokens read back from the page store.
+/// Vision tokens read back from the page store (f16, or f32 as stores before f16 caches wrote).
 pub(crate) fn tokens_from_cache(cache: &TokenCache, device: &Device) -> Result<Tensor> {
-    if cache.dtype != "f32" {
-        return Err(Error::Invalid(format!(
-            "cached vision tokens have dtype {}, expected f32",
-            cache.dtype
-        )));
-    }
-    let values: Vec<f32> = cache
-        .bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let values: Vec<f32> = match cache.dtype.as_str() {
+        "f16" => cache
+            .bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "f32" => cache
+            .bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        other => {
+            return Err(Error::Invalid(format!(
+                "cached vision tokens have dtype {other}, expected f16 or f32"
+            )))
+        }
+    };
     Ok(Tensor::from_vec(values, cache.shape.as_slice(), device)?)
 }

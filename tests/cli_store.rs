@@ -75,7 +75,12 @@ fn compress_then_inspect_the_store() {
         compaction["bytes_after"].as_u64().unwrap(),
     );
     assert!(after <= before, "{compaction}");
-    assert_eq!(report["report"]["bytes_on_disk"].as_u64().unwrap(), after);
+    let store_stats = &report["report"]["store"];
+    assert_eq!(store_stats["engine_bytes_on_disk"].as_u64().unwrap(), after);
+    assert_eq!(
+        report["report"]["bytes_on_disk"].as_u64().unwrap(),
+        after + store_stats["blob_bytes_on_disk"].as_u64().unwrap()
+    );
     assert!(report["recall"].is_null());
     assert!(report["recall_note"]
         .as_str()

@@ -1,6 +1,7 @@
 //! The facade end to end, without a model: append, maintain, tiers, context, recall, report.
 
 use lethe::{Lethe, Policy, Reader, RecallTarget, Scope, Turn};
+use lethe_policy::PageState;
 use lethe_render::transcript::{parse, ParseOptions};
 
 fn sample_turns() -> Vec<Turn> {
@@ -240,7 +241,11 @@ fn a_policy_can_drop_page_text_and_pages_then_decay_by_resampling() {
         .position(|r| r.contains("drops page text at small"))
         .unwrap_or_else(|| panic!("{reasons:?}"));
     assert_eq!(history[drop_at].to.as_ref().unwrap().mode, "small");
-    let png = lethe.store().image(kept.id).unwrap();
+    let png = lethe
+        .store()
+        .image(kept.id)
+        .unwrap()
+        .expect("a page without its text stores its image");
     let image = lethe_render::PageImage::from_png(&png).unwrap();
     assert_eq!(image.width, lethe_render::Mode::Tiny.page_px());
 
@@ -252,4 +257,157 @@ fn a_policy_can_drop_page_text_and_pages_then_decay_by_resampling() {
     let pinned_now = lethe.store().page(pinned.id).unwrap();
     assert_eq!(pinned_now.tier, pinned.tier);
     assert_eq!(pinned_now.text, pinned.text);
+}
+
+/// Fills a memory with the sample's first `n` turns, maintaining after each.
+fn fill(lethe: &mut Lethe, scope: &Scope, n: usize) {
+    for (i, turn) in sample_turns().iter().take(n).enumerate() {
+        lethe
+            .append(scope, std::slice::from_ref(turn), i as u64)
+            .unwrap();
+        lethe.maintain(i as u64).unwrap();
+    }
+}
+
+#[test]
+fn pages_that_keep_their_text_store_no_image_and_redraw_it_exactly() {
+    // The same turns into a store that keeps page text and one that does not.
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let build = |dir: &std::path::Path, retain: bool| {
+        Lethe::builder(dir)
+            .reader(Reader::None)
+            .hot_turns(2)
+            .retain_text(retain)
+            .policy(step_policy(1_000))
+            .build()
+            .unwrap()
+    };
+    let (mut keeps, mut drops) = (build(a.path(), true), build(b.path(), false));
+    let scope = Scope::session("redraw");
+    fill(&mut keeps, &scope, 40);
+    fill(&mut drops, &scope, 40);
+    let kept = keeps.store().pages(None).unwrap().pages;
+    let stored = drops.store().pages(None).unwrap().pages;
+    assert!(kept.len() >= 4, "{} pages", kept.len());
+    assert_eq!(kept.len(), stored.len());
+    let stats = keeps.store().stats().unwrap();
+    assert_eq!(
+        stats.blob_files, 0,
+        "no image stored for pages that keep their text"
+    );
+    assert!(drops.store().stats().unwrap().blob_files >= stored.len() as u64);
+    // The image drawn again from the text is, pixel for pixel, the image the other store drew at
+    // page-out and kept.
+    let budget = 1_000_000;
+    let ctx = keeps.context(&scope, budget, 40).unwrap();
+    for (page, other) in ctx.pages.iter().zip(&stored) {
+        let png = drops
+            .store()
+            .image(other.id)
+            .unwrap()
+            .expect("stored image");
+        let image = lethe_render::PageImage::from_png(&png).unwrap();
+        assert_eq!(page.mode.name(), other.tier.mode, "page {}", page.id);
+        assert_eq!(
+            (page.image.width, page.image.height),
+            (image.width, image.height)
+        );
+        assert!(
+            page.image.pixels == image.pixels,
+            "page {} redraws differently",
+            page.id
+        );
+    }
+}
+
+#[test]
+fn maintenance_leaves_every_page_settled_and_due_when_the_policy_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy::default();
+    let mut lethe = Lethe::builder(dir.path())
+        .reader(Reader::None)
+        .hot_turns(2)
+        .policy(policy.clone())
+        .build()
+        .unwrap();
+    let scope = Scope::session("due");
+    fill(&mut lethe, &scope, 120);
+    let turn = lethe.store().next_turn(&scope).unwrap();
+    let pages = lethe.store().pages(None).unwrap().pages;
+    assert!(pages.len() >= 8, "{} pages", pages.len());
+    let mut moved = 0;
+    for p in &pages {
+        // What the policy sees (never accessed, so the created stamp and the tier suffice).
+        let tier = policy.ladder().tier(&p.tier.mode).expect("on the ladder");
+        let mut state = PageState::new(p.id.0, p.created.turn, p.created.time, tier, 0);
+        state.tier_access_count = 0;
+        let decision = policy.decide(&state, 119, turn).unwrap();
+        assert!(
+            !decision.changed(),
+            "page {} left unsettled: {}",
+            p.id,
+            decision.reason
+        );
+        let due = policy.due(&state, 119, turn).unwrap();
+        assert_eq!(
+            (p.due.turn, p.due.time),
+            (due.turn, due.time),
+            "page {}",
+            p.id
+        );
+        moved += usize::from(p.tier.index > 0);
+    }
+    assert!(moved > 0, "some pages moved down");
+    // The next maintenance with no new turn looks at no page.
+    let done = lethe.maintain(120).unwrap();
+    assert_eq!((done.transitions, done.pages_created), (0, 0));
+    // Reopening under another policy makes every page due once; it then settles by that policy.
+    drop(lethe);
+    let mut lethe = Lethe::builder(dir.path())
+        .reader(Reader::None)
+        .hot_turns(2)
+        .policy(step_policy(5))
+        .build()
+        .unwrap();
+    let due = lethe.store().due_pages(&scope, 0).unwrap();
+    assert_eq!(
+        due.len(),
+        pages.len(),
+        "every page is due under the new policy"
+    );
+    let done = lethe.maintain(121).unwrap();
+    assert!(done.transitions > 0);
+    assert!(lethe.store().due_pages(&scope, turn).unwrap().is_empty());
+}
+
+#[test]
+fn a_ttl_evicts_pages_and_recall_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy::from_toml_str(
+        "ttl_turns = 12
+floor = \"tiny\"\n",
+    )
+    .expect("ttl policy");
+    let mut lethe = Lethe::builder(dir.path())
+        .reader(Reader::None)
+        .hot_turns(2)
+        .policy(policy)
+        .build()
+        .unwrap();
+    let scope = Scope::session("ttl");
+    fill(&mut lethe, &scope, 60);
+    let pages = lethe.store().pages(None).unwrap().pages;
+    let evicted: Vec<_> = pages.iter().filter(|p| p.tier.mode == "evicted").collect();
+    assert!(
+        !evicted.is_empty(),
+        "{:?}",
+        pages.iter().map(|p| &p.tier).collect::<Vec<_>>()
+    );
+    for p in &evicted {
+        assert_eq!(lethe.store().image(p.id).unwrap(), None);
+        assert!(p.tokens.is_none());
+    }
+    let recall = lethe.recall(RecallTarget::Page(evicted[0].id), 61).unwrap();
+    assert_eq!(recall.pages[0].tier, "evicted");
+    assert_eq!(recall.pages[0].decoded_text, None);
 }

@@ -46,6 +46,9 @@ impl Batch {
     }
 }
 
+/// What [`Engine::visit_range`] calls with each key and value; it returns whether to go on.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// An ordered key-value engine with atomic batches.
 pub trait Engine: Send + Sync {
     /// Reads one key.
@@ -54,14 +57,60 @@ pub trait Engine: Send + Sync {
     fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
     /// Removes one key (no error if absent).
     fn delete(&self, key: &[u8]) -> Result<()>;
-    /// All pairs whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Calls `f` with each pair whose key is in `[from, to)` (`to = None`: no end), in key order,
+    /// until `f` returns `false`. Values stream: none is held after `f` returns.
+    fn visit_range(&self, from: &[u8], to: Option<&[u8]>, f: &mut Visitor<'_>) -> Result<()>;
     /// Applies every write of `batch` atomically: after a crash either all or none are visible.
     fn apply(&self, batch: Batch) -> Result<()>;
     /// Makes every applied write durable on disk.
     fn flush(&self) -> Result<()>;
     /// Bytes the engine's files take on disk.
     fn size_on_disk(&self) -> Result<u64>;
+}
+
+impl dyn Engine + '_ {
+    /// Calls `f` with each pair whose key starts with `prefix`, in key order, until it returns
+    /// `false`.
+    pub fn visit_prefix(&self, prefix: &[u8], f: &mut Visitor<'_>) -> Result<()> {
+        self.visit_range(prefix, prefix_end(prefix).as_deref(), f)
+    }
+
+    /// All pairs whose key is in `[from, to)`, in key order.
+    pub fn scan_range(&self, from: &[u8], to: Option<&[u8]>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.visit_range(from, to, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// All pairs whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_range(prefix, prefix_end(prefix).as_deref())
+    }
+
+    /// Whether no key starts with `prefix` (reads at most one pair).
+    pub fn is_empty_prefix(&self, prefix: &[u8]) -> Result<bool> {
+        let mut empty = true;
+        self.visit_prefix(prefix, &mut |_, _| {
+            empty = false;
+            Ok(false)
+        })?;
+        Ok(empty)
+    }
+}
+
+/// The least key above every key that starts with `prefix` (`None`: there is none).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// The engine [`Store`](crate::Store) uses.

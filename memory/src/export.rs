@@ -4,12 +4,12 @@
 //!
 //! ```text
 //! DIR/
-//!   manifest.json          {"format":"lethe-memory-export","version":1,"schema":1,
+//!   manifest.json          {"format":"lethe-memory-export","version":1,"schema":2,
 //!                           "next_page":N,"scopes":[{"scope":{..},"next_turn":n},..],"pages":[ids]}
 //!   turns.jsonl            one hot turn a line: {"scope":{..},"turn":{index,speaker,text,timestamp}}
 //!   history.jsonl          the whole audit log, one TierChange a line (deleted pages included)
 //!   pages/<id>/page.json   the PageRecord, with "text": null (the text lives in text.txt)
-//!   pages/<id>/page.png    the image at the page's current tier
+//!   pages/<id>/page.png    the image at the page's current tier, present exactly when stored
 //!   pages/<id>/text.txt    the page text, present exactly when it is retained
 //!   pages/<id>/tokens.bin  the vision-token bytes, present exactly when cached
 //!                          (shape and dtype under "tokens" in page.json)
@@ -17,6 +17,7 @@
 //!
 //! Every file is checked against the checksums in `page.json` on import. Import goes into an empty
 //! store in one transaction, and an export of the imported store is byte-identical to the original.
+//! Exports of schema 1 stores import too (their pages become due at once).
 
 use std::fs;
 use std::io::Write;
@@ -24,11 +25,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Batch;
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::pages::Txn;
 use crate::store::Store;
-use crate::types::{PageId, PageRecord, Scope, TierChange, TurnRecord};
+use crate::types::{Due, PageId, PageRecord, Scope, TierChange, TurnRecord};
 
 /// The `format` field of `manifest.json`.
 pub const EXPORT_FORMAT: &str = "lethe-memory-export";
@@ -176,8 +177,10 @@ impl Store {
                 write_file(&pd.join("text.txt"), text.as_bytes())?;
             }
             write_file(&pd.join("page.json"), &json("page record", &meta)?)?;
-            sum.content_bytes += page.image.len() as u64;
-            write_file(&pd.join("page.png"), &page.image)?;
+            if let Some(image) = &page.image {
+                sum.content_bytes += image.len() as u64;
+                write_file(&pd.join("page.png"), image)?;
+            }
             if let Some(t) = &page.tokens {
                 sum.content_bytes += t.bytes.len() as u64;
                 write_file(&pd.join("tokens.bin"), &t.bytes)?;
@@ -203,13 +206,24 @@ impl Store {
     }
 
     /// Reads an export folder into this store, which must be empty, in one transaction. Every file
-    /// is checked against the page's checksums first; on any error nothing is written.
+    /// is checked against the page's checksums first; on any error nothing is written (blob files
+    /// written before the error are deleted).
     pub fn import(&self, dir: impl AsRef<Path>) -> Result<TransferSummary> {
-        let dir = dir.as_ref();
         let _g = self.lock();
-        if !self.engine().scan_prefix(b"P")?.is_empty()
-            || !self.engine().scan_prefix(b"A")?.is_empty()
-            || !self.engine().scan_prefix(b"C")?.is_empty()
+        let imported = self.import_locked(dir.as_ref());
+        if imported.is_err() {
+            let _ = self
+                .blobs
+                .sweep(|id| Ok(self.engine().get(&keys::blob_refs(id))?.is_some()));
+        }
+        imported
+    }
+
+    fn import_locked(&self, dir: &Path) -> Result<TransferSummary> {
+        let engine = self.engine();
+        if !engine.is_empty_prefix(b"P")?
+            || !engine.is_empty_prefix(b"A")?
+            || !engine.is_empty_prefix(b"C")?
         {
             return Err(Error::InvalidInput(format!(
                 "import into {} needs an empty store",
@@ -227,7 +241,7 @@ impl Store {
                 ),
             ));
         }
-        if manifest.schema != crate::SCHEMA_VERSION {
+        if manifest.schema != crate::SCHEMA_VERSION && manifest.schema != 1 {
             return Err(Error::SchemaMismatch {
                 path: mpath,
                 found: manifest.schema,
@@ -235,9 +249,9 @@ impl Store {
             });
         }
         let mut sum = TransferSummary::default();
-        let mut b = Batch::new();
+        let mut txn = Txn::new(self);
         for s in &manifest.scopes {
-            b.put(
+            txn.batch.put(
                 keys::scope_counter(&s.scope),
                 keys::frame(&json_compact("scope counter", s)?),
             );
@@ -253,7 +267,7 @@ impl Store {
                 .map_err(|e| export_err(&tpath, format!("line {}: {e}", n + 1)))?;
             sum.turns += 1;
             sum.content_bytes += t.turn.text.len() as u64;
-            b.put(
+            txn.batch.put(
                 keys::turn(&t.scope, t.turn.index),
                 keys::frame(&json_compact("turn", &t.turn)?),
             );
@@ -268,7 +282,7 @@ impl Store {
             let e: TierChange = serde_json::from_slice(line)
                 .map_err(|e| export_err(&hpath, format!("line {}: {e}", n + 1)))?;
             sum.history_entries += 1;
-            b.put(
+            txn.batch.put(
                 keys::history(e.page, e.seq),
                 keys::frame(&json_compact("history entry", &e)?),
             );
@@ -299,16 +313,26 @@ impl Store {
                 ));
             }
             let ipath = pd.join("page.png");
-            let image = read_file(&ipath)?;
-            if image.len() as u64 != rec.image_len || crc32fast::hash(&image) != rec.checksum.image
-            {
-                return Err(export_err(
-                    &ipath,
-                    "image does not match the page's checksum",
-                ));
+            rec.image_blob = None;
+            match rec.checksum.image {
+                Some(want) => {
+                    let image = read_file(&ipath)?;
+                    if image.len() as u64 != rec.image_len || crc32fast::hash(&image) != want {
+                        return Err(export_err(
+                            &ipath,
+                            "image does not match the page's checksum",
+                        ));
+                    }
+                    sum.content_bytes += image.len() as u64;
+                    rec.image_blob = Some(txn.add_blob(&image)?);
+                }
+                None if ipath.exists() => {
+                    return Err(export_err(&ipath, "the page's record says it has no image"))
+                }
+                None => {}
             }
             let vpath = pd.join("tokens.bin");
-            match (&rec.tokens, rec.checksum.tokens) {
+            match (&mut rec.tokens, rec.checksum.tokens) {
                 (Some(meta), Some(want)) => {
                     let bytes = read_file(&vpath)?;
                     if bytes.len() as u64 != meta.len || crc32fast::hash(&bytes) != want {
@@ -318,26 +342,25 @@ impl Store {
                         ));
                     }
                     sum.content_bytes += bytes.len() as u64;
-                    b.put(keys::tokens(id), keys::frame(&bytes));
+                    meta.blob = Some(txn.add_blob(&bytes)?);
                 }
                 (None, None) => {}
                 _ => return Err(export_err(&ppath, "token metadata and checksum disagree")),
             }
-            sum.content_bytes += image.len() as u64;
             sum.content_bytes += rec.text.as_ref().map_or(0, |t| t.len() as u64);
-            b.put(keys::image(id), keys::frame(&image));
-            b.put(keys::scope_page(&rec.scope, id), keys::frame(&[]));
-            b.put(
-                keys::page(id),
-                keys::frame(&json_compact("page record", &rec)?),
-            );
+            if manifest.schema == 1 {
+                rec.due = Due::NOW;
+            }
+            txn.batch
+                .put(keys::scope_page(&rec.scope, id), keys::frame(&[]));
+            txn.put_page(&rec, None)?;
             sum.pages += 1;
         }
-        b.put(
+        txn.batch.put(
             keys::NEXT_PAGE,
             keys::frame(&json_compact("page counter", &manifest.next_page)?),
         );
-        self.commit(b)?;
+        txn.commit()?;
         Ok(sum)
     }
 }

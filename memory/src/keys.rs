@@ -9,10 +9,13 @@
 //! | `C` scope | `{"scope":..,"next_turn":n}`: the scope and its next turn index |
 //! | `T` scope index(u64 BE) | a hot [`TurnRecord`](crate::TurnRecord) (JSON) |
 //! | `P` id(u64 BE) | a [`PageRecord`](crate::PageRecord) (JSON) |
-//! | `I` id | the page's PNG bytes |
-//! | `V` id | the page's vision-token bytes |
 //! | `S` scope id | empty: index of pages by scope |
+//! | `D` scope turn(u64 BE) id | empty: index of pages by the turn they are due at |
+//! | `W` time(u64 BE) id | empty: index of pages by the time they are due at |
+//! | `B` sha256(32 bytes) | how many records name the blob (JSON number) |
 //! | `A` id seq(u64 BE) | a [`TierChange`](crate::TierChange) (JSON), kept after the page is deleted |
+//! | `G` name | a caller's tag (JSON string), e.g. the fingerprint of the policy that set `due` |
+//! | `I` id, `V` id | schema 1 only: the page's PNG and token bytes, moved to blob files on open |
 //!
 //! A scope is encoded self-delimiting (per field: a presence byte, a u32 BE length, the UTF-8 bytes),
 //! so a prefix scan over one scope never matches another. Every value is framed as
@@ -89,14 +92,52 @@ pub fn page(id: PageId) -> Vec<u8> {
 /// Prefix of every page record.
 pub const ALL_PAGES: &[u8] = b"P";
 
-/// Key of a page's PNG.
-pub fn image(id: PageId) -> Vec<u8> {
+/// Key of a page's PNG in a schema 1 store.
+pub fn legacy_image(id: PageId) -> Vec<u8> {
     with(b'I', &[&id.0.to_be_bytes()])
 }
 
-/// Key of a page's token bytes.
-pub fn tokens(id: PageId) -> Vec<u8> {
+/// Key of a page's token bytes in a schema 1 store.
+pub fn legacy_tokens(id: PageId) -> Vec<u8> {
     with(b'V', &[&id.0.to_be_bytes()])
+}
+
+/// Key of a blob's reference count.
+pub fn blob_refs(blob: &crate::BlobId) -> Vec<u8> {
+    with(b'B', &[&blob.0])
+}
+
+/// Prefix of every blob reference count.
+pub const ALL_BLOB_REFS: &[u8] = b"B";
+
+/// Key of a page's entry in the due-by-turn index.
+pub fn due_turn(scope: &Scope, turn: u64, id: PageId) -> Vec<u8> {
+    with(
+        b'D',
+        &[
+            &scope_bytes(scope),
+            &turn.to_be_bytes(),
+            &id.0.to_be_bytes(),
+        ],
+    )
+}
+
+/// Prefix of a scope's entries in the due-by-turn index.
+pub fn due_turn_prefix(scope: &Scope) -> Vec<u8> {
+    with(b'D', &[&scope_bytes(scope)])
+}
+
+/// Key of a page's entry in the due-by-time index.
+pub fn due_time(time: u64, id: PageId) -> Vec<u8> {
+    with(b'W', &[&time.to_be_bytes(), &id.0.to_be_bytes()])
+}
+
+/// Prefix of the due-by-time index.
+pub const ALL_DUE_TIMES: &[u8] = b"W";
+
+/// Key of a caller's tag.
+pub fn tag(name: &str) -> Vec<u8> {
+    with(b'G', &[name.as_bytes()])
 }
 
 /// Key of a page's entry in the by-scope index.
@@ -136,7 +177,7 @@ pub fn page_of(key: &[u8]) -> Option<PageId> {
             let id: [u8; 8] = key.get(1..9)?.try_into().ok()?;
             Some(PageId(u64::from_be_bytes(id)))
         }
-        b'S' => trailing_u64(key).map(PageId),
+        b'S' | b'D' | b'W' => trailing_u64(key).map(PageId),
         _ => None,
     }
 }
@@ -146,8 +187,18 @@ pub fn describe(key: &[u8]) -> String {
     let page = page_of(key);
     match (key.first(), page) {
         (Some(b'P'), Some(p)) => format!("page/{p}"),
-        (Some(b'I'), Some(p)) => format!("image/{p}"),
-        (Some(b'V'), Some(p)) => format!("tokens/{p}"),
+        (Some(b'I'), Some(p)) => format!("legacy-image/{p}"),
+        (Some(b'V'), Some(p)) => format!("legacy-tokens/{p}"),
+        (Some(b'D'), Some(p)) => format!("due-turn/{p}"),
+        (Some(b'W'), Some(p)) => format!("due-time/{p}"),
+        (Some(b'B'), _) if key.len() == 33 => format!(
+            "blob-refs/{}",
+            key[1..]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        (Some(b'G'), _) => format!("tag/{}", String::from_utf8_lossy(&key[1..])),
         (Some(b'A'), Some(p)) if key.len() == 17 => {
             format!("history/{p}/{}", trailing_u64(key).unwrap_or(0))
         }
@@ -229,7 +280,8 @@ mod tests {
 
     #[test]
     fn describe_names_pages() {
-        assert_eq!(describe(&image(PageId(7))), "image/7");
+        assert_eq!(describe(&legacy_image(PageId(7))), "legacy-image/7");
+        assert_eq!(describe(&due_time(3, PageId(7))), "due-time/7");
         assert_eq!(describe(&history(PageId(7), 2)), "history/7/2");
         assert_eq!(page_of(&history(PageId(7), 2)), Some(PageId(7)));
     }

@@ -1,21 +1,27 @@
 //! `lethe-memory`: Lethe's tiered page store.
 //!
 //! Recent turns of a conversation stay as text (the hot tier). Older turns are paged out into
-//! *pages*: a rendered PNG at some resolution tier, an optional cache of vision tokens, the page text
-//! while retained, and metadata (scope, turn range, render profile, created and last-access stamps,
-//! access count, pin, checksums). As pages age, [`Store::transition`] swaps in a lower-resolution
-//! image and tokens in one transaction, and every tier change is written to an audit log
-//! ([`Store::history`]), so what was forgotten, and when, stays inspectable.
+//! *pages*: the page text while retained, a rendered PNG at some resolution tier (stored only when
+//! the caller cannot redraw it from the text), an optional cache of vision tokens, and metadata
+//! (scope, turn range, render profile, created and last-access stamps, access count, pin,
+//! checksums, and when the caller's policy next wants to look at it). As pages age,
+//! [`Store::transition`] swaps in a lower-resolution image and tokens in one transaction, and every
+//! tier change is written to an audit log ([`Store::history`]), so what was forgotten, and when,
+//! stays inspectable. [`Store::due_pages`] and [`Store::due_by_time`] find the pages whose time
+//! has come through an index, so maintenance costs what changed, not what is stored.
 //!
 //! The store speaks plain data: images are PNG bytes, tokens are raw tensor bytes with shape and
-//! dtype, render profiles are opaque strings. It never reads a clock; stamps are parameters. The
-//! engine (sled 0.34.7) sits behind the small [`engine::Engine`] trait. A store folder holds a
-//! `LOCK` file (one process at a time) and the engine's `db/` folder; it records its schema version
-//! and refuses others. [`Store::export`] writes a portable folder that [`Store::import`] reads back
-//! exactly (layout in [`export`]).
+//! dtype, render profiles are opaque strings. It never reads a clock; stamps are parameters.
+//! Records live in an engine (sled 0.34.7, behind the small [`engine::Engine`] trait); images and
+//! token caches live beside it as content-addressed files (`blobs/`), written and synced before the
+//! record that names them and deleted when no record does. A store folder holds a `LOCK` file (one
+//! process at a time), the engine's `db/` folder and `blobs/`; it records its schema version,
+//! migrates stores of schema 1 on open (keeping a copy of what it changes) and refuses others.
+//! [`Store::export`] writes a portable folder that [`Store::import`] reads back exactly (layout in
+//! [`export`]).
 //!
 //! ```
-//! use lethe_memory::{NewPage, NewTurn, Scope, Stamp, Store, Tier, Transition};
+//! use lethe_memory::{Due, NewPage, NewTurn, Scope, Stamp, Store, Tier, Transition};
 //!
 //! # fn main() -> lethe_memory::Result<()> {
 //! let dir = std::env::temp_dir().join(format!("lethe-memory-doc-{}", std::process::id()));
@@ -24,31 +30,38 @@
 //! let scope = Scope::session("s1").with_user("ada");
 //! let turns = store.append(&scope, &[NewTurn::new("user", "hello", 0), NewTurn::new("assistant", "hi", 1)])?;
 //!
-//! // Page the two turns out at tier 0 (the caller renders the PNG; here a stand-in).
-//! let png = |tag: &[u8]| [&b"\x89PNG\r\n\x1a\n"[..], tag].concat();
+//! // Page the two turns out at tier 0. The text is kept, so no image needs storing (the caller
+//! // redraws it); the policy wants to look at the page again at turn 12.
 //! let page = store.page_out(&scope, turns, NewPage {
 //!     profile: "{}".into(),
 //!     tier: Tier::new(0, "large"),
 //!     text: "user: hello\nassistant: hi".into(),
-//!     image: png(b"large"),
+//!     image: None,
 //!     tokens: None,
 //!     at: Stamp::new(2, 10),
 //!     reason: "page-out".into(),
+//!     due: Due { turn: Some(12), time: None },
 //! })?;
 //! assert!(store.hot_turns(&scope)?.is_empty());
+//! assert!(store.due_pages(&scope, 11)?.is_empty());
+//! assert_eq!(store.due_pages(&scope, 12)?, [page]);
 //!
-//! // Age it one tier down.
+//! // Age it one tier down, dropping its text: now its image is stored (a stand-in PNG here).
+//! let png = |tag: &[u8]| [&b"\x89PNG\r\n\x1a\n"[..], tag].concat();
 //! store.transition(page, Transition {
 //!     tier: Tier::new(1, "base"),
-//!     image: png(b"base"),
+//!     image: Some(png(b"base")),
 //!     tokens: None,
-//!     reason: "age 40 turns".into(),
-//!     at: Stamp::new(42, 500),
+//!     reason: "age 10 turns".into(),
+//!     at: Stamp::new(12, 500),
+//!     due: Due::NEVER,
 //! })?;
+//! store.drop_text(page, None, None, "policy drops text", Stamp::new(12, 500))?;
 //! assert_eq!(store.page(page)?.tier.mode, "base");
-//! assert_eq!(store.history(page)?.len(), 2);
+//! assert_eq!(store.image(page)?, Some(png(b"base")));
+//! assert_eq!(store.history(page)?.len(), 3);
 //! let stats = store.stats()?;
-//! assert_eq!(stats.pages, 1);
+//! assert_eq!((stats.pages, stats.blob_files), (1, 1));
 //! assert!(stats.bytes_on_disk > 0);
 //! # drop(store);
 //! # let _ = std::fs::remove_dir_all(&dir);
@@ -57,18 +70,26 @@
 //! ```
 #![warn(missing_docs)]
 
+mod blobs;
 pub mod engine;
 mod error;
 pub mod export;
 pub mod keys;
+mod migrate;
+mod pages;
 pub mod sled_engine;
+mod stats;
 mod store;
 mod types;
 
+pub use blobs::{BlobId, BLOB_DIR};
 pub use error::{Error, Result};
-pub use store::{Store, StoreOptions, StoreOptionsBuilder, ENGINE_DIR, LOCK_FILE, SCHEMA_VERSION};
+pub use store::{
+    Store, StoreOptions, StoreOptionsBuilder, ENGINE_DIR, LOCK_FILE, SCHEMA1_BACKUP_DIR,
+    SCHEMA_VERSION,
+};
 pub use types::{
-    dtype_size, Checksum, Compaction, Listing, NewPage, NewTurn, Page, PageId, PageRecord, Scope,
-    Stamp, Stats, Tier, TierChange, TierStats, TokenCache, TokenMeta, Transition, TurnRange,
-    TurnRecord,
+    dtype_size, Checksum, Compaction, Due, Listing, MadeOf, NewPage, NewTurn, Page, PageId,
+    PageRecord, Scope, Stamp, Stats, Tier, TierChange, TierStats, TokenCache, TokenMeta,
+    Transition, TurnRange, TurnRecord,
 };

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::engine::{Batch, Engine, Op};
+use crate::engine::{Batch, Engine, Op, Visitor};
 use crate::error::{Error, Result};
 
 /// A sled database in one folder.
@@ -104,14 +104,18 @@ impl Engine for SledEngine {
         Ok(())
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.db
-            .scan_prefix(prefix)
-            .map(|kv| {
-                kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(self.map("scan"))
-            })
-            .collect()
+    fn visit_range(&self, from: &[u8], to: Option<&[u8]>, f: &mut Visitor<'_>) -> Result<()> {
+        let iter = match to {
+            Some(to) => self.db.range(from..to),
+            None => self.db.range(from..),
+        };
+        for kv in iter {
+            let (k, v) = kv.map_err(self.map("scan"))?;
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn apply(&self, batch: Batch) -> Result<()> {

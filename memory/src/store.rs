@@ -1,6 +1,5 @@
 //! The store: opening, locking, schema check, and every read and transaction.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -10,16 +9,21 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::blobs::{sync_dir, Blobs};
 use crate::engine::{self, Batch, Engine};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::types::{
-    Checksum, Compaction, Listing, NewPage, NewTurn, Page, PageId, PageRecord, Scope, Stamp, Stats,
-    Tier, TierChange, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
+    Compaction, NewTurn, Scope, Tier, TokenCache, TokenMeta, TurnRange, TurnRecord,
 };
 
-/// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes. Stores of schema 1 (images and token caches inside the
+/// engine) are migrated on open, after a copy of their engine folder is kept in
+/// [`SCHEMA1_BACKUP_DIR`].
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Where the migration from schema 1 keeps a copy of the engine folder it changes.
+pub const SCHEMA1_BACKUP_DIR: &str = "db.schema1-backup";
 
 /// How often a waiting open retries the lock.
 const LOCK_POLL: Duration = Duration::from_millis(50);
@@ -168,6 +172,7 @@ struct ScopeCounter {
 pub struct Store {
     // Field order matters: the engine is dropped (and flushed) before the lock is released.
     engine: Box<dyn Engine>,
+    pub(crate) blobs: Blobs,
     write: Mutex<()>,
     opts: StoreOptions,
     _lock: File,
@@ -187,6 +192,7 @@ fn finish_interrupted_compaction(path: &Path) -> Result<()> {
     let retired = path.join(RETIRED_DIR);
     if !live.exists() && retired.is_dir() {
         rename(&retired, &live)?;
+        sync_dir(path)?;
     }
     remove_dir_if_present(&retired)?;
     remove_dir_if_present(&path.join(COMPACT_DIR))
@@ -226,7 +232,12 @@ impl Engine for Closed {
     fn delete(&self, _: &[u8]) -> Result<()> {
         self.err()
     }
-    fn scan_prefix(&self, _: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn visit_range(
+        &self,
+        _: &[u8],
+        _: Option<&[u8]>,
+        _: &mut crate::engine::Visitor<'_>,
+    ) -> Result<()> {
         self.err()
     }
     fn apply(&self, _: Batch) -> Result<()> {
@@ -244,7 +255,7 @@ fn is_png(bytes: &[u8]) -> bool {
     bytes.starts_with(&PNG_SIGNATURE)
 }
 
-fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value)
         .map(|v| keys::frame(&v))
         .map_err(|source| Error::Encode {
@@ -253,7 +264,7 @@ fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
         })
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
     let payload = keys::unframe(key, value)?;
     serde_json::from_slice(payload).map_err(|e| Error::Corrupt {
         key: keys::describe(key),
@@ -262,11 +273,11 @@ fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
     })
 }
 
-fn crc(bytes: &[u8]) -> u32 {
+pub(crate) fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
-fn validate_scope(scope: &Scope) -> Result<()> {
+pub(crate) fn validate_scope(scope: &Scope) -> Result<()> {
     let fields = [
         scope.user.as_deref(),
         scope.agent.as_deref(),
@@ -283,7 +294,7 @@ fn validate_scope(scope: &Scope) -> Result<()> {
     Ok(())
 }
 
-fn validate_tier(tier: &Tier) -> Result<()> {
+pub(crate) fn validate_tier(tier: &Tier) -> Result<()> {
     if tier.mode.trim().is_empty() {
         return Err(Error::InvalidInput(format!(
             "tier {} has an empty mode name",
@@ -293,8 +304,8 @@ fn validate_tier(tier: &Tier) -> Result<()> {
     Ok(())
 }
 
-fn validate_blobs(image: &[u8], tokens: Option<&TokenCache>) -> Result<()> {
-    if !is_png(image) {
+pub(crate) fn validate_blobs(image: Option<&[u8]>, tokens: Option<&TokenCache>) -> Result<()> {
+    if let Some(image) = image.filter(|i| !is_png(i)) {
         return Err(Error::InvalidInput(format!(
             "page image of {} bytes is not a PNG (bad signature)",
             image.len()
@@ -306,12 +317,13 @@ fn validate_blobs(image: &[u8], tokens: Option<&TokenCache>) -> Result<()> {
     Ok(())
 }
 
-fn token_meta(tokens: Option<&TokenCache>) -> Option<TokenMeta> {
-    tokens.map(|t| TokenMeta {
-        shape: t.shape.clone(),
-        dtype: t.dtype.clone(),
-        len: t.bytes.len() as u64,
-    })
+pub(crate) fn token_meta(tokens: &TokenCache, blob: crate::BlobId) -> TokenMeta {
+    TokenMeta {
+        shape: tokens.shape.clone(),
+        dtype: tokens.dtype.clone(),
+        len: tokens.bytes.len() as u64,
+        blob: Some(blob),
+    }
 }
 
 impl Store {
@@ -409,20 +421,34 @@ impl Store {
 
         finish_interrupted_compaction(&path)?;
         let engine = engine::open_default(&path.join(ENGINE_DIR))?;
+        let blobs = Blobs::open(&path, opts.sync_writes)?;
         let store = Store {
             engine: wrap(engine),
+            blobs,
             write: Mutex::new(()),
             opts,
             _lock: lock,
         };
         store.check_schema()?;
+        store.sweep_blobs()?;
         Ok(store)
+    }
+
+    /// Deletes the blob files no record names (a crash between writing a blob and committing
+    /// its record, or between a commit and the delete it allowed); returns files and bytes.
+    fn sweep_blobs(&self) -> Result<(u64, u64)> {
+        let _g = self.lock();
+        self.blobs
+            .sweep(|id| Ok(self.engine.get(&keys::blob_refs(id))?.is_some()))
     }
 
     fn check_schema(&self) -> Result<()> {
         match self.engine.get(keys::SCHEMA)? {
             Some(v) => {
                 let found: u32 = decode(keys::SCHEMA, &v)?;
+                if found == 1 {
+                    return self.migrate_from_schema1();
+                }
                 if found != SCHEMA_VERSION {
                     return Err(Error::SchemaMismatch {
                         path: self.opts.path.clone(),
@@ -433,7 +459,7 @@ impl Store {
                 Ok(())
             }
             None => {
-                if !self.engine.scan_prefix(b"")?.is_empty() {
+                if !self.engine.is_empty_prefix(b"")? {
                     return Err(Error::Corrupt {
                         key: keys::describe(keys::SCHEMA),
                         page: None,
@@ -469,7 +495,8 @@ impl Store {
     }
 
     /// Rewrites the engine's files with only the live records, giving back the space that tier
-    /// changes and deletions left behind (sled never shrinks its files by itself).
+    /// changes and deletions left behind (sled never shrinks its files by itself), and deletes
+    /// blob files no record names.
     ///
     /// The records are copied into a fresh engine folder beside the current one, which is swapped
     /// in by two renames once the copy is flushed, if it is smaller (otherwise it is discarded and
@@ -502,11 +529,14 @@ impl Store {
         let live = path.join(ENGINE_DIR);
         let retired = path.join(RETIRED_DIR);
         let swapped = rename(&live, &retired)
+            .and_then(|()| sync_dir(&path))
             .and_then(|()| rename(&fresh_dir, &live))
+            .and_then(|()| sync_dir(&path))
             .and_then(|()| remove_dir_if_present(&retired));
         finish_interrupted_compaction(&path)?;
         self.engine = Box::new(engine::open_default(&live)?);
         swapped?;
+        self.sweep_blobs()?;
         Ok(Compaction {
             records,
             bytes_before,
@@ -516,7 +546,17 @@ impl Store {
 
     /// Copies every record into a new engine in `dir`; returns how many, and its size on disk.
     fn copy_into(&self, dir: &Path) -> Result<(u64, u64)> {
+        let records = self.copy_records(dir)?;
+        // Measured as the engine will stand once reopened (sled may add a segment on open).
         let fresh = engine::open_default(dir)?;
+        let size = fresh.size_on_disk()?;
+        drop(fresh);
+        Ok((records, size))
+    }
+
+    fn copy_records(&self, dir: &Path) -> Result<u64> {
+        let fresh = engine::open_default(dir)?;
+        let fresh: &dyn Engine = &fresh;
         let pairs = self.engine.scan_prefix(b"")?;
         let records = pairs.len() as u64;
         let mut batch = Batch::new();
@@ -541,7 +581,7 @@ impl Store {
                 reason: format!("compaction copied {copied} of {records} records"),
             });
         }
-        Ok((records, fresh.size_on_disk()?))
+        Ok(records)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
@@ -562,14 +602,14 @@ impl Store {
         self.engine.as_ref()
     }
 
-    fn read<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
-        self.engine.get(key)?.map(|v| decode(key, &v)).transpose()
-    }
-
     fn counter(&self, scope: &Scope) -> Result<u64> {
         Ok(self
             .read::<ScopeCounter>(&keys::scope_counter(scope))?
             .map_or(0, |c| c.next_turn))
+    }
+
+    pub(crate) fn read<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        self.engine.get(key)?.map(|v| decode(key, &v)).transpose()
     }
 
     pub(crate) fn read_next_page(&self) -> Result<u64> {
@@ -630,457 +670,6 @@ impl Store {
             .iter()
             .map(|(k, v)| decode::<ScopeCounter>(k, v).map(|c| c.scope))
             .collect()
-    }
-
-    // ---------------------------------------------------------------- pages
-
-    /// Moves the hot turns `range` of `scope` into a new page, in one transaction: the page, its
-    /// image, tokens and first history entry are written and the turns removed together.
-    pub fn page_out(&self, scope: &Scope, range: TurnRange, page: NewPage) -> Result<PageId> {
-        let ids = self.page_out_many(scope, range, vec![page])?;
-        Ok(ids[0])
-    }
-
-    /// Moves the hot turns `range` of `scope` into several new pages (a long turn split over
-    /// pages), in one transaction. Every page records the whole range.
-    pub fn page_out_many(
-        &self,
-        scope: &Scope,
-        range: TurnRange,
-        pages: Vec<NewPage>,
-    ) -> Result<Vec<PageId>> {
-        validate_scope(scope)?;
-        for page in &pages {
-            validate_tier(&page.tier)?;
-            validate_blobs(&page.image, page.tokens.as_ref())?;
-        }
-        if range.is_empty() || pages.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "page-out of turn range {}..{} into {} pages: both must be non-empty",
-                range.start,
-                range.end,
-                pages.len()
-            )));
-        }
-        let _g = self.lock();
-        let mut b = Batch::new();
-        for index in range.start..range.end {
-            let key = keys::turn(scope, index);
-            if self.engine.get(&key)?.is_none() {
-                return Err(Error::TurnMissing {
-                    scope: scope.to_string(),
-                    index,
-                });
-            }
-            b.delete(key);
-        }
-        let first = self.read_next_page()?;
-        let mut ids = Vec::with_capacity(pages.len());
-        for (offset, page) in pages.into_iter().enumerate() {
-            let id = PageId(first + offset as u64);
-            let text = self.opts.retain_text.then_some(page.text);
-            let record = PageRecord {
-                id,
-                scope: scope.clone(),
-                turns: range,
-                profile: page.profile,
-                tier: page.tier.clone(),
-                created: page.at,
-                last_access: page.at,
-                access_count: 0,
-                pinned: false,
-                checksum: Checksum {
-                    image: crc(&page.image),
-                    tokens: page.tokens.as_ref().map(|t| crc(&t.bytes)),
-                    text: text.as_deref().map(|t| crc(t.as_bytes())),
-                },
-                text,
-                image_len: page.image.len() as u64,
-                tokens: token_meta(page.tokens.as_ref()),
-                changes: 1,
-            };
-            let entry = TierChange {
-                page: id,
-                seq: 0,
-                from: None,
-                to: Some(page.tier),
-                reason: page.reason,
-                at: page.at,
-            };
-            b.put(keys::page(id), encode("page record", &record)?);
-            b.put(keys::image(id), keys::frame(&page.image));
-            if let Some(t) = &page.tokens {
-                b.put(keys::tokens(id), keys::frame(&t.bytes));
-            }
-            b.put(keys::scope_page(scope, id), keys::frame(&[]));
-            b.put(keys::history(id, 0), encode("history entry", &entry)?);
-            ids.push(id);
-        }
-        b.put(
-            keys::NEXT_PAGE,
-            encode("page counter", &(first + ids.len() as u64))?,
-        );
-        self.commit(b)?;
-        Ok(ids)
-    }
-
-    fn decode_page(&self, key: &[u8], value: &[u8]) -> Result<PageRecord> {
-        let rec: PageRecord = decode(key, value)?;
-        let corrupt = |reason: String| Error::Corrupt {
-            key: keys::describe(key),
-            page: keys::page_of(key),
-            reason,
-        };
-        if keys::page_of(key) != Some(rec.id) {
-            return Err(corrupt(format!("record names page {}", rec.id)));
-        }
-        let text_crc = rec.text.as_deref().map(|t| crc(t.as_bytes()));
-        if text_crc != rec.checksum.text {
-            return Err(corrupt("page text does not match its checksum".into()));
-        }
-        Ok(rec)
-    }
-
-    /// A page's record (metadata and retained text).
-    pub fn page(&self, id: PageId) -> Result<PageRecord> {
-        let key = keys::page(id);
-        let v = self.engine.get(&key)?.ok_or(Error::PageNotFound(id))?;
-        self.decode_page(&key, &v)
-    }
-
-    fn blob(&self, key: &[u8], id: PageId, want_crc: u32, want_len: u64) -> Result<Vec<u8>> {
-        let v = self.engine.get(key)?.ok_or_else(|| Error::Corrupt {
-            key: keys::describe(key),
-            page: Some(id),
-            reason: "missing, though the page record refers to it".into(),
-        })?;
-        let bytes = keys::unframe(key, &v)?;
-        if bytes.len() as u64 != want_len || crc(bytes) != want_crc {
-            return Err(Error::Corrupt {
-                key: keys::describe(key),
-                page: Some(id),
-                reason: "content does not match the page's checksum".into(),
-            });
-        }
-        Ok(bytes.to_vec())
-    }
-
-    fn image_of(&self, rec: &PageRecord) -> Result<Vec<u8>> {
-        self.blob(
-            &keys::image(rec.id),
-            rec.id,
-            rec.checksum.image,
-            rec.image_len,
-        )
-    }
-
-    fn tokens_of(&self, rec: &PageRecord) -> Result<Option<TokenCache>> {
-        let (Some(meta), Some(want)) = (&rec.tokens, rec.checksum.tokens) else {
-            return Ok(None);
-        };
-        let bytes = self.blob(&keys::tokens(rec.id), rec.id, want, meta.len)?;
-        Ok(Some(TokenCache {
-            shape: meta.shape.clone(),
-            dtype: meta.dtype.clone(),
-            bytes,
-        }))
-    }
-
-    /// A page's PNG at its current tier, checked against its checksum.
-    pub fn image(&self, id: PageId) -> Result<Vec<u8>> {
-        self.image_of(&self.page(id)?)
-    }
-
-    /// A page's vision-token cache at its current tier, if any, checked against its checksum.
-    pub fn tokens(&self, id: PageId) -> Result<Option<TokenCache>> {
-        self.tokens_of(&self.page(id)?)
-    }
-
-    /// A page with its image and tokens, all checked.
-    pub fn load(&self, id: PageId) -> Result<Page> {
-        let record = self.page(id)?;
-        let image = self.image_of(&record)?;
-        let tokens = self.tokens_of(&record)?;
-        Ok(Page {
-            record,
-            image,
-            tokens,
-        })
-    }
-
-    /// Page records of one scope (or all with `None`), by id. Unreadable records are reported in
-    /// [`Listing::corrupt`] while the others are listed.
-    pub fn pages(&self, scope: Option<&Scope>) -> Result<Listing> {
-        let mut out = Listing::default();
-        let push = |out: &mut Listing, key: &[u8], value: Option<&[u8]>| match value {
-            None => out.corrupt.push(Error::Corrupt {
-                key: keys::describe(key),
-                page: keys::page_of(key),
-                reason: "listed in the scope index but missing".into(),
-            }),
-            Some(v) => match self.decode_page(key, v) {
-                Ok(r) => out.pages.push(r),
-                Err(e) => out.corrupt.push(e),
-            },
-        };
-        match scope {
-            None => {
-                for (k, v) in self.engine.scan_prefix(keys::ALL_PAGES)? {
-                    push(&mut out, &k, Some(&v));
-                }
-            }
-            Some(s) => {
-                for (k, _) in self.engine.scan_prefix(&keys::scope_pages_prefix(s))? {
-                    let Some(id) = keys::trailing_u64(&k).map(PageId) else {
-                        continue;
-                    };
-                    let key = keys::page(id);
-                    let v = self.engine.get(&key)?;
-                    push(&mut out, &key, v.as_deref());
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Changes a page's tier: the new image and tokens, the record and a history entry are
-    /// written in one transaction, so a crash leaves the page at its old tier or its new one.
-    pub fn transition(&self, id: PageId, t: Transition) -> Result<PageRecord> {
-        validate_tier(&t.tier)?;
-        validate_blobs(&t.image, t.tokens.as_ref())?;
-        let _g = self.lock();
-        let old = self.page(id)?;
-        let mut rec = old.clone();
-        rec.tier = t.tier.clone();
-        rec.image_len = t.image.len() as u64;
-        rec.tokens = token_meta(t.tokens.as_ref());
-        rec.checksum.image = crc(&t.image);
-        rec.checksum.tokens = t.tokens.as_ref().map(|x| crc(&x.bytes));
-        rec.changes = old.changes + 1;
-        let entry = TierChange {
-            page: id,
-            seq: old.changes,
-            from: Some(old.tier),
-            to: Some(t.tier),
-            reason: t.reason,
-            at: t.at,
-        };
-        let mut b = Batch::new();
-        b.put(keys::page(id), encode("page record", &rec)?);
-        b.put(keys::image(id), keys::frame(&t.image));
-        match &t.tokens {
-            Some(x) => b.put(keys::tokens(id), keys::frame(&x.bytes)),
-            None => b.delete(keys::tokens(id)),
-        }
-        b.put(
-            keys::history(id, entry.seq),
-            encode("history entry", &entry)?,
-        );
-        self.commit(b)?;
-        Ok(rec)
-    }
-
-    /// Replaces (or clears) a page's token cache at its current tier, e.g. after encoding later.
-    pub fn set_tokens(&self, id: PageId, tokens: Option<TokenCache>) -> Result<PageRecord> {
-        if let Some(t) = &tokens {
-            t.validate()?;
-        }
-        self.update(id, |rec, b| {
-            rec.tokens = token_meta(tokens.as_ref());
-            rec.checksum.tokens = tokens.as_ref().map(|x| crc(&x.bytes));
-            match &tokens {
-                Some(x) => b.put(keys::tokens(id), keys::frame(&x.bytes)),
-                None => b.delete(keys::tokens(id)),
-            }
-            Ok(())
-        })
-    }
-
-    fn update(
-        &self,
-        id: PageId,
-        f: impl FnOnce(&mut PageRecord, &mut Batch) -> Result<()>,
-    ) -> Result<PageRecord> {
-        let _g = self.lock();
-        let mut rec = self.page(id)?;
-        let mut b = Batch::new();
-        f(&mut rec, &mut b)?;
-        b.put(keys::page(id), encode("page record", &rec)?);
-        self.commit(b)?;
-        Ok(rec)
-    }
-
-    /// Drops a page's retained text (the image stays); logged in its history with `reason`.
-    /// `profile`, when given, replaces the page's opaque profile in the same transaction (a caller
-    /// that keeps a derived copy of the text there drops it too). Dropping absent text does nothing.
-    pub fn drop_text(
-        &self,
-        id: PageId,
-        profile: Option<String>,
-        reason: &str,
-        at: Stamp,
-    ) -> Result<PageRecord> {
-        self.update(id, |rec, b| {
-            if rec.text.is_none() {
-                return Ok(());
-            }
-            if let Some(profile) = profile {
-                rec.profile = profile;
-            }
-            rec.text = None;
-            rec.checksum.text = None;
-            let entry = TierChange {
-                page: id,
-                seq: rec.changes,
-                from: Some(rec.tier.clone()),
-                to: Some(rec.tier.clone()),
-                reason: reason.to_string(),
-                at,
-            };
-            rec.changes += 1;
-            b.put(
-                keys::history(id, entry.seq),
-                encode("history entry", &entry)?,
-            );
-            Ok(())
-        })
-    }
-
-    /// Pins or unpins a page.
-    pub fn set_pinned(&self, id: PageId, pinned: bool) -> Result<PageRecord> {
-        self.update(id, |rec, _| {
-            rec.pinned = pinned;
-            Ok(())
-        })
-    }
-
-    /// Records that the agent read a page at `at`.
-    pub fn record_access(&self, id: PageId, at: Stamp) -> Result<PageRecord> {
-        self.update(id, |rec, _| {
-            rec.access_count += 1;
-            rec.last_access = at;
-            Ok(())
-        })
-    }
-
-    /// Deletes (evicts) a page with its image and tokens; its history is kept, ending with an
-    /// entry to no tier.
-    pub fn delete(&self, id: PageId, reason: &str, at: Stamp) -> Result<()> {
-        let _g = self.lock();
-        let rec = self.page(id)?;
-        let entry = TierChange {
-            page: id,
-            seq: rec.changes,
-            from: Some(rec.tier.clone()),
-            to: None,
-            reason: reason.to_string(),
-            at,
-        };
-        let mut b = Batch::new();
-        b.delete(keys::page(id));
-        b.delete(keys::image(id));
-        b.delete(keys::tokens(id));
-        b.delete(keys::scope_page(&rec.scope, id));
-        b.put(
-            keys::history(id, entry.seq),
-            encode("history entry", &entry)?,
-        );
-        self.commit(b)
-    }
-
-    /// A page's history (creation, tier changes, text drops, deletion), oldest first. Works for
-    /// deleted pages too.
-    pub fn history(&self, id: PageId) -> Result<Vec<TierChange>> {
-        let entries: Vec<TierChange> = self
-            .engine
-            .scan_prefix(&keys::history_prefix(id))?
-            .iter()
-            .map(|(k, v)| decode(k, v))
-            .collect::<Result<_>>()?;
-        if entries.is_empty() && self.engine.get(&keys::page(id))?.is_none() {
-            return Err(Error::PageNotFound(id));
-        }
-        Ok(entries)
-    }
-
-    /// The whole audit log, ordered by page then sequence.
-    pub fn audit_log(&self) -> Result<Vec<TierChange>> {
-        self.engine
-            .scan_prefix(keys::ALL_HISTORY)?
-            .iter()
-            .map(|(k, v)| decode(k, v))
-            .collect()
-    }
-
-    /// Checks every page in full (record, image, tokens, text, and that its history ends at its
-    /// tier); returns one error per problem found.
-    pub fn verify(&self) -> Result<Vec<Error>> {
-        let listing = self.pages(None)?;
-        let mut problems = listing.corrupt;
-        for rec in &listing.pages {
-            if let Err(e) = self.image_of(rec) {
-                problems.push(e);
-            }
-            if let Err(e) = self.tokens_of(rec) {
-                problems.push(e);
-            }
-            match self.history(rec.id) {
-                Err(e) => problems.push(e),
-                Ok(h) => {
-                    let consistent = h.len() as u64 == rec.changes
-                        && h.iter().enumerate().all(|(i, e)| e.seq == i as u64)
-                        && h.last().and_then(|e| e.to.as_ref()) == Some(&rec.tier)
-                        && h.windows(2).all(|w| w[0].to == w[1].from);
-                    if !consistent {
-                        problems.push(Error::Corrupt {
-                            key: keys::describe(&keys::history_prefix(rec.id)),
-                            page: Some(rec.id),
-                            reason: format!(
-                                "history of {} entries does not end at tier {}",
-                                h.len(),
-                                rec.tier
-                            ),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(problems)
-    }
-
-    /// Counts and sizes per tier, hot turns, history, and bytes on disk.
-    pub fn stats(&self) -> Result<Stats> {
-        let mut s = Stats::default();
-        let listing = self.pages(None)?;
-        s.corrupt = listing.corrupt.len() as u64;
-        let mut tiers: BTreeMap<String, crate::types::TierStats> = BTreeMap::new();
-        for p in &listing.pages {
-            let t = tiers.entry(p.tier.to_string()).or_default();
-            t.pages += 1;
-            t.pinned += u64::from(p.pinned);
-            t.image_bytes += p.image_len;
-            t.token_bytes += p.tokens.as_ref().map_or(0, |m| m.len);
-            t.text_bytes += p.text.as_ref().map_or(0, |x| x.len() as u64);
-        }
-        s.pages = listing.pages.len() as u64;
-        s.tiers = tiers;
-        for (k, v) in self.engine.scan_prefix(b"")? {
-            s.live_bytes += (k.len() + v.len()) as u64;
-            match k.first() {
-                Some(b'T') => {
-                    s.hot_turns += 1;
-                    match decode::<TurnRecord>(&k, &v) {
-                        Ok(t) => s.hot_text_bytes += t.text.len() as u64,
-                        Err(_) => s.corrupt += 1,
-                    }
-                }
-                Some(b'C') => s.scopes += 1,
-                Some(b'A') => s.history_entries += 1,
-                _ => {}
-            }
-        }
-        s.bytes_on_disk = self.engine.size_on_disk()?;
-        Ok(s)
     }
 }
 

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::blobs::BlobId;
 use crate::error::{Error, Result};
 
 /// Who a conversation belongs to: an optional user and agent, and a session.
@@ -269,7 +270,7 @@ impl TokenCache {
     }
 }
 
-/// Shape, dtype and size of a page's token cache (the bytes live under their own key).
+/// Shape, dtype and size of a page's token cache (the bytes live in a blob file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenMeta {
     /// Tensor shape.
@@ -278,13 +279,42 @@ pub struct TokenMeta {
     pub dtype: String,
     /// Byte length.
     pub len: u64,
+    /// The blob holding the bytes (absent only in records of schema 1, before migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<BlobId>,
+}
+
+/// When the caller's policy may next move a page: the first turn of the page's scope and the
+/// first time at which to look at it again; `None` for a clock that never moves it. The store
+/// indexes pages by both ([`Store::due_pages`](crate::Store::due_pages)), so a maintenance pass
+/// reads only the pages that are due.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Due {
+    /// The first turn (of the page's scope) at which the page is due.
+    pub turn: Option<u64>,
+    /// The first time at which the page is due.
+    pub time: Option<u64>,
+}
+
+impl Due {
+    /// Due at once (at the next look at its scope).
+    pub const NOW: Due = Due {
+        turn: Some(0),
+        time: None,
+    };
+
+    /// Never due by the clock (only an access, a pin or a new policy makes it due).
+    pub const NEVER: Due = Due {
+        turn: None,
+        time: None,
+    };
 }
 
 /// CRC-32 checksums of a page's content, checked on every read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checksum {
-    /// CRC-32 of the PNG bytes.
-    pub image: u32,
+    /// CRC-32 of the PNG bytes, when an image is stored.
+    pub image: Option<u32>,
     /// CRC-32 of the token bytes, when cached.
     pub tokens: Option<u32>,
     /// CRC-32 of the UTF-8 text, when retained.
@@ -314,14 +344,24 @@ pub struct PageRecord {
     pub pinned: bool,
     /// The page text, while retained.
     pub text: Option<String>,
-    /// Byte length of the PNG for the current tier.
+    /// Byte length of the stored PNG (0 when none is stored).
     pub image_len: u64,
+    /// The blob holding the PNG for the current tier. `None` when no image is stored: the caller
+    /// redraws a page whose text is retained, and an evicted page has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_blob: Option<BlobId>,
     /// The token cache's shape and dtype, when cached.
     pub tokens: Option<TokenMeta>,
     /// Checksums of the image, tokens and text.
     pub checksum: Checksum,
     /// Number of entries in this page's history (tier changes, creation and deletion included).
     pub changes: u64,
+    /// When the page reached its current tier (absent in records of schema 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_since: Option<Stamp>,
+    /// When the caller's policy may next move it.
+    #[serde(default)]
+    pub due: Due,
 }
 
 /// A page with its image and token cache, all checked against the checksums.
@@ -329,8 +369,8 @@ pub struct PageRecord {
 pub struct Page {
     /// The page's record.
     pub record: PageRecord,
-    /// The PNG for its current tier.
-    pub image: Vec<u8>,
+    /// The PNG for its current tier, when one is stored.
+    pub image: Option<Vec<u8>>,
     /// The vision tokens for its current tier, if cached.
     pub tokens: Option<TokenCache>,
 }
@@ -344,14 +384,16 @@ pub struct NewPage {
     pub tier: Tier,
     /// The page text (kept when the store retains text).
     pub text: String,
-    /// The PNG.
-    pub image: Vec<u8>,
+    /// The PNG; `None` stores no image (the caller redraws the page from its retained text).
+    pub image: Option<Vec<u8>>,
     /// Vision tokens, if already encoded.
     pub tokens: Option<TokenCache>,
     /// When the page is made.
     pub at: Stamp,
     /// Why (recorded in the history).
     pub reason: String,
+    /// When the caller's policy may first move it.
+    pub due: Due,
 }
 
 /// A tier change: the new tier's image and tokens, swapped in one transaction.
@@ -359,14 +401,16 @@ pub struct NewPage {
 pub struct Transition {
     /// The new tier.
     pub tier: Tier,
-    /// The PNG at the new tier.
-    pub image: Vec<u8>,
+    /// The PNG at the new tier; `None` stores none (redrawn from the text, or evicted).
+    pub image: Option<Vec<u8>>,
     /// Vision tokens at the new tier; `None` clears the cache.
     pub tokens: Option<TokenCache>,
     /// Why (recorded in the history).
     pub reason: String,
     /// When.
     pub at: Stamp,
+    /// When the caller's policy may next move it.
+    pub due: Due,
 }
 
 /// One entry of the audit log: a page was created, changed tier, or was deleted.
@@ -418,10 +462,33 @@ pub struct Stats {
     pub history_entries: u64,
     /// Records that failed their checksum or decode (see [`Store::pages`](crate::Store::pages)).
     pub corrupt: u64,
-    /// Sum of key and value bytes of every live record (what the data itself weighs).
+    /// What the data itself weighs: the engine's records (keys and values) plus the blobs the
+    /// records name (each counted once).
     pub live_bytes: u64,
-    /// Bytes the store's folder takes on disk.
+    /// Bytes the store's folder takes on disk: `engine_bytes_on_disk + blob_bytes_on_disk`.
     pub bytes_on_disk: u64,
+    /// What the live bytes are made of.
+    pub made_of: MadeOf,
+    /// Bytes the engine's files take on disk (records, indexes, the audit log, and the engine's
+    /// own overhead).
+    pub engine_bytes_on_disk: u64,
+    /// Bytes the blob files take on disk (images and token caches, each distinct content once).
+    pub blob_bytes_on_disk: u64,
+    /// Blob files on disk.
+    pub blob_files: u64,
+}
+
+/// The live bytes of a store by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MadeOf {
+    /// Stored PNGs (blobs).
+    pub images: u64,
+    /// Vision-token caches (blobs).
+    pub tokens: u64,
+    /// Retained page text and hot turn text.
+    pub text: u64,
+    /// Everything else the engine holds: record fields, indexes, counters, the audit log.
+    pub records: u64,
 }
 
 /// The pages of a listing, and the records that could not be read.

@@ -2,8 +2,8 @@
 
 use lethe_memory::engine::{open_default, Engine};
 use lethe_memory::{
-    keys, Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier, TokenCache,
-    Transition, ENGINE_DIR,
+    keys, BlobId, Due, Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier,
+    TokenCache, Transition, BLOB_DIR, ENGINE_DIR,
 };
 
 fn png(tag: &str) -> Vec<u8> {
@@ -15,11 +15,18 @@ fn new_page(tag: &str) -> NewPage {
         profile: "{}".into(),
         tier: Tier::new(0, "large"),
         text: format!("text {tag}"),
-        image: png(tag),
+        image: Some(png(tag)),
         tokens: Some(TokenCache::new(vec![2, 2], "f32", vec![7; 16]).expect("tokens")),
         at: Stamp::new(1, 1),
         reason: "page-out".into(),
+        due: Due::NEVER,
     }
+}
+
+/// The file a blob of `bytes` lives in.
+fn blob_path(dir: &std::path::Path, bytes: &[u8]) -> std::path::PathBuf {
+    let hex = BlobId::of(bytes).hex();
+    dir.join(BLOB_DIR).join(&hex[..2]).join(hex)
 }
 
 /// A store with three pages, 0, 1 and 2.
@@ -72,7 +79,7 @@ fn corrupt_page_record_is_named_and_others_stay_readable() {
     assert!(listing.corrupt[0].to_string().contains("page/1"));
     for id in [PageId(0), PageId(2)] {
         let p = store.load(id).expect("other pages stay readable");
-        assert_eq!(p.image, png(&id.0.to_string()));
+        assert_eq!(p.image, Some(png(&id.0.to_string())));
     }
     assert_eq!(store.stats().expect("stats").corrupt, 1);
     assert_eq!(store.verify().expect("verify").len(), 1);
@@ -88,10 +95,8 @@ fn corrupt_image_and_undecodable_record_are_named() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("store");
     three_pages(&dir);
-    // A well-framed image whose content differs from the page's checksum.
-    tamper(&dir, &keys::image(PageId(2)), |_| {
-        keys::frame(&png("other"))
-    });
+    // An image file whose content differs from the page's checksum (same length).
+    std::fs::write(blob_path(&dir, &png("2")), png("x")).expect("tamper with the blob");
     // A well-framed record that is not JSON.
     tamper(&dir, &keys::page(PageId(0)), |_| keys::frame(b"not json"));
     let store = Store::open(&dir).expect("open");
@@ -109,14 +114,42 @@ fn corrupt_image_and_undecodable_record_are_named() {
         "{err}"
     );
     // Page 1 is untouched; page 2's record still lists, its image is what fails.
-    assert_eq!(store.load(PageId(1)).expect("page 1").image, png("1"));
+    assert_eq!(store.load(PageId(1)).expect("page 1").image, Some(png("1")));
     let listing = store.pages(None).expect("listing");
     assert_eq!(listing.pages.len(), 2);
     assert_eq!(listing.corrupt.len(), 1);
     let problems = store.verify().expect("verify");
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    assert_eq!(problems.len(), 2, "{text:?}");
+    // The undecodable record, the blob that no longer hashes to its name, and the image's
+    // checksum (reference counts are not judged while a record cannot be read).
+    assert_eq!(problems.len(), 3, "{text:?}");
     assert!(text.iter().any(|t| t.contains("image/2")));
+    assert!(text.iter().any(|t| t.contains("does not hash to its name")));
+    // A missing blob file is named too.
+    std::fs::remove_file(blob_path(&dir, &png("1"))).expect("remove a blob");
+    let err = store.image(PageId(1)).expect_err("missing blob");
+    assert!(err.to_string().contains("image/1"), "{err}");
+}
+
+#[test]
+fn a_wrong_blob_reference_count_is_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store");
+    three_pages(&dir);
+    let blob = BlobId::of(&png("1"));
+    tamper(&dir, &keys::blob_refs(&blob), |_| keys::frame(b"5"));
+    let store = Store::open(&dir).expect("open");
+    let problems: Vec<String> = store
+        .verify()
+        .expect("verify")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(&blob.hex()) && problems[0].contains("reference count 5 but 1"),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -139,7 +172,7 @@ fn another_schema_version_is_refused_with_both_versions() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("schema version 7") && msg.contains("expects 1"),
+        msg.contains("schema version 7") && msg.contains("expects 2"),
         "{msg}"
     );
     assert!(msg.contains(dir.to_str().expect("utf-8")), "{msg}");
@@ -207,7 +240,7 @@ fn bad_arguments_are_rejected_before_writing() {
         .expect("append");
 
     let mut p = new_page("x");
-    p.image = b"GIF89a".to_vec();
+    p.image = Some(b"GIF89a".to_vec());
     assert!(
         matches!(store.page_out(&scope, r, p), Err(Error::InvalidInput(m)) if m.contains("not a PNG"))
     );
@@ -239,10 +272,11 @@ fn bad_arguments_are_rejected_before_writing() {
     let id = store.page_out(&scope, r, new_page("x")).expect("page out");
     let bad = Transition {
         tier: Tier::new(1, "base"),
-        image: vec![1, 2, 3],
+        image: Some(vec![1, 2, 3]),
         tokens: None,
         reason: "decay".into(),
         at: Stamp::new(2, 2),
+        due: Due::NEVER,
     };
     assert!(matches!(
         store.transition(id, bad),
@@ -334,8 +368,13 @@ impl Engine for FullDisk {
         self.check()?;
         self.inner.delete(key)
     }
-    fn scan_prefix(&self, prefix: &[u8]) -> lethe_memory::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_prefix(prefix)
+    fn visit_range(
+        &self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        f: &mut lethe_memory::engine::Visitor<'_>,
+    ) -> lethe_memory::Result<()> {
+        self.inner.visit_range(from, to, f)
     }
     fn apply(&self, batch: lethe_memory::engine::Batch) -> lethe_memory::Result<()> {
         self.check()?;
@@ -396,8 +435,12 @@ fn a_full_disk_fails_the_write_and_loses_nothing_stored() {
     for p in &listing.pages {
         assert_eq!(
             store.load(p.id).expect("load").image,
-            png(&p.id.0.to_string())
+            Some(png(&p.id.0.to_string()))
         );
     }
     assert!(store.verify().expect("verify").is_empty());
+    // The image the failed page-out wrote before its record was swept on reopen: three images
+    // and the token blob the pages share are left.
+    assert!(!blob_path(&dir, &png("3")).exists());
+    assert_eq!(store.stats().expect("stats").blob_files, 4);
 }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lethe_memory::{
-    Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier, TokenCache,
+    BlobId, Due, Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier,
+    TokenCache,
 };
 
 #[path = "../src/bin/crashtest/data.rs"]
@@ -81,10 +82,11 @@ fn setup(dir: &std::path::Path) {
                     profile: "{}".into(),
                     tier: Tier::new(0, data::LADDER[0]),
                     text: format!("turn {p}"),
-                    image: data::image(p, 0, 0),
+                    image: Some(data::image(p, 0, 0)),
                     tokens: Some(tokens),
                     at: Stamp::new(p, p),
                     reason: "page-out".into(),
+                    due: Due::NEVER,
                 },
             )
             .expect("page out");
@@ -133,7 +135,7 @@ fn check(dir: &std::path::Path, expect: &mut Expect, in_flight: Option<(u64, u8,
         let page = store.load(rec.id).expect("load");
         assert_eq!(
             page.image,
-            data::image(id, rec.tier.index, seq),
+            Some(data::image(id, rec.tier.index, seq)),
             "page {id} image"
         );
         let tokens = page.tokens.expect("token cache");
@@ -156,6 +158,65 @@ fn check(dir: &std::path::Path, expect: &mut Expect, in_flight: Option<(u64, u8,
     landed
 }
 
+/// Runs the writer with `args`, waits until it has acknowledged a random number (0 to 3) of
+/// writes, lets it go on for a random part of twice `typical`, SIGKILLs it, and returns its
+/// output lines (a `done` line gets the microseconds since its `begin` appended).
+fn run_and_kill(args: &[&str], rng: &mut Rng, typical: Duration) -> Vec<String> {
+    let mut child = Command::new(CHILD)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn writer");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            let mut begun = Instant::now();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let now = Instant::now();
+                let line = if line.starts_with("begin") {
+                    begun = now;
+                    line
+                } else if line.starts_with("done") {
+                    format!("{line} {}", (now - begun).as_micros())
+                } else {
+                    line
+                };
+                lines.lock().expect("lines").push(line);
+            }
+        })
+    };
+    let want_done = (rng.next() % 4) as usize;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (started, done) = {
+            let l = lines.lock().expect("lines");
+            (
+                !l.is_empty(),
+                l.iter().filter(|x| x.starts_with("done")).count(),
+            )
+        };
+        if started && done >= want_done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writer made no progress");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut err).ok();
+            }
+            panic!("writer exited early ({status}): {err}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    kill_within(&mut child, typical, rng, "writer");
+    reader.join().expect("reader thread");
+    let lines = lines.lock().expect("lines").clone();
+    lines
+}
+
 #[test]
 fn sigkill_during_decay_never_loses_a_page() {
     let (tmp, mut rng, mut expect) = seeded_store("decay");
@@ -169,66 +230,11 @@ fn sigkill_during_decay_never_loses_a_page() {
     let kill_count = kills(100);
     eprintln!("decay crash test: {kill_count} kills (set LETHE_CRASH_KILLS to change)");
     for round in 0..kill_count {
-        let mut child = Command::new(CHILD)
-            .args([
-                "decay",
-                dir.to_str().expect("utf-8 path"),
-                &rng.next().to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn writer");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let reader = {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                let mut begun = Instant::now();
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    let now = Instant::now();
-                    let line = if line.starts_with("begin") {
-                        begun = now;
-                        line
-                    } else if line.starts_with("done") {
-                        format!("{line} {}", (now - begun).as_micros())
-                    } else {
-                        line
-                    };
-                    lines.lock().expect("lines").push(line);
-                }
-            })
-        };
-        // Wait until the writer is running and has committed a random number (0 to 3) of
-        // transitions, then let it go on for a random part of one transition's typical time.
-        let want_done = (rng.next() % 4) as usize;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (started, done) = {
-                let l = lines.lock().expect("lines");
-                (
-                    !l.is_empty(),
-                    l.iter().filter(|x| x.starts_with("done")).count(),
-                )
-            };
-            if started && done >= want_done {
-                break;
-            }
-            assert!(Instant::now() < deadline, "writer made no progress");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    std::io::Read::read_to_string(&mut e, &mut err).ok();
-                }
-                panic!("writer exited early ({status}): {err}");
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        kill_within(&mut child, transition_time, &mut rng, "writer");
-        reader.join().expect("reader thread");
+        let seed = rng.next().to_string();
+        let args = ["decay", dir.to_str().expect("utf-8 path"), &seed];
+        let lines = run_and_kill(&args, &mut rng, transition_time);
 
         // Replay what the writer acknowledged.
-        let lines = lines.lock().expect("lines").clone();
         let mut in_flight = None;
         for line in &lines {
             let parts: Vec<&str> = line.split_whitespace().collect();
@@ -377,4 +383,141 @@ fn second_process_gets_a_clear_lock_error() {
         .expect("waiter thread")
         .expect("the waiting open gets the store");
     Store::open(&dir).expect("open after the holder exits");
+}
+
+/// A page as the life writer acknowledged it: tier index, history entries, whether it keeps text.
+type LifeState = (u8, u64, bool);
+
+/// Checks the store after a kill of the life writer against what it acknowledged (and records an
+/// in-flight write that landed as acknowledged); returns the number of pages.
+fn check_life(
+    dir: &std::path::Path,
+    acked: &mut BTreeMap<u64, LifeState>,
+    in_flight: Option<(u64, LifeState)>,
+) -> usize {
+    let store = Store::open(dir).expect("reopen after kill");
+    let problems = store.verify().expect("verify");
+    assert!(problems.is_empty(), "invariants broken: {problems:?}");
+    let listing = store.pages(None).expect("listing");
+    assert!(listing.corrupt.is_empty(), "{:?}", listing.corrupt);
+    let mut blobs = std::collections::BTreeSet::new();
+    let mut covered = Vec::new();
+    for rec in &listing.pages {
+        let id = rec.id.0;
+        let got = (rec.tier.index, rec.changes, rec.text.is_some());
+        let flying = in_flight.filter(|f| f.0 == id).map(|f| f.1);
+        assert!(
+            acked.get(&id) == Some(&got) || flying == Some(got),
+            "page {id} is {got:?}; acknowledged {:?}, in flight {flying:?}",
+            acked.get(&id)
+        );
+        acked.insert(id, got);
+        let page = store.load(rec.id).expect("load");
+        if let Some(text) = &rec.text {
+            assert_eq!(text, &data::text(id));
+        }
+        match &page.image {
+            Some(image) => {
+                assert_eq!(
+                    image,
+                    &data::image(id, rec.tier.index, rec.changes - 1),
+                    "page {id}"
+                );
+                blobs.insert(BlobId::of(image));
+            }
+            None => assert!(rec.text.is_some(), "page {id} has neither image nor text"),
+        }
+        if let Some(t) = &page.tokens {
+            assert_eq!(t.bytes, data::tokens(id, 0, 0), "page {id} tokens");
+            blobs.insert(BlobId::of(&t.bytes));
+        }
+        covered.extend(rec.turns.start..rec.turns.end);
+    }
+    for (id, state) in acked {
+        let found = listing.pages.iter().any(|p| p.id.0 == *id);
+        assert!(found, "acknowledged page {id} {state:?} was lost");
+    }
+    // Every turn ever appended is in exactly one page or still hot.
+    let scope = Scope::session("life");
+    covered.extend(
+        store
+            .hot_turns(&scope)
+            .expect("hot")
+            .iter()
+            .map(|t| t.index),
+    );
+    covered.sort_unstable();
+    let next = store.next_turn(&scope).expect("next turn");
+    assert_eq!(
+        covered,
+        (0..next).collect::<Vec<_>>(),
+        "turns lost or doubled"
+    );
+    // No blob file is left that no record names.
+    assert_eq!(store.stats().expect("stats").blob_files, blobs.len() as u64);
+    store.close().expect("close");
+    listing.pages.len()
+}
+
+#[test]
+fn sigkill_during_page_out_decay_text_drop_and_compaction_loses_nothing_acknowledged() {
+    let seed = seed();
+    eprintln!("life crash test seed {seed} (set LETHE_CRASH_SEED to replay)");
+    let kill_count = kills(40);
+    eprintln!("life crash test: {kill_count} kills (set LETHE_CRASH_KILLS to change)");
+    let mut rng = Rng(seed);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store");
+    let mut acked: BTreeMap<u64, LifeState> = BTreeMap::new();
+    let mut kinds: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut typical = Duration::from_millis(10);
+    let mut pages = 0;
+    for round in 0..kill_count {
+        let seed = rng.next().to_string();
+        let lines = run_and_kill(
+            &["life", dir.to_str().expect("utf-8"), &seed],
+            &mut rng,
+            typical,
+        );
+        let mut in_flight = None;
+        for line in &lines {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if parts.len() < 6 {
+                continue;
+            }
+            let n = |i: usize| parts[i].parse::<u64>().expect("number");
+            let state = (n(3) as u8, n(4), n(5) == 1);
+            match parts[0] {
+                "begin" => in_flight = Some((parts[1].to_string(), n(2), state)),
+                "done" => {
+                    let (kind, page, want) = in_flight.take().expect("done after begin");
+                    assert_eq!(
+                        (kind.as_str(), page, want),
+                        (parts[1], n(2), state),
+                        "writer's own state"
+                    );
+                    acked.insert(page, state);
+                    kinds.entry(kind).or_default().0 += 1;
+                    typical = (typical * 7 + Duration::from_micros(n(6))) / 8;
+                }
+                _ => {}
+            }
+        }
+        if let Some((kind, _, _)) = &in_flight {
+            kinds.entry(kind.clone()).or_default().1 += 1;
+        }
+        pages = check_life(&dir, &mut acked, in_flight.as_ref().map(|f| (f.1, f.2)));
+        eprintln!(
+            "round {round}: {} lines, in flight {in_flight:?}",
+            lines.len()
+        );
+    }
+    eprintln!(
+        "{kill_count} kills survived, 0 acknowledged writes lost, {pages} pages; per kind \
+         (acknowledged, killed in flight): {kinds:?}"
+    );
+    assert!(
+        kinds.values().map(|k| k.1).sum::<usize>() > 0,
+        "no kill landed inside a write"
+    );
 }

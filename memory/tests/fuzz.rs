@@ -14,7 +14,7 @@ use std::path::Path;
 
 use lethe_memory::engine::{open_default, Engine};
 use lethe_memory::{
-    keys, NewPage, NewTurn, Scope, Stamp, Store, Tier, TokenCache, Transition, ENGINE_DIR,
+    keys, Due, NewPage, NewTurn, Scope, Stamp, Store, Tier, TokenCache, Transition, ENGINE_DIR,
 };
 use std::cell::Cell;
 
@@ -41,11 +41,16 @@ fn seeded_store(dir: &Path) {
                     profile: "{}".into(),
                     tier: Tier::new(0, "large"),
                     text: format!("page text {i}"),
-                    image: [&b"\x89PNG\r\n\x1a\n"[..], &[i as u8; 9]].concat(),
+                    // One page keeps no image (it is redrawn from its text).
+                    image: (i != 2).then(|| [&b"\x89PNG\r\n\x1a\n"[..], &[i as u8; 9]].concat()),
                     tokens: (i != 1)
                         .then(|| TokenCache::new(vec![2, 2], "f32", vec![i as u8; 16]).unwrap()),
                     at: Stamp::new(i, i),
                     reason: "page-out".into(),
+                    due: Due {
+                        turn: Some(i + 4),
+                        time: Some(i * 60),
+                    },
                 };
                 store.page_out(scope, r, page).expect("page out");
             }
@@ -57,10 +62,11 @@ fn seeded_store(dir: &Path) {
             first,
             Transition {
                 tier: Tier::new(1, "base"),
-                image: b"\x89PNG\r\n\x1a\nsmaller".to_vec(),
+                image: Some(b"\x89PNG\r\n\x1a\nsmaller".to_vec()),
                 tokens: None,
                 at: Stamp::new(9, 9),
                 reason: "decay".into(),
+                due: Due::NEVER,
             },
         )
         .expect("transition");
@@ -182,10 +188,12 @@ fn read_everything(store: &Store) -> usize {
             for s in &scopes {
                 oks.push(store.hot_turns(s).is_ok());
                 oks.push(store.next_turn(s).is_ok());
+                oks.push(store.due_pages(s, u64::MAX).is_ok());
             }
         }
         Err(_) => oks.push(false),
     }
+    oks.push(store.due_by_time(u64::MAX).is_ok());
     oks.push(store.audit_log().is_ok());
     oks.push(store.stats().is_ok());
     match store.verify() {
@@ -202,8 +210,13 @@ fn damaged_store_records_never_panic() {
     seeded_store(&seed);
     let all: Vec<(Vec<u8>, Vec<u8>)> = {
         let e = open_default(&seed.join(ENGINE_DIR)).expect("engine");
-        e.scan_prefix(b"").expect("scan")
+        (&e as &dyn Engine).scan_prefix(b"").expect("scan")
     };
+    // The blob files (images, token caches) are damaged too.
+    let mut blobs = Vec::new();
+    walk(&seed.join(lethe_memory::BLOB_DIR), &mut blobs);
+    blobs.sort();
+    assert!(blobs.len() >= 3, "{blobs:?}");
     assert!(
         all.len() > 10,
         "the seeded store holds {} records",
@@ -212,17 +225,23 @@ fn damaged_store_records_never_panic() {
     let mut runner = runner("store records", 256);
     let (cases, noticed) = (Cell::new(0u32), Cell::new(0u32));
     runner
-        .run(&(0..all.len(), damage()), |(k, d)| {
+        .run(&(0..all.len() + blobs.len(), damage()), |(k, d)| {
             let dir = tmp.path().join(format!("case-{}", cases.get()));
             cases.set(cases.get() + 1);
             copy_dir(&seed, &dir);
-            let (key, value) = &all[k];
-            let is_framed = keys::unframe(key, value).is_ok();
-            let damaged = apply(value.clone(), &d, is_framed);
-            {
+            if let Some((key, value)) = all.get(k) {
+                let is_framed = keys::unframe(key, value).is_ok();
+                let damaged = apply(value.clone(), &d, is_framed);
                 let e = open_default(&dir.join(ENGINE_DIR)).expect("engine");
                 e.put(key, &damaged).expect("put");
                 e.flush().expect("flush");
+            } else {
+                let rel = blobs[k - all.len()]
+                    .strip_prefix(&seed)
+                    .expect("under seed");
+                let target = dir.join(rel);
+                let bytes = std::fs::read(&target).expect("read blob");
+                std::fs::write(&target, apply(bytes, &d, false)).expect("write blob");
             }
             if let Ok(store) = Store::open(&dir) {
                 if read_everything(&store) > 0 {
@@ -279,6 +298,11 @@ fn damaged_exports_never_panic_and_failed_imports_write_nothing() {
                     prop_assert!(store.pages(None).expect("pages").pages.is_empty());
                     prop_assert!(store.scopes().expect("scopes").is_empty());
                     prop_assert!(store.audit_log().expect("log").is_empty());
+                    prop_assert_eq!(
+                        store.stats().expect("stats").blob_files,
+                        0,
+                        "blob files left"
+                    );
                 }
             }
             drop(store);

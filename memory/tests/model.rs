@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use lethe_memory::{
-    Checksum, Error, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, StoreOptions, Tier,
-    TierChange, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
+    BlobId, Checksum, Due, Error, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store,
+    StoreOptions, Tier, TierChange, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
 };
 use proptest::prelude::*;
 
@@ -33,11 +33,17 @@ enum Op {
         n: u64,
         split: usize,
         tokens: bool,
+        image: bool,
     },
     Decay {
         page: usize,
         tier: u8,
         tokens: bool,
+        image: bool,
+    },
+    SetDue {
+        page: usize,
+        due: Due,
     },
     Pin {
         page: usize,
@@ -58,16 +64,25 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..3usize, 1..4usize).prop_map(|(scope, n)| Op::Append { scope, n }),
-        3 => (0..3usize, 1..5u64, prop_oneof![3 => Just(1usize), 1 => 2..4usize], any::<bool>())
-            .prop_map(|(scope, n, split, tokens)| Op::PageOut { scope, n, split, tokens }),
-        3 => (any::<usize>(), 0..4u8, any::<bool>())
-            .prop_map(|(page, tier, tokens)| Op::Decay { page, tier, tokens }),
+        3 => (0..3usize, 1..5u64, prop_oneof![3 => Just(1usize), 1 => 2..4usize], any::<bool>(), any::<bool>())
+            .prop_map(|(scope, n, split, tokens, image)| Op::PageOut { scope, n, split, tokens, image }),
+        3 => (any::<usize>(), 0..4u8, any::<bool>(), any::<bool>())
+            .prop_map(|(page, tier, tokens, image)| Op::Decay { page, tier, tokens, image }),
+        2 => (any::<usize>(), due()).prop_map(|(page, due)| Op::SetDue { page, due }),
         1 => (any::<usize>(), any::<bool>()).prop_map(|(page, pinned)| Op::Pin { page, pinned }),
         2 => any::<usize>().prop_map(|page| Op::Access { page }),
         1 => any::<usize>().prop_map(|page| Op::DropText { page }),
         1 => any::<usize>().prop_map(|page| Op::Delete { page }),
         1 => Just(Op::Reopen),
     ]
+}
+
+fn due() -> impl Strategy<Value = Due> {
+    (
+        proptest::option::of(0u64..80),
+        proptest::option::of(0u64..4_000),
+    )
+        .prop_map(|(turn, time)| Due { turn, time })
 }
 
 fn png(seed: u64, len: usize) -> Vec<u8> {
@@ -85,7 +100,7 @@ fn tokens(seed: u64, tier: u8) -> TokenCache {
 #[derive(Debug, Clone, PartialEq)]
 struct ModelPage {
     record: PageRecord,
-    image: Vec<u8>,
+    image: Option<Vec<u8>>,
     tokens: Option<TokenCache>,
 }
 
@@ -108,7 +123,15 @@ fn meta(t: Option<&TokenCache>) -> Option<TokenMeta> {
         shape: t.shape.clone(),
         dtype: t.dtype.clone(),
         len: t.bytes.len() as u64,
+        blob: Some(BlobId::of(&t.bytes)),
     })
+}
+
+/// Sets the model record's image fields as the store does.
+fn set_image(record: &mut PageRecord, image: Option<&[u8]>) {
+    record.image_len = image.map_or(0, |i| i.len() as u64);
+    record.image_blob = image.map(BlobId::of);
+    record.checksum.image = image.map(crc);
 }
 
 /// The kind of failure an operation met, compared between store and model.
@@ -217,6 +240,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             n,
             split,
             tokens: with_tokens,
+            image: with_image,
         } => {
             let s = &scopes()[scope];
             // Page out the n oldest hot turns (or a range past them, which must fail).
@@ -233,16 +257,21 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             // One page, or a long range split over several pages (page_out_many).
             let made: Vec<(NewPage, Option<TokenCache>)> = (0..split)
                 .map(|k| {
-                    let seed = m.clock * 10 + k as u64;
+                    // Seeds repeat, so pages share blobs now and then.
+                    let seed = (m.clock * 10 + k as u64) % 23;
                     let toks = with_tokens.then(|| tokens(seed, 0));
                     let page = NewPage {
                         profile: r#"{"mode":"large"}"#.into(),
                         tier: Tier::new(0, LADDER[0]),
                         text: format!("page {k} of {}..{}", range.start, range.end),
-                        image: png(seed, 40 + seed as usize % 50),
+                        image: with_image.then(|| png(seed, 40 + seed as usize % 50)),
                         tokens: toks.clone(),
                         at,
                         reason: "page-out".into(),
+                        due: Due {
+                            turn: Some(m.clock + k as u64),
+                            time: (k % 2 == 1).then_some(m.clock * 60),
+                        },
                     };
                     (page, toks)
                 })
@@ -270,7 +299,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                 m.turns.remove(&(s.clone(), i));
             }
             for (id, (page, toks)) in ids.into_iter().zip(made) {
-                let record = PageRecord {
+                let mut record = PageRecord {
                     id,
                     scope: s.clone(),
                     turns: range,
@@ -281,15 +310,19 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                     access_count: 0,
                     pinned: false,
                     text: Some(page.text.clone()),
-                    image_len: page.image.len() as u64,
+                    image_len: 0,
+                    image_blob: None,
                     tokens: meta(toks.as_ref()),
                     checksum: Checksum {
-                        image: crc(&page.image),
+                        image: None,
                         tokens: toks.as_ref().map(|t| crc(&t.bytes)),
                         text: Some(crc(page.text.as_bytes())),
                     },
                     changes: 1,
+                    tier_since: Some(at),
+                    due: page.due,
                 };
+                set_image(&mut record, page.image.as_deref());
                 m.pages.insert(
                     id,
                     ModelPage {
@@ -305,11 +338,16 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             page,
             tier,
             tokens: with_tokens,
+            image: with_image,
         } => {
             let Some(id) = m.pick(page) else { return };
-            let image = png(m.clock * 3, 30 + usize::from(tier) * 5);
-            let toks = with_tokens.then(|| tokens(m.clock, tier));
+            let image = with_image.then(|| png(m.clock % 5, 30 + usize::from(tier) * 5));
+            let toks = with_tokens.then(|| tokens(m.clock % 3, tier));
             let new_tier = Tier::new(tier, LADDER[usize::from(tier)]);
+            let due = Due {
+                turn: None,
+                time: Some(m.clock * 60 + 600),
+            };
             let res = store.transition(
                 id,
                 Transition {
@@ -318,6 +356,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                     tokens: toks.clone(),
                     reason: format!("decay to {tier}"),
                     at,
+                    due,
                 },
             );
             let Some(p) = m.pages.get_mut(&id) else {
@@ -327,11 +366,12 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             let old_tier = p.record.tier.clone();
             let seq = p.record.changes;
             p.record.tier = new_tier.clone();
-            p.record.image_len = image.len() as u64;
+            set_image(&mut p.record, image.as_deref());
             p.record.tokens = meta(toks.as_ref());
-            p.record.checksum.image = crc(&image);
             p.record.checksum.tokens = toks.as_ref().map(|t| crc(&t.bytes));
             p.record.changes += 1;
+            p.record.tier_since = Some(at);
+            p.record.due = due;
             p.image = image;
             p.tokens = toks;
             assert_eq!(res.expect("transition"), p.record);
@@ -351,6 +391,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                 None => assert_eq!(outcome(res), Outcome::NotFound),
                 Some(p) => {
                     p.record.pinned = pinned;
+                    p.record.due = Due::NOW;
                     assert_eq!(res.expect("pin"), p.record);
                 }
             }
@@ -363,6 +404,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                 Some(p) => {
                     p.record.access_count += 1;
                     p.record.last_access = at;
+                    p.record.due = Due::NOW;
                     assert_eq!(res.expect("access"), p.record);
                 }
             }
@@ -371,7 +413,9 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             let Some(id) = m.pick(page) else { return };
             // Every other drop also replaces the opaque profile.
             let profile = (page % 2 == 0).then(|| format!("{{\"dropped\":{page}}}"));
-            let res = store.drop_text(id, profile.clone(), "policy drops text", at);
+            // Most drops store an image drawn before the text goes.
+            let image = (page % 3 != 0).then(|| png(m.clock % 4, 33));
+            let res = store.drop_text(id, profile.clone(), image.clone(), "policy drops text", at);
             let Some(p) = m.pages.get_mut(&id) else {
                 assert_eq!(outcome(res), Outcome::NotFound);
                 return;
@@ -379,6 +423,10 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             if p.record.text.is_some() {
                 if let Some(profile) = profile {
                     p.record.profile = profile;
+                }
+                if image.is_some() {
+                    set_image(&mut p.record, image.as_deref());
+                    p.image = image;
                 }
                 p.record.text = None;
                 p.record.checksum.text = None;
@@ -406,6 +454,17 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                         "evicted",
                         at,
                     );
+                }
+            }
+        }
+        Op::SetDue { page, due } => {
+            let Some(id) = m.pick(page) else { return };
+            let res = store.set_due(id, due);
+            match m.pages.get_mut(&id) {
+                None => assert_eq!(outcome(res), Outcome::NotFound),
+                Some(p) => {
+                    p.record.due = due;
+                    assert_eq!(res.expect("set due"), p.record);
                 }
             }
         }
@@ -465,7 +524,33 @@ fn check(store: &Store, m: &Model) {
         store.history(PageId(m.next_page)),
         Err(Error::PageNotFound(_))
     ));
-    assert!(store.verify().expect("verify").is_empty());
+    let problems = store.verify().expect("verify");
+    assert!(problems.is_empty(), "{problems:?}");
+    // The due indexes list exactly the pages due by the model's records.
+    for s in &want_scopes {
+        for turn in [0, 5, 40, 79, u64::MAX] {
+            let want: Vec<PageId> = m
+                .pages
+                .values()
+                .filter(|p| &p.record.scope == s && p.record.due.turn.is_some_and(|t| t <= turn))
+                .map(|p| p.record.id)
+                .collect();
+            let mut got = store.due_pages(s, turn).expect("due pages");
+            got.sort();
+            assert_eq!(got, want, "due by turn {turn} in {s}");
+        }
+    }
+    for now in [0, 600, 3_999, u64::MAX] {
+        let want: Vec<PageId> = m
+            .pages
+            .values()
+            .filter(|p| p.record.due.time.is_some_and(|t| t <= now))
+            .map(|p| p.record.id)
+            .collect();
+        let mut got = store.due_by_time(now).expect("due by time");
+        got.sort();
+        assert_eq!(got, want, "due by time {now}");
+    }
     let stats = store.stats().expect("stats");
     assert_eq!(stats.pages, m.pages.len() as u64);
     assert_eq!(stats.hot_turns, m.turns.len() as u64);
@@ -473,6 +558,28 @@ fn check(store: &Store, m: &Model) {
     assert_eq!(stats.scopes, m.next_turn.len() as u64);
     let tier_pages: u64 = stats.tiers.values().map(|t| t.pages).sum();
     assert_eq!(tier_pages, stats.pages);
+    // One file per distinct blob the pages name, and nothing else.
+    let mut blobs: Vec<Vec<u8>> = m
+        .pages
+        .values()
+        .flat_map(|p| {
+            p.image
+                .iter()
+                .cloned()
+                .chain(p.tokens.iter().map(|t| t.bytes.clone()))
+        })
+        .collect();
+    blobs.sort();
+    blobs.dedup();
+    assert_eq!(stats.blob_files, blobs.len() as u64);
+    assert_eq!(
+        stats.made_of.images + stats.made_of.tokens,
+        blobs.iter().map(|b| b.len() as u64).sum::<u64>()
+    );
+    assert_eq!(
+        stats.bytes_on_disk,
+        stats.engine_bytes_on_disk + stats.blob_bytes_on_disk
+    );
 }
 
 proptest! {

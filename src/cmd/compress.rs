@@ -151,8 +151,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Prints the per-tier table of a report.
 pub fn print_report(report: &Report) {
     println!(
-        "\n{:<8} {:>6} {:>11} {:>10} {:>10} {:>9} {:>9} {:>12}",
-        "tier", "pages", "text tok", "positions", "vision tok", "tok/pos", "tok/vis", "bytes"
+        "\n{:<8} {:>6} {:>11} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10}",
+        "tier",
+        "pages",
+        "text tok",
+        "positions",
+        "vision tok",
+        "tok/pos",
+        "tok/vis",
+        "text B",
+        "image B",
+        "tokens B"
     );
     for row in report.tiers.iter().chain(std::iter::once(&report.total)) {
         let pages = if row.tier == "hot" {
@@ -161,7 +170,7 @@ pub fn print_report(report: &Report) {
             row.pages.to_string()
         };
         println!(
-            "{:<8} {:>6} {:>11} {:>10} {:>10} {:>9.2} {:>9.2} {:>12}",
+            "{:<8} {:>6} {:>11} {:>10} {:>10} {:>8.2} {:>8.2} {:>10} {:>10} {:>10}",
             row.tier,
             pages,
             row.text_tokens,
@@ -169,21 +178,50 @@ pub fn print_report(report: &Report) {
             row.vision_tokens,
             row.ratio_positions,
             row.ratio_vision_tokens,
-            row.bytes
+            row.text_bytes,
+            row.image_bytes,
+            row.token_bytes
         );
     }
     println!(
         "\ntext tokens counted with the {} tokenizer; hot = turns still kept as text (t = turns), \
-         which cost their text tokens",
+         which cost their text tokens; pages that keep their text store no image (it is redrawn)",
         report.tokenizer
     );
+    let s = &report.store;
     println!(
-        "store bytes on disk: {}{}",
-        report.bytes_on_disk,
+        "store: {} on disk (engine {}, {} blob files {}); live {}: text {}, images {}, token \
+         caches {}, records {}{}",
+        human_bytes(s.bytes_on_disk),
+        human_bytes(s.engine_bytes_on_disk),
+        s.blob_files,
+        human_bytes(s.blob_bytes_on_disk),
+        human_bytes(s.live_bytes),
+        human_bytes(s.made_of.text),
+        human_bytes(s.made_of.images),
+        human_bytes(s.made_of.tokens),
+        human_bytes(s.made_of.records),
         if report.corrupt_pages > 0 {
             format!(" ({} corrupt pages)", report.corrupt_pages)
         } else {
             String::new()
         }
     );
+}
+
+/// Bytes in B, KB, MB or GB (powers of 1000), three significant digits.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ if value < 10.0 => format!("{value:.2} {}", units[unit]),
+        _ if value < 100.0 => format!("{value:.1} {}", units[unit]),
+        _ => format!("{value:.0} {}", units[unit]),
+    }
 }

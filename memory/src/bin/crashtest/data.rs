@@ -42,3 +42,8 @@ pub fn tokens(page: u64, tier: u8, seq: u64) -> Vec<u8> {
     let shape = token_shape(tier);
     fill(seed(page, tier, seq) ^ 0xABCD, shape[0] * shape[1] * 4)
 }
+
+/// The text of page `page` in the life test.
+pub fn text(page: u64) -> String {
+    format!("page {page}: the text a page keeps until the policy drops it")
+}

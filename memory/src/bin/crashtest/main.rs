@@ -4,6 +4,12 @@
 //! tier ladder forever, printing `begin PAGE TIER SEQ` before and `done PAGE TIER SEQ` after each
 //! committed transition, until it is killed.
 //!
+//! `lethe-memory-crashtest life DIR SEED`: opens the store (creating it) and, forever, pages out
+//! new turns (with an image, or without one as a page that keeps its text), moves pages down the
+//! ladder (storing an image only once a page's text is gone), drops page text (storing the image
+//! drawn before it goes) and now and then compacts. Before each write it prints `begin KIND PAGE
+//! TIER CHANGES TEXT`, the state the page will have, and after it `done` with the same fields.
+//!
 //! `lethe-memory-crashtest compact DIR`: opens the store and, over and over, rewrites every page
 //! record a few hundred times without changing it (leaving garbage behind) and compacts,
 //! printing `compacted N BEFORE AFTER` after each, until it is killed.
@@ -14,7 +20,9 @@
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
-use lethe_memory::{PageId, Stamp, Store, Tier, TokenCache, Transition};
+use lethe_memory::{
+    Due, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, Tier, TokenCache, Transition,
+};
 
 mod data;
 
@@ -44,13 +52,120 @@ fn decay(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
             id,
             Transition {
                 tier: Tier::new(tier, data::LADDER[usize::from(tier)]),
-                image: data::image(id.0, tier, seq),
+                image: Some(data::image(id.0, tier, seq)),
                 tokens: Some(tokens),
                 reason: format!("crash-test step {step}"),
                 at: Stamp::new(step, step * 10),
+                due: Due::NEVER,
             },
         )?;
         writeln!(out, "done {} {tier} {seq}", id.0)?;
+    }
+}
+
+/// xorshift64*.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+fn life(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let mut store = Store::open(dir)?;
+    let scope = Scope::session("life");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    let mut x = seed | 1;
+    let line = |out: &mut std::io::StdoutLock<'_>, what: &str, kind: &str, r: &PageRecord| {
+        writeln!(
+            out,
+            "{what} {kind} {} {} {} {}",
+            r.id.0,
+            r.tier.index,
+            r.changes,
+            u8::from(r.text.is_some())
+        )
+    };
+    loop {
+        let step = next(&mut x);
+        let pages = store.pages(None)?.pages;
+        let pick = (!pages.is_empty()).then(|| pages[(step >> 8) as usize % pages.len()].clone());
+        match (step % 20, pick) {
+            (0..=5, _) | (_, None) => {
+                // A page-out: a new turn and any left hot by an earlier kill go out together.
+                // Pages are never deleted here, so ids run 0, 1, 2...
+                let id = PageId(pages.len() as u64);
+                store.append(
+                    &scope,
+                    &[NewTurn::new("user", format!("turn {}", id.0), id.0)],
+                )?;
+                let hot = store.hot_turns(&scope)?;
+                let range = (hot[0].index..hot[hot.len() - 1].index + 1).into();
+                let with_image = id.0 % 2 == 0;
+                let page = NewPage {
+                    profile: "{}".into(),
+                    tier: Tier::new(0, data::LADDER[0]),
+                    text: data::text(id.0),
+                    image: with_image.then(|| data::image(id.0, 0, 0)),
+                    tokens: Some(TokenCache::new(
+                        data::token_shape(0),
+                        "f32",
+                        data::tokens(id.0, 0, 0),
+                    )?),
+                    at: Stamp::new(id.0, id.0),
+                    reason: "page-out".into(),
+                    due: Due::NOW,
+                };
+                writeln!(out, "begin page-out {} 0 1 1", id.0)?;
+                let made = store.page_out(&scope, range, page)?;
+                line(&mut out, "done", "page-out", &store.page(made)?)?;
+            }
+            (6..=12, Some(p)) => {
+                let tier = (p.tier.index + 1) % data::LADDER.len() as u8;
+                let image = p
+                    .text
+                    .is_none()
+                    .then(|| data::image(p.id.0, tier, p.changes));
+                let mut after = p.clone();
+                after.tier = Tier::new(tier, data::LADDER[usize::from(tier)]);
+                after.changes += 1;
+                line(&mut out, "begin", "decay", &after)?;
+                let r = store.transition(
+                    p.id,
+                    Transition {
+                        tier: after.tier.clone(),
+                        image,
+                        tokens: None,
+                        reason: "decay".into(),
+                        at: Stamp::new(step % 1_000_000, 0),
+                        due: Due::NEVER,
+                    },
+                )?;
+                line(&mut out, "done", "decay", &r)?;
+            }
+            (13..=18, Some(p)) if p.text.is_some() => {
+                let mut after = p.clone();
+                after.changes += 1;
+                after.text = None;
+                line(&mut out, "begin", "drop-text", &after)?;
+                let image = data::image(p.id.0, p.tier.index, p.changes);
+                let r = store.drop_text(
+                    p.id,
+                    None,
+                    Some(image),
+                    "drop text",
+                    Stamp::new(step % 1_000_000, 0),
+                )?;
+                line(&mut out, "done", "drop-text", &r)?;
+            }
+            (19, Some(p)) => {
+                line(&mut out, "begin", "compact", &p)?;
+                store.compact()?;
+                line(&mut out, "done", "compact", &store.page(p.id)?)?;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -98,9 +213,13 @@ fn main() -> ExitCode {
             Ok(s) => decay(dir, s),
             Err(_) => Err(format!("bad seed {seed:?}").into()),
         },
+        ["life", dir, seed] => match seed.parse() {
+            Ok(s) => life(dir, s),
+            Err(_) => Err(format!("bad seed {seed:?}").into()),
+        },
         ["compact", dir] => compact(dir),
         ["hold", dir] => hold(dir),
-        _ => Err("usage: lethe-memory-crashtest (decay DIR SEED | compact DIR | hold DIR)".into()),
+        _ => Err("usage: lethe-memory-crashtest (decay DIR SEED | life DIR SEED | compact DIR | hold DIR)".into()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
