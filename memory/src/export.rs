@@ -275,6 +275,7 @@ impl Store {
 
         let hpath = dir.join("history.jsonl");
         let history = read_file(&hpath)?;
+        let mut logs: std::collections::BTreeMap<PageId, Vec<TierChange>> = Default::default();
         for (n, line) in history.split(|&c| c == b'\n').enumerate() {
             if line.is_empty() {
                 continue;
@@ -282,10 +283,24 @@ impl Store {
             let e: TierChange = serde_json::from_slice(line)
                 .map_err(|e| export_err(&hpath, format!("line {}: {e}", n + 1)))?;
             sum.history_entries += 1;
-            txn.batch.put(
-                keys::history(e.page, e.seq),
-                keys::frame(&json_compact("history entry", &e)?),
-            );
+            let log = logs.entry(e.page).or_default();
+            if e.seq != log.len() as u64 {
+                return Err(export_err(
+                    &hpath,
+                    format!(
+                        "line {}: entry {} of page {} follows {} entries",
+                        n + 1,
+                        e.seq,
+                        e.page,
+                        log.len()
+                    ),
+                ));
+            }
+            log.push(e);
+        }
+        for (page, log) in &logs {
+            txn.batch
+                .put(keys::history(*page), crate::store::encode("history", log)?);
         }
 
         for &id in &manifest.pages {

@@ -13,21 +13,33 @@
 //! | `D` scope turn(u64 BE) id | empty: index of pages by the turn they are due at |
 //! | `W` time(u64 BE) id | empty: index of pages by the time they are due at |
 //! | `B` sha256(32 bytes) | how many records name the blob (JSON number) |
-//! | `A` id seq(u64 BE) | a [`TierChange`](crate::TierChange) (JSON), kept after the page is deleted |
+//! | `A` id | the page's history: every [`TierChange`](crate::TierChange) in order (JSON array), kept after the page is deleted |
 //! | `G` name | a caller's tag (JSON string), e.g. the fingerprint of the policy that set `due` |
 //! | `I` id, `V` id | schema 1 only: the page's PNG and token bytes, moved to blob files on open |
+//! | `A` id seq(u64 BE) | schema 1 only: one history entry, gathered into the page's list on open |
 //!
 //! A scope is encoded self-delimiting (per field: a presence byte, a u32 BE length, the UTF-8 bytes),
 //! so a prefix scan over one scope never matches another. Every value is framed as
-//! `b'L'`, a frame version byte, the CRC-32 of the payload (u32 LE), then the payload; a value whose
-//! frame does not check out is reported as corrupt, naming its key.
+//! `b'L'`, a frame kind byte, the CRC-32 of the bytes that follow (u32 LE), then those bytes: the
+//! payload itself (kind 1) or, for a record whose payload deflates to less (kind 2, [`frame_packed`]),
+//! its raw-deflate compression. A value whose frame does not check out is reported as corrupt,
+//! naming its key.
+
+use std::borrow::Cow;
 
 use crate::error::{Error, Result};
 use crate::types::{PageId, Scope};
 
 const MAGIC: u8 = b'L';
-const FRAME_VERSION: u8 = 1;
+/// Frame kind: the payload as it is.
+const FRAME_PLAIN: u8 = 1;
+/// Frame kind: the payload compressed with raw deflate.
+const FRAME_DEFLATE: u8 = 2;
 const HEADER: usize = 6;
+/// Payloads shorter than this are framed plain (deflate would not pay for its header).
+const PACK_MIN: usize = 256;
+/// The largest payload a deflated frame may inflate to (a guard against a corrupt length).
+const INFLATE_LIMIT: usize = 1 << 30;
 
 /// Key of the schema version record.
 pub const SCHEMA: &[u8] = b"Mschema";
@@ -150,14 +162,14 @@ pub fn scope_pages_prefix(scope: &Scope) -> Vec<u8> {
     with(b'S', &[&scope_bytes(scope)])
 }
 
-/// Key of one history entry.
-pub fn history(id: PageId, seq: u64) -> Vec<u8> {
-    with(b'A', &[&id.0.to_be_bytes(), &seq.to_be_bytes()])
+/// Key of a page's history.
+pub fn history(id: PageId) -> Vec<u8> {
+    with(b'A', &[&id.0.to_be_bytes()])
 }
 
-/// Prefix of one page's history.
-pub fn history_prefix(id: PageId) -> Vec<u8> {
-    with(b'A', &[&id.0.to_be_bytes()])
+/// Key of one history entry in a schema 1 store.
+pub fn legacy_history(id: PageId, seq: u64) -> Vec<u8> {
+    with(b'A', &[&id.0.to_be_bytes(), &seq.to_be_bytes()])
 }
 
 /// Prefix of the whole audit log.
@@ -200,7 +212,7 @@ pub fn describe(key: &[u8]) -> String {
         ),
         (Some(b'G'), _) => format!("tag/{}", String::from_utf8_lossy(&key[1..])),
         (Some(b'A'), Some(p)) if key.len() == 17 => {
-            format!("history/{p}/{}", trailing_u64(key).unwrap_or(0))
+            format!("legacy-history/{p}/{}", trailing_u64(key).unwrap_or(0))
         }
         (Some(b'A'), Some(p)) => format!("history/{p}"),
         (Some(b'S'), Some(p)) => format!("scope-index/{p}"),
@@ -211,18 +223,35 @@ pub fn describe(key: &[u8]) -> String {
     }
 }
 
-/// Frames a payload with its CRC-32.
-pub fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + payload.len());
+fn frame_as(kind: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + bytes.len());
     out.push(MAGIC);
-    out.push(FRAME_VERSION);
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
+    out.push(kind);
+    out.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    out.extend_from_slice(bytes);
     out
 }
 
-/// Checks a framed value and returns its payload, or a corrupt-record error naming `key`.
-pub fn unframe<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8]> {
+/// Frames a payload as it is, with its CRC-32.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    frame_as(FRAME_PLAIN, payload)
+}
+
+/// Frames a payload deflated when that makes it smaller (records with page text shrink about
+/// threefold), else as it is.
+pub fn frame_packed(payload: &[u8]) -> Vec<u8> {
+    if payload.len() >= PACK_MIN {
+        let packed = miniz_oxide::deflate::compress_to_vec(payload, 6);
+        if packed.len() < payload.len() {
+            return frame_as(FRAME_DEFLATE, &packed);
+        }
+    }
+    frame(payload)
+}
+
+/// Checks a framed value and returns its payload (inflated, for a packed frame), or a
+/// corrupt-record error naming `key`.
+pub fn unframe<'a>(key: &[u8], value: &'a [u8]) -> Result<Cow<'a, [u8]>> {
     let corrupt = |reason: String| Error::Corrupt {
         key: describe(key),
         page: page_of(key),
@@ -234,21 +263,26 @@ pub fn unframe<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8]> {
             value.len()
         )));
     }
-    if value[0] != MAGIC || value[1] != FRAME_VERSION {
+    if value[0] != MAGIC || !matches!(value[1], FRAME_PLAIN | FRAME_DEFLATE) {
         return Err(corrupt(format!(
             "bad frame header {:02x} {:02x}",
             value[0], value[1]
         )));
     }
     let want = u32::from_le_bytes([value[2], value[3], value[4], value[5]]);
-    let payload = &value[HEADER..];
-    let got = crc32fast::hash(payload);
+    let bytes = &value[HEADER..];
+    let got = crc32fast::hash(bytes);
     if want != got {
         return Err(corrupt(format!(
             "checksum mismatch (stored {want:08x}, computed {got:08x})"
         )));
     }
-    Ok(payload)
+    if value[1] == FRAME_PLAIN {
+        return Ok(Cow::Borrowed(bytes));
+    }
+    miniz_oxide::inflate::decompress_to_vec_with_limit(bytes, INFLATE_LIMIT)
+        .map(Cow::Owned)
+        .map_err(|e| corrupt(format!("packed record does not inflate: {e:?}")))
 }
 
 #[cfg(test)]
@@ -267,7 +301,18 @@ mod tests {
     #[test]
     fn frame_round_trips_and_detects_flips() {
         let f = frame(b"hello");
-        assert_eq!(unframe(b"P12345678", &f).ok(), Some(&b"hello"[..]));
+        assert_eq!(
+            unframe(b"P12345678", &f).ok().as_deref(),
+            Some(&b"hello"[..])
+        );
+        let text = "a page of text that repeats itself. ".repeat(40);
+        let packed = frame_packed(text.as_bytes());
+        assert!(packed.len() * 3 < text.len(), "{} bytes", packed.len());
+        assert_eq!(
+            unframe(b"P12345678", &packed).ok().as_deref(),
+            Some(text.as_bytes())
+        );
+        assert_eq!(frame_packed(b"short"), frame(b"short"));
         let mut bad = f.clone();
         bad[7] ^= 1;
         let err = unframe(&page(PageId(3)), &bad).err().map(|e| e.to_string());
@@ -282,7 +327,11 @@ mod tests {
     fn describe_names_pages() {
         assert_eq!(describe(&legacy_image(PageId(7))), "legacy-image/7");
         assert_eq!(describe(&due_time(3, PageId(7))), "due-time/7");
-        assert_eq!(describe(&history(PageId(7), 2)), "history/7/2");
-        assert_eq!(page_of(&history(PageId(7), 2)), Some(PageId(7)));
+        assert_eq!(describe(&history(PageId(7))), "history/7");
+        assert_eq!(
+            describe(&legacy_history(PageId(7), 2)),
+            "legacy-history/7/2"
+        );
+        assert_eq!(page_of(&legacy_history(PageId(7), 2)), Some(PageId(7)));
     }
 }

@@ -1,10 +1,11 @@
 //! Opening a store of schema 1, whose images and token caches live inside the engine.
 //!
 //! First the engine folder is copied to [`SCHEMA1_BACKUP_DIR`](crate::SCHEMA1_BACKUP_DIR) (the
-//! copy is synced and published by a rename, so it is whole or absent). Then, one page per
-//! transaction, each page's PNG and token bytes move into blob files, its record names them, and
-//! it enters the due index as due at once. The schema version is written last, so a crash
-//! part-way resumes where it stopped: a page whose bytes have already moved is skipped.
+//! copy is synced and published by a rename, so it is whole or absent). Then the audit log's
+//! entries are gathered into one list per page (one transaction), and, one page per transaction,
+//! each page's PNG and token bytes move into blob files, its record names them, and it enters the
+//! due index as due at once. The schema version is written last, so a crash part-way resumes
+//! where it stopped: entries and pages already moved are skipped.
 
 use std::fs;
 use std::path::Path;
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::pages::Txn;
 use crate::store::{crc, encode, Store, ENGINE_DIR, SCHEMA1_BACKUP_DIR, SCHEMA_VERSION};
-use crate::types::{Due, PageId, PageRecord, TokenCache};
+use crate::types::{Due, PageId, PageRecord, TierChange, TokenCache};
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
@@ -49,6 +50,7 @@ impl Store {
             sync_dir(&root)?;
         }
         let _g = self.lock();
+        self.gather_history()?;
         let mut ids = Vec::new();
         self.engine().visit_prefix(keys::ALL_PAGES, &mut |k, _| {
             ids.extend(keys::trailing_u64(k).map(PageId));
@@ -61,6 +63,27 @@ impl Store {
         b.put(keys::SCHEMA, encode("schema version", &SCHEMA_VERSION)?);
         self.commit(b)?;
         self.flush()
+    }
+
+    /// Gathers the one-entry-per-key history of schema 1 into one list per page.
+    fn gather_history(&self) -> Result<()> {
+        let mut logs: std::collections::BTreeMap<PageId, Vec<TierChange>> = Default::default();
+        let mut b = Batch::new();
+        self.engine().visit_prefix(keys::ALL_HISTORY, &mut |k, v| {
+            if k.len() == 17 {
+                let entry: TierChange = crate::store::decode(k, v)?;
+                logs.entry(entry.page).or_default().push(entry);
+                b.delete(k.to_vec());
+            }
+            Ok(true)
+        })?;
+        for (page, log) in &logs {
+            b.put(keys::history(*page), encode("history", log)?);
+        }
+        if !b.is_empty() {
+            self.commit(b)?;
+        }
+        Ok(())
     }
 
     fn migrate_page(&self, id: PageId) -> Result<()> {
@@ -78,8 +101,8 @@ impl Store {
         if let Some(v) = image {
             let bytes = keys::unframe(&image_key, &v)?;
             if !bytes.is_empty() {
-                rec.image_blob = Some(txn.add_blob(bytes)?);
-                rec.checksum.image = Some(crc(bytes));
+                rec.image_blob = Some(txn.add_blob(&bytes)?);
+                rec.checksum.image = Some(crc(&bytes));
             } else {
                 rec.checksum.image = None;
             }
@@ -88,7 +111,7 @@ impl Store {
         if let (Some(v), Some(meta)) = (tokens, rec.tokens.as_mut()) {
             let bytes = keys::unframe(&tokens_key, &v)?;
             TokenCache::new(meta.shape.clone(), meta.dtype.clone(), bytes.to_vec())?;
-            meta.blob = Some(txn.add_blob(bytes)?);
+            meta.blob = Some(txn.add_blob(&bytes)?);
         }
         txn.batch.delete(tokens_key);
         rec.due = Due::NOW;

@@ -124,13 +124,15 @@ fn unindex_due(b: &mut Batch, scope: &Scope, id: PageId, due: Option<Due>) {
     }
 }
 
-fn history_entry(rec: &PageRecord, entry: &TierChange, b: &mut Batch) -> Result<()> {
-    debug_assert_eq!(entry.page, rec.id);
-    b.put(
-        keys::history(entry.page, entry.seq),
-        encode("history entry", entry)?,
-    );
-    Ok(())
+impl Txn<'_> {
+    /// Appends an entry to its page's history (one record per page, so that it packs well).
+    fn log(&mut self, entry: TierChange) -> Result<()> {
+        let mut list = self.store.read_history(entry.page)?.unwrap_or_default();
+        let key = keys::history(entry.page);
+        list.push(entry);
+        self.batch.put(key, encode("history", &list)?);
+        Ok(())
+    }
 }
 
 impl Store {
@@ -223,7 +225,7 @@ impl Store {
             };
             txn.put_page(&record, None)?;
             txn.batch.put(keys::scope_page(scope, id), keys::frame(&[]));
-            history_entry(&record, &entry, &mut txn.batch)?;
+            txn.log(entry)?;
             ids.push(id);
         }
         txn.batch.put(
@@ -457,7 +459,7 @@ impl Store {
             rec.due = t.due;
             txn.set_image(rec, t.image.as_deref())?;
             txn.set_tokens(rec, t.tokens.as_ref())?;
-            history_entry(rec, &entry, &mut txn.batch)
+            txn.log(entry)
         })
     }
 
@@ -519,7 +521,7 @@ impl Store {
                 at,
             };
             rec.changes += 1;
-            history_entry(rec, &entry, &mut txn.batch)
+            txn.log(entry)
         })
     }
 
@@ -563,32 +565,32 @@ impl Store {
         unindex_due(&mut txn.batch, &rec.scope, id, Some(rec.due));
         txn.batch.delete(keys::page(id));
         txn.batch.delete(keys::scope_page(&rec.scope, id));
-        history_entry(&rec, &entry, &mut txn.batch)?;
+        txn.log(entry)?;
         txn.commit()
     }
 
     /// A page's history (creation, tier changes, text drops, deletion), oldest first. Works for
     /// deleted pages too.
     pub fn history(&self, id: PageId) -> Result<Vec<TierChange>> {
-        let entries: Vec<TierChange> = self
-            .engine()
-            .scan_prefix(&keys::history_prefix(id))?
-            .iter()
-            .map(|(k, v)| decode(k, v))
-            .collect::<Result<_>>()?;
-        if entries.is_empty() && self.engine().get(&keys::page(id))?.is_none() {
-            return Err(Error::PageNotFound(id));
+        match self.read_history(id)? {
+            Some(entries) => Ok(entries),
+            None if self.engine().get(&keys::page(id))?.is_none() => Err(Error::PageNotFound(id)),
+            None => Ok(Vec::new()),
         }
-        Ok(entries)
+    }
+
+    pub(crate) fn read_history(&self, id: PageId) -> Result<Option<Vec<TierChange>>> {
+        self.read(&keys::history(id))
     }
 
     /// The whole audit log, ordered by page then sequence.
     pub fn audit_log(&self) -> Result<Vec<TierChange>> {
-        self.engine()
-            .scan_prefix(keys::ALL_HISTORY)?
-            .iter()
-            .map(|(k, v)| decode(k, v))
-            .collect()
+        let mut log = Vec::new();
+        self.engine().visit_prefix(keys::ALL_HISTORY, &mut |k, v| {
+            log.extend(decode::<Vec<TierChange>>(k, v)?);
+            Ok(true)
+        })?;
+        Ok(log)
     }
 
     /// A caller's tag (e.g. the fingerprint of the policy that set the pages' due stamps).

@@ -42,10 +42,13 @@ impl SledEngine {
     /// background thread a moment later. Opening waits for that, up to [`RELEASE_WAIT`].
     pub fn open(dir: &Path) -> Result<Self> {
         let started = Instant::now();
+        // sled fixes its segment size when it creates a database and refuses another later.
+        let segment_size = stored_segment_size(dir).unwrap_or(SEGMENT_SIZE);
         loop {
             let opened = sled::Config::new()
                 .path(dir)
                 .cache_capacity(64 * 1024 * 1024)
+                .segment_size(segment_size)
                 .open();
             match opened {
                 Ok(db) => {
@@ -66,6 +69,18 @@ impl SledEngine {
             }
         }
     }
+}
+
+/// The segment size of new databases. sled's default (512 KiB) leaves a store of a few megabytes
+/// at three times its live bytes; smaller segments are reclaimed sooner.
+const SEGMENT_SIZE: usize = 64 * 1024;
+
+/// The segment size recorded in an existing database's `conf` file.
+fn stored_segment_size(dir: &Path) -> Option<usize> {
+    let conf = std::fs::read_to_string(dir.join("conf")).ok()?;
+    conf.lines()
+        .find_map(|l| l.strip_prefix("segment_size:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// How long opening waits for a just-dropped handle of this process to release sled's lock.

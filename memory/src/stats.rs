@@ -10,15 +10,18 @@ use crate::store::{decode, Store};
 use crate::types::{Stats, TierStats, TurnRecord};
 
 impl Store {
-    /// Counts and sizes: pages and bytes per tier, hot turns, history, what the live bytes are
-    /// made of, and the bytes on disk of the engine and of the blob files.
+    /// Counts and sizes: pages and bytes per tier, hot turns, history, the live bytes (records as
+    /// stored, deflated, plus blobs) and what they are made of (before deflate), and the bytes on
+    /// disk of the engine and of the blob files.
     pub fn stats(&self) -> Result<Stats> {
         let mut s = Stats::default();
         let mut tiers: BTreeMap<String, TierStats> = BTreeMap::new();
         let mut blobs: BTreeSet<BlobId> = BTreeSet::new();
         self.engine().visit_prefix(b"", &mut |k, v| {
             s.live_bytes += (k.len() + v.len()) as u64;
-            s.made_of.records += (k.len() + v.len()) as u64;
+            // What a record is made of is counted before deflate.
+            let logical = keys::unframe(k, v).map_or(v.len(), |p| p.len());
+            s.made_of.records += (k.len() + logical) as u64;
             match k.first() {
                 Some(b'P') => match self.decode_page(k, v) {
                     Ok(p) => {
@@ -56,7 +59,10 @@ impl Store {
                     }
                 }
                 Some(b'C') => s.scopes += 1,
-                Some(b'A') => s.history_entries += 1,
+                Some(b'A') => match decode::<Vec<crate::types::TierChange>>(k, v) {
+                    Ok(entries) => s.history_entries += entries.len() as u64,
+                    Err(_) => s.corrupt += 1,
+                },
                 _ => {}
             }
             Ok(true)
@@ -106,7 +112,7 @@ impl Store {
                         && h.windows(2).all(|w| w[0].to == w[1].from);
                     if !consistent {
                         problems.push(Error::Corrupt {
-                            key: keys::describe(&keys::history_prefix(rec.id)),
+                            key: keys::describe(&keys::history(rec.id)),
                             page: Some(rec.id),
                             reason: format!(
                                 "history of {} entries does not end at tier {}",

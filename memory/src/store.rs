@@ -257,7 +257,7 @@ fn is_png(bytes: &[u8]) -> bool {
 
 pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value)
-        .map(|v| keys::frame(&v))
+        .map(|v| keys::frame_packed(&v))
         .map_err(|source| Error::Encode {
             what: what.to_string(),
             source,
@@ -266,7 +266,7 @@ pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T> {
     let payload = keys::unframe(key, value)?;
-    serde_json::from_slice(payload).map_err(|e| Error::Corrupt {
+    serde_json::from_slice(&payload).map_err(|e| Error::Corrupt {
         key: keys::describe(key),
         page: keys::page_of(key),
         reason: format!("undecodable record: {e}"),

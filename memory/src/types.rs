@@ -462,8 +462,8 @@ pub struct Stats {
     pub history_entries: u64,
     /// Records that failed their checksum or decode (see [`Store::pages`](crate::Store::pages)).
     pub corrupt: u64,
-    /// What the data itself weighs: the engine's records (keys and values) plus the blobs the
-    /// records name (each counted once).
+    /// What the data itself weighs as stored: the engine's records (keys and values, records
+    /// deflated) plus the blobs the records name (each counted once).
     pub live_bytes: u64,
     /// Bytes the store's folder takes on disk: `engine_bytes_on_disk + blob_bytes_on_disk`.
     pub bytes_on_disk: u64,
@@ -478,7 +478,7 @@ pub struct Stats {
     pub blob_files: u64,
 }
 
-/// The live bytes of a store by kind.
+/// What a store holds by kind, in bytes before the engine's deflate.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MadeOf {
     /// Stored PNGs (blobs).

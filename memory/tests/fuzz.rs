@@ -140,9 +140,9 @@ fn apply(bytes: Vec<u8>, d: &Damage, framed: bool) -> Vec<u8> {
             let payload = if framed {
                 keys::unframe(b"", &bytes).expect("seeded store is intact")
             } else {
-                &bytes[..]
+                std::borrow::Cow::Borrowed(&bytes[..])
             };
-            let text = String::from_utf8_lossy(payload);
+            let text = String::from_utf8_lossy(&payload);
             let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
             let out = if lines.len() > 1 {
                 // JSON Lines: mutate one line.
@@ -153,7 +153,7 @@ fn apply(bytes: Vec<u8>, d: &Damage, framed: bool) -> Vec<u8> {
                 }
                 (lines.join("\n") + "\n").into_bytes()
             } else {
-                let Ok(mut v) = serde_json::from_slice::<Value>(payload) else {
+                let Ok(mut v) = serde_json::from_slice::<Value>(&payload) else {
                     return bytes;
                 };
                 replace_json(&mut v, &mut (i % 64), with);

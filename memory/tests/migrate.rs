@@ -64,7 +64,7 @@ fn schema1_store(dir: &std::path::Path) {
         schema1_page(&mut b, &scope, id);
         b.put(keys::scope_page(&scope, PageId(id)), keys::frame(&[]));
         b.put(
-            keys::history(PageId(id), 0),
+            keys::legacy_history(PageId(id), 0),
             frame_json(json!({"page": id, "seq": 0, "from": null,
                 "to": {"index": 0, "mode": "large"}, "reason": "page-out",
                 "at": {"turn": id, "time": id}})),
