@@ -312,26 +312,42 @@ impl Store {
         }))
     }
 
+    /// Reads something of a page's current record. Reads take no lock, so a write on another
+    /// thread may replace (and delete) a blob between reading the record and reading the blob:
+    /// while a read fails and the record has changed meanwhile, it is read again (a few times).
+    fn read_page<T>(&self, id: PageId, f: impl Fn(&PageRecord) -> Result<T>) -> Result<T> {
+        let mut record = self.page(id)?;
+        for _ in 0..16 {
+            match f(&record) {
+                Err(e) => match self.page(id) {
+                    Ok(now) if now != record => record = now,
+                    _ => return Err(e),
+                },
+                read => return read,
+            }
+        }
+        f(&record)
+    }
+
     /// A page's stored PNG at its current tier, checked against its checksum; `None` when no image
     /// is stored (the caller redraws the page from its text, or it was evicted).
     pub fn image(&self, id: PageId) -> Result<Option<Vec<u8>>> {
-        self.image_of(&self.page(id)?)
+        self.read_page(id, |r| self.image_of(r))
     }
 
     /// A page's vision-token cache at its current tier, if any, checked against its checksum.
     pub fn tokens(&self, id: PageId) -> Result<Option<TokenCache>> {
-        self.tokens_of(&self.page(id)?)
+        self.read_page(id, |r| self.tokens_of(r))
     }
 
     /// A page with its image and tokens, all checked.
     pub fn load(&self, id: PageId) -> Result<Page> {
-        let record = self.page(id)?;
-        let image = self.image_of(&record)?;
-        let tokens = self.tokens_of(&record)?;
-        Ok(Page {
-            record,
-            image,
-            tokens,
+        self.read_page(id, |record| {
+            Ok(Page {
+                record: record.clone(),
+                image: self.image_of(record)?,
+                tokens: self.tokens_of(record)?,
+            })
         })
     }
 

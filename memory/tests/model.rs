@@ -634,3 +634,63 @@ fn assert_same_tree(a: &std::path::Path, b: &std::path::Path) {
     };
     assert_eq!(list(a), list(b));
 }
+
+/// Reads take no lock: a reader on another thread may find the blob its record named already
+/// replaced by a writer's tier change. It must then read the new record, never fail.
+#[test]
+fn readers_on_other_threads_never_miss_a_blob_a_writer_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir.path().join("store"));
+    let scope = Scope::session("threads");
+    let r = store
+        .append(&scope, &[NewTurn::new("user", "hi", 0)])
+        .expect("append");
+    let id = store
+        .page_out(
+            &scope,
+            r,
+            NewPage {
+                profile: "{}".into(),
+                tier: Tier::new(0, LADDER[0]),
+                text: "hi".into(),
+                image: Some(png(0, 2_000)),
+                tokens: Some(tokens(0, 0)),
+                at: Stamp::new(0, 0),
+                reason: "page-out".into(),
+                due: Due::NEVER,
+            },
+        )
+        .expect("page out");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let page = store.load(id).expect("a read never fails mid-swap");
+                    assert!(page.image.is_some() && page.tokens.is_some());
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        for step in 1..=300u64 {
+            let tier = (step % 4) as u8;
+            store
+                .transition(
+                    id,
+                    Transition {
+                        tier: Tier::new(tier, LADDER[usize::from(tier)]),
+                        image: Some(png(step, 2_000)),
+                        tokens: Some(tokens(step, tier)),
+                        reason: "swap".into(),
+                        at: Stamp::new(step, step),
+                        due: Due::NEVER,
+                    },
+                )
+                .expect("transition");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(reads.into_inner() > 0);
+    assert!(store.verify().expect("verify").is_empty());
+}
