@@ -190,8 +190,8 @@ pub fn print_report(report: &Report) {
     );
     let s = &report.store;
     println!(
-        "store: {} on disk (engine {}, {} blob files {}); live {}: text {}, images {}, token \
-         caches {}, records {}{}",
+        "store: {} on disk (engine {}, {} blob files {}); live {} as stored (records deflated), \
+         holding text {}, images {}, token caches {} and {} of other record fields{}",
         human_bytes(s.bytes_on_disk),
         human_bytes(s.engine_bytes_on_disk),
         s.blob_files,
