@@ -2,31 +2,32 @@
 
 use std::path::PathBuf;
 
-/// Errors of the [`crate::Lethe`] facade. Each wraps the failing crate's error, so the message
-/// names what and where, and `source()` keeps the chain.
+/// Errors of the [`crate::Lethe`] facade. A crate's error passes through as it is (its message
+/// names what and where); the facade's own errors keep their cause in `source()`, so printing the
+/// chain (`{:#}` with anyhow) shows each cause once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The page store failed.
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] lethe_memory::Error),
     /// The renderer failed.
-    #[error("render: {0}")]
+    #[error(transparent)]
     Render(#[from] lethe_render::Error),
     /// The policy failed (bad file, budget too small for the pinned pages, ...).
-    #[error("policy: {0}")]
+    #[error(transparent)]
     Policy(#[from] lethe_policy::PolicyError),
     /// The vision encoder failed.
-    #[error("encoder: {0}")]
+    #[error(transparent)]
     Encoder(#[from] lethe_encoder::Error),
     /// The decoder failed.
-    #[error("decoder: {0}")]
+    #[error(transparent)]
     Decoder(#[from] lethe_decoder::Error),
     /// A tensor operation in the glue between encoder and decoder failed.
-    #[error("tensor: {0}")]
+    #[error(transparent)]
     Tensor(#[from] candle_core::Error),
     /// A stored page's metadata could not be read back.
-    #[error("page {page}: unreadable render metadata: {source}")]
+    #[error("page {page}: unreadable render metadata")]
     PageMeta {
         /// The page.
         page: lethe_memory::PageId,
@@ -35,7 +36,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// A file or folder could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("I/O error on {}", path.display())]
     Io {
         /// Where.
         path: PathBuf,
@@ -46,9 +47,6 @@ pub enum Error {
     /// The caller asked for something that cannot be done (the message says what).
     #[error("{0}")]
     Invalid(String),
-    /// Decoding a page back to text needs a model, and none is loaded.
-    #[error("recall of the page images needs a decoder model: pass a DeepSeek-OCR checkpoint folder (--model DIR)")]
-    NoModel,
 }
 
 /// Result of the facade.

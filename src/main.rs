@@ -92,19 +92,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes, `: `-separated, leaving out a cause whose text the message already
-/// holds (the facade's errors quote the crate error they wrap, which is also their source).
+/// The error and its causes, `: `-separated (each error in the chain prints only its own part).
 fn message(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
+    err.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }

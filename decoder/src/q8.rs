@@ -130,26 +130,29 @@ fn dot_q8_portable(q: &[i8], d: &[f32], x: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_q8_avx2(q: &[i8], d: &[f32], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let blocks = d.len();
-    assert!(q.len() >= blocks * BLOCK && x.len() >= blocks * BLOCK);
-    let (qp, xp) = (q.as_ptr(), x.as_ptr());
-    // Two totals so consecutive blocks' scale-multiply-adds do not wait on each other.
-    let mut tot = [_mm256_setzero_ps(), _mm256_setzero_ps()];
-    for b in 0..blocks {
-        let base = b * BLOCK;
-        let mut acc = _mm256_setzero_ps();
-        for c in 0..4 {
-            let off = base + 8 * c;
-            // SAFETY: `off + 8 <= blocks * 32 <= len` for both slices.
-            let q8 = _mm_loadl_epi64(qp.add(off) as *const __m128i);
-            let qf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
-            acc = _mm256_fmadd_ps(qf, _mm256_loadu_ps(xp.add(off)), acc);
+    // SAFETY: the caller checked AVX2 and FMA; the assert below bounds every block read of `q`, `d` and `x`.
+    unsafe {
+        use std::arch::x86_64::*;
+        let blocks = d.len();
+        assert!(q.len() >= blocks * BLOCK && x.len() >= blocks * BLOCK);
+        let (qp, xp) = (q.as_ptr(), x.as_ptr());
+        // Two totals so consecutive blocks' scale-multiply-adds do not wait on each other.
+        let mut tot = [_mm256_setzero_ps(), _mm256_setzero_ps()];
+        for b in 0..blocks {
+            let base = b * BLOCK;
+            let mut acc = _mm256_setzero_ps();
+            for c in 0..4 {
+                let off = base + 8 * c;
+                // SAFETY: `off + 8 <= blocks * 32 <= len` for both slices.
+                let q8 = _mm_loadl_epi64(qp.add(off) as *const __m128i);
+                let qf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+                acc = _mm256_fmadd_ps(qf, _mm256_loadu_ps(xp.add(off)), acc);
+            }
+            let t = &mut tot[b & 1];
+            *t = _mm256_fmadd_ps(_mm256_set1_ps(*d.get_unchecked(b)), acc, *t);
         }
-        let t = &mut tot[b & 1];
-        *t = _mm256_fmadd_ps(_mm256_set1_ps(*d.get_unchecked(b)), acc, *t);
+        crate::ops::hsum256(_mm256_add_ps(tot[0], tot[1]))
     }
-    crate::ops::hsum256(_mm256_add_ps(tot[0], tot[1]))
 }
 
 #[cfg(test)]

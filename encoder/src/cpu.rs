@@ -309,50 +309,53 @@ fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_fma(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let ap = a.as_ptr();
-    let bp = b.as_ptr();
-    for p in 0..kc {
-        let b0 = _mm256_loadu_ps(bp.add(p * NR));
-        let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm256_broadcast_ss(&*ap.add(p * MR + r));
-            row[0] = _mm256_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(av, b1, row[1]);
-        }
-    }
-    let full = t.mr == MR && t.nr == NR;
-    if full && t.act == Act::None {
-        let bias0 = t.bias.map(|b| {
-            (
-                _mm256_loadu_ps(b.as_ptr()),
-                _mm256_loadu_ps(b.as_ptr().add(8)),
-            )
-        });
-        for (r, row) in acc.iter().enumerate() {
-            let cp = c.as_mut_ptr().add(r * t.ldc);
-            let (mut v0, mut v1) = (row[0], row[1]);
-            if t.first {
-                if let Some((x0, x1)) = bias0 {
-                    v0 = _mm256_add_ps(v0, x0);
-                    v1 = _mm256_add_ps(v1, x1);
-                }
-            } else {
-                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cp));
-                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cp.add(8)));
+    // SAFETY: the caller checked AVX2 and FMA (`has_fma`); every load reads within `a` (`kc * MR` values) and `b` (`kc * NR`), and every store writes within the tile of `c` that `t` describes.
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let ap = a.as_ptr();
+        let bp = b.as_ptr();
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(bp.add(p * NR));
+            let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(p * MR + r));
+                row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(av, b1, row[1]);
             }
-            _mm256_storeu_ps(cp, v0);
-            _mm256_storeu_ps(cp.add(8), v1);
         }
-        return;
+        let full = t.mr == MR && t.nr == NR;
+        if full && t.act == Act::None {
+            let bias0 = t.bias.map(|b| {
+                (
+                    _mm256_loadu_ps(b.as_ptr()),
+                    _mm256_loadu_ps(b.as_ptr().add(8)),
+                )
+            });
+            for (r, row) in acc.iter().enumerate() {
+                let cp = c.as_mut_ptr().add(r * t.ldc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if t.first {
+                    if let Some((x0, x1)) = bias0 {
+                        v0 = _mm256_add_ps(v0, x0);
+                        v1 = _mm256_add_ps(v1, x1);
+                    }
+                } else {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cp));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cp.add(8)));
+                }
+                _mm256_storeu_ps(cp, v0);
+                _mm256_storeu_ps(cp.add(8), v1);
+            }
+            return;
+        }
+        let mut tmp = [[0f32; NR]; MR];
+        for (r, row) in acc.iter().enumerate() {
+            _mm256_storeu_ps(tmp[r].as_mut_ptr(), row[0]);
+            _mm256_storeu_ps(tmp[r].as_mut_ptr().add(8), row[1]);
+        }
+        store_tile(&tmp, c, t);
     }
-    let mut tmp = [[0f32; NR]; MR];
-    for (r, row) in acc.iter().enumerate() {
-        _mm256_storeu_ps(tmp[r].as_mut_ptr(), row[0]);
-        _mm256_storeu_ps(tmp[r].as_mut_ptr().add(8), row[1]);
-    }
-    store_tile(&tmp, c, t);
 }
 
 /// Whether the AVX2 + FMA kernel can run.
