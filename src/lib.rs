@@ -39,7 +39,6 @@
 
 mod embedded;
 mod error;
-pub mod metrics;
 mod model;
 
 use std::collections::BTreeSet;

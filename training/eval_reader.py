@@ -3,7 +3,7 @@
 The per-cell head (training-only, never exported) reads every vision token's characters. With the
 page's layout given (each character's cell, line slot and position, from `memctl render --boxes`),
 its predictions rebuild the page text; that text is scored with the same metrics as `memctl bench`
-(Fox-style word precision, normalised edit distance, character F1; `src/metrics/text.rs`). No
+(Fox-style word precision, normalised edit distance, character F1; `cli/src/metrics/text.rs`). No
 language model fills gaps, so this is what the pixels alone carry. Set beside `memctl bench`'s
 full-decoder figures on the same held-out transcripts, it is the stage-1-vs-stage-2 ablation.
 

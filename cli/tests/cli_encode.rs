@@ -1,16 +1,8 @@
 //! `memctl encode` end to end on the tiny parity fixture, plus its error paths, and an opt-in
 //! run of the real checkpoint (`LETHE_DEEPSEEK_OCR_DIR`).
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deepseek-ocr")
-}
-
-fn memctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_memctl"))
-}
+mod support;
+use support::{fixtures, memctl};
 
 #[test]
 fn encode_writes_reference_tokens() {

@@ -7,8 +7,8 @@
 //! than to another page's, so it comes from the pixels. Raise the floors as the reader improves;
 //! the figures are printed on every run.
 
-use lethe::metrics::{char_f1, normalized_edit_distance, word_precision};
 use lethe::{Mode, OcrModel, OcrOptions};
+use lethe_cli::metrics::{char_f1, normalized_edit_distance, word_precision};
 use lethe_render::{Renderer, Turn};
 
 /// Two short pages of the kinds of turns agents write: prose, numbers, identifiers.

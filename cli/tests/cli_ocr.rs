@@ -1,15 +1,7 @@
 //! `memctl ocr` end to end on the tiny fixture checkpoint, and its errors.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn memctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_memctl"))
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deepseek-ocr")
-}
+mod support;
+use support::{fixtures, memctl};
 
 #[test]
 fn help_states_the_memory_need() {

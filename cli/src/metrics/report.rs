@@ -32,7 +32,7 @@ pub struct PageScores {
 /// Scores `output` against `source` with every metric.
 ///
 /// ```
-/// use lethe::metrics::score_page;
+/// use lethe_cli::metrics::score_page;
 /// let s = score_page("id 42", "id 42");
 /// assert_eq!((s.word_precision, s.edit_distance, s.char_f1), (1.0, 0.0, 1.0));
 /// assert_eq!(s.spans.recall(), Some(1.0));
@@ -304,7 +304,7 @@ impl BenchReport {
     /// A builder with bucket width [`DEFAULT_BUCKET_WIDTH`] and no records.
     ///
     /// ```
-    /// use lethe::metrics::{BenchReport, Keep, SourcePage, WhitespaceTokenizer};
+    /// use lethe_cli::metrics::{BenchReport, Keep, SourcePage, WhitespaceTokenizer};
     /// let tok = WhitespaceTokenizer;
     /// let page = SourcePage::new("doc", 0, "alpha beta gamma delta", &tok).unwrap();
     /// let report = BenchReport::builder()

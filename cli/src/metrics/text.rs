@@ -26,7 +26,7 @@ pub fn is_cjk(c: char) -> bool {
 /// symbols, emoji) separates words and is dropped. Case is kept: `Rust` and `rust` are different words.
 ///
 /// ```
-/// use lethe::metrics::words;
+/// use lethe_cli::metrics::words;
 /// assert_eq!(words("Free OCR: 中文 snake_case, v1.2"), ["Free", "OCR", "中", "文", "snake_case", "v1", "2"]);
 /// ```
 pub fn words(text: &str) -> Vec<&str> {
@@ -57,7 +57,7 @@ pub fn words(text: &str) -> Vec<&str> {
 /// do not matter. A source with no words has nothing to recall: the result is `1.0`.
 ///
 /// ```
-/// use lethe::metrics::word_precision;
+/// use lethe_cli::metrics::word_precision;
 /// assert_eq!(word_precision("the cat sat", "the cat"), 2.0 / 3.0);
 /// ```
 pub fn word_precision(source: &str, output: &str) -> f64 {
@@ -112,7 +112,7 @@ pub fn levenshtein(a: &str, b: &str) -> usize {
 /// better. Two empty texts are identical: `0.0`; one empty and one not: `1.0`.
 ///
 /// ```
-/// use lethe::metrics::normalized_edit_distance;
+/// use lethe_cli::metrics::normalized_edit_distance;
 /// assert_eq!(normalized_edit_distance("kitten", "sitting"), 3.0 / 7.0);
 /// ```
 pub fn normalized_edit_distance(source: &str, output: &str) -> f64 {
@@ -133,7 +133,7 @@ pub fn normalized_edit_distance(source: &str, output: &str) -> f64 {
 /// Order is ignored, so a reordered text scores `1.0` here (edit distance catches order).
 ///
 /// ```
-/// use lethe::metrics::char_f1;
+/// use lethe_cli::metrics::char_f1;
 /// assert_eq!(char_f1("abcd", "ab"), 2.0 * 1.0 * 0.5 / 1.5);
 /// ```
 pub fn char_f1(source: &str, output: &str) -> f64 {

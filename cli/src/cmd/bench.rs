@@ -2,7 +2,7 @@
 //!
 //! Renders each transcript's pages at every mode (or takes given page images, Fox-style), has a
 //! decoder read each page back, scores the text against the page's source with
-//! [`lethe::metrics`], adds the truncation and uncompressed baselines at the same token budget,
+//! [`lethe_cli::metrics`], adds the truncation and uncompressed baselines at the same token budget,
 //! and writes a table, JSON, CSV and the recall-against-compression plot (SVG and PNG).
 //!
 //! The command is built around two plug points, so the same harness measures any decoder:
@@ -19,8 +19,10 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use lethe::metrics::{BenchReport, BoxError, Keep, PageRecord, Plot, SourcePage, TextTokenizer};
 use lethe::{OcrModel, OcrOptions};
+use lethe_cli::metrics::{
+    BenchReport, BoxError, Keep, PageRecord, Plot, SourcePage, TextTokenizer,
+};
 use lethe_render::{gundam_grid, Mode, Page, PageImage, RenderProfile, Renderer};
 
 use super::common::{self, read_transcript, FormatArg, ModelArgs};
@@ -613,7 +615,7 @@ pub fn write_outputs(report: &BenchReport, out: &Path) -> anyhow::Result<Vec<Pat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lethe::metrics::WhitespaceTokenizer;
+    use lethe_cli::metrics::WhitespaceTokenizer;
 
     /// A PNG of `w` x `h` grey pixels.
     fn png(w: u32, h: u32) -> Vec<u8> {
@@ -820,7 +822,7 @@ mod tests {
 
     /// The tiny fixture checkpoint with the fixture tokenizer beside it, in a temporary folder.
     fn tiny_model_dir() -> tempfile::TempDir {
-        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deepseek-ocr");
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/deepseek-ocr");
         let dir = tempfile::tempdir().unwrap();
         for (from, to) in [
             ("tiny/config.json", "config.json"),

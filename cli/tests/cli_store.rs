@@ -1,14 +1,10 @@
 //! `memctl compress` and the store subcommands, end to end through the binary.
 
+mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn memctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_memctl"))
-        .args(args)
-        .output()
-        .expect("run memctl")
-}
+use support::run as memctl;
 
 /// `memctl compress` with no reader, 4 hot turns and JSON output.
 fn compress(transcript: &str, store: &str) -> Output {

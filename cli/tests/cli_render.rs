@@ -1,14 +1,9 @@
 //! `memctl render` end to end: files, JSON summary, exit codes.
 
+mod support;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn memctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_memctl"))
-        .args(args)
-        .output()
-        .expect("run memctl")
-}
+use support::run as memctl;
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")

@@ -13,7 +13,7 @@ pub fn mean(values: &[f64]) -> Option<f64> {
 /// `None` when there are no values; NaNs sort last.
 ///
 /// ```
-/// use lethe::metrics::percentile;
+/// use lethe_cli::metrics::percentile;
 /// // h = 0.1 * 9 = 0.9 -> 1 + 0.9 * (2 - 1)
 /// let v: Vec<f64> = (1..=10).map(f64::from).collect();
 /// assert!((percentile(&v, 0.10).unwrap() - 1.9).abs() < 1e-12);
@@ -70,7 +70,7 @@ impl Bucket {
     /// `hi = lo + width`. A `width` of 0 is treated as 1.
     ///
     /// ```
-    /// use lethe::metrics::Bucket;
+    /// use lethe_cli::metrics::Bucket;
     /// assert_eq!(Bucket::of(600, 100), Bucket { lo: 600, hi: 700 });
     /// assert_eq!(Bucket::of(699, 100), Bucket { lo: 600, hi: 700 });
     /// assert_eq!(Bucket::of(700, 100).to_string(), "700-800");

@@ -1,6 +1,7 @@
 //! Metrics, summaries and report renderings on hand-made cases with known answers.
 
-use lethe::metrics::{
+mod support;
+use lethe_cli::metrics::{
     char_f1, critical_spans, levenshtein, normalized_edit_distance, percentile, score_page,
     span_found, span_recall, word_precision, words, BenchReport, Bucket, CriticalSpan, Keep, Plot,
     SeriesKind, SourcePage, SpanKind, Summary, TextTokenizer, WhitespaceTokenizer,
@@ -500,10 +501,7 @@ fn levenshtein_with_shared_prefix_and_suffix() {
 
 #[test]
 fn every_span_is_found_in_its_own_text() {
-    let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/agent-sessions.txt"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(support::sample()).unwrap();
     let extra = "v1.2.3 and x4-4 at 07:41:02.118, (see `pool.begin()`), id=42; HTTP/1.1 \"503s\"";
     for t in [text.as_str(), extra] {
         let spans = critical_spans(t);

@@ -67,7 +67,7 @@ fn is_code_line(trimmed: &str) -> bool {
 /// contributes its numbers. See [`SpanKind`] for each rule.
 ///
 /// ```
-/// use lethe::metrics::{critical_spans, SpanKind};
+/// use lethe_cli::metrics::{critical_spans, SpanKind};
 /// let spans = critical_spans("See https://x.io/a and src/main.rs: fix parse_args() by 12:30.");
 /// let kinds: Vec<_> = spans.iter().map(|s| (s.kind, s.text.as_str())).collect();
 /// assert_eq!(kinds, [
@@ -347,7 +347,7 @@ impl SpanRecall {
 /// Exact recall of the source's [`critical_spans`] in `output`.
 ///
 /// ```
-/// use lethe::metrics::span_recall;
+/// use lethe_cli::metrics::span_recall;
 /// let r = span_recall("ticket ABC-12 at 3.5 GB", "ticket ABC-12 at 3.6 GB");
 /// assert_eq!((r.found, r.total), (1, 2));
 /// ```

@@ -17,7 +17,7 @@
 //! Text tokens are counted by a caller-supplied [`TextTokenizer`], whose name every report carries.
 //!
 //! ```
-//! use lethe::metrics::{
+//! use lethe_cli::metrics::{
 //!     score_page, BenchReport, Keep, Plot, SourcePage, TextTokenizer, WhitespaceTokenizer,
 //! };
 //!

@@ -221,7 +221,7 @@ pub fn score_pages(
     }
     let todo: usize = tiers.values().map(Vec::len).sum();
     let bar = progress(todo as u64, "reading pages back");
-    let mut by_tier: BTreeMap<String, Vec<lethe::metrics::PageScores>> = BTreeMap::new();
+    let mut by_tier: BTreeMap<String, Vec<lethe_cli::metrics::PageScores>> = BTreeMap::new();
     let now = u64::MAX / 2;
     for id in tiers.into_values().flatten() {
         bar.inc(1);
@@ -231,7 +231,7 @@ pub fn score_pages(
                 by_tier
                     .entry(p.tier.clone())
                     .or_default()
-                    .push(lethe::metrics::score_page(source, decoded));
+                    .push(lethe_cli::metrics::score_page(source, decoded));
             }
         }
     }
@@ -246,7 +246,7 @@ pub fn score_pages(
                 word_precision: scores.iter().map(|s| s.word_precision).sum::<f64>() / n,
                 edit_distance: scores.iter().map(|s| s.edit_distance).sum::<f64>() / n,
                 char_f1: scores.iter().map(|s| s.char_f1).sum::<f64>() / n,
-                critical_spans: lethe::metrics::mean(
+                critical_spans: lethe_cli::metrics::mean(
                     &scores
                         .iter()
                         .filter_map(|s| s.spans.recall())
