@@ -1,0 +1,280 @@
+//! Reading pages back: `Lethe::recall` (the decoder's text beside the retained text) and
+//! `Lethe::context` (recent turns as text plus pages within a budget), and the page image at a mode.
+
+use crate::page::{page_meta, turn_of};
+use crate::*;
+
+/// Which pages [`Lethe::recall`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecallTarget {
+    /// One page.
+    Page(PageId),
+    /// Every page of `scope` that holds any turn of `start..end`.
+    Turns {
+        /// The scope.
+        scope: Scope,
+        /// First turn index.
+        start: u64,
+        /// One past the last turn index.
+        end: u64,
+    },
+}
+
+/// One recalled page: the decoder's reading and the retained text, each labelled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecalledPage {
+    /// The page.
+    pub id: PageId,
+    /// Its turn range.
+    pub turns: (u64, u64),
+    /// Its tier (mode name, or `evicted`).
+    pub tier: String,
+    /// The text the decoder read from the page image (`None` without a model or when evicted).
+    pub decoded_text: Option<String>,
+    /// The page text the store retained (`None` when the policy dropped it).
+    pub stored_text: Option<String>,
+}
+
+/// The answer of [`Lethe::recall`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recall {
+    /// The pages, in page order.
+    pub pages: Vec<RecalledPage>,
+    /// Cost of the call.
+    pub usage: Usage,
+}
+
+/// A page as it enters an agent's context.
+#[derive(Debug, Clone)]
+pub struct ContextPage {
+    /// The page.
+    pub id: PageId,
+    /// The mode it is shown at (may be below its stored tier when the budget is tight).
+    pub mode: Mode,
+    /// Decoder positions it costs.
+    pub positions: u64,
+    /// The page image at that mode.
+    pub image: PageImage,
+    /// Its vision tokens `[positions, hidden]` when a model is loaded.
+    pub tokens: Option<candle_core::Tensor>,
+}
+
+/// The answer of [`Lethe::context`]: recent turns as text plus pages within a budget.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Hot turns, oldest first.
+    pub turns: Vec<Turn>,
+    /// Pages, oldest first.
+    pub pages: Vec<ContextPage>,
+    /// Pages left out to fit the budget.
+    pub dropped_pages: Vec<PageId>,
+    /// Cost: text tokens of the turns, decoder positions of the pages.
+    pub usage: Usage,
+}
+
+impl Lethe {
+    /// Reads pages back: the decoder's text (when a model is loaded and the page is not evicted)
+    /// and the retained text, each labelled. Counts as an access of each page (reinforcement).
+    pub fn recall(&mut self, target: RecallTarget, now: u64) -> Result<Recall> {
+        let started = Instant::now();
+        let mut usage = self.usage();
+        let records: Vec<PageRecord> = match &target {
+            RecallTarget::Page(id) => vec![self.store.page(*id)?],
+            RecallTarget::Turns { scope, start, end } => self
+                .store
+                .pages(Some(scope))?
+                .pages
+                .into_iter()
+                .filter(|p| p.turns.start < *end && *start < p.turns.end)
+                .collect(),
+        };
+        if records.is_empty() {
+            return Err(Error::Invalid(format!(
+                "no page holds the turns asked for ({target:?})"
+            )));
+        }
+        let mut pages = Vec::with_capacity(records.len());
+        for record in records {
+            let turn = self.store.next_turn(&record.scope)?;
+            let evicted = record.tier.mode == EVICTED;
+            let decoded_text = match (self.model.is_some(), evicted) {
+                (true, false) => {
+                    let mode = Mode::from_str(&record.tier.mode)?;
+                    let image = self.image_at(&record, mode)?;
+                    let cache = self.store.tokens(record.id)?;
+                    let Some(model) = &mut self.model else {
+                        unreachable!("checked above")
+                    };
+                    let tokens = match &cache {
+                        Some(cache) => Some(model::tokens_from_cache(cache, model.device())?),
+                        None => None,
+                    };
+                    let out = model.read(&image, mode, tokens.as_ref())?;
+                    usage.decoder_positions += out.positions as u64;
+                    Some(out.text)
+                }
+                _ => None,
+            };
+            let meta = page_meta(&record)?;
+            usage.text_tokens += meta.text_tokens;
+            usage.bytes += record.text.as_ref().map_or(0, |t| t.len() as u64)
+                + decoded_text.as_ref().map_or(0, |t| t.len() as u64);
+            self.store.record_access(record.id, Stamp::new(turn, now))?;
+            self.touch(&record.scope);
+            pages.push(RecalledPage {
+                id: record.id,
+                turns: (record.turns.start, record.turns.end),
+                tier: record.tier.mode.clone(),
+                decoded_text,
+                stored_text: record.text.clone(),
+            });
+        }
+        usage.millis = elapsed_ms(started);
+        Ok(Recall { pages, usage })
+    }
+
+    /// Recent turns of `scope` as text plus its pages as images (and vision tokens when a model
+    /// is loaded), within `budget` tokens: text tokens of the turns plus decoder positions of the
+    /// pages. When the pages do not fit at their stored tiers, the policy's budget fit shows some
+    /// at lower modes (rendered on the fly; the store is not changed) or leaves them out.
+    pub fn context(&mut self, scope: &Scope, budget: u64, now: u64) -> Result<Context> {
+        let started = Instant::now();
+        let mut usage = self.usage();
+        let hot = self.store.hot_turns(scope)?;
+        let mut turns = Vec::with_capacity(hot.len());
+        for t in &hot {
+            usage.text_tokens += self.count_tokens(&t.text)?;
+            turns.push(turn_of(t));
+        }
+        if usage.text_tokens > budget {
+            return Err(Error::Invalid(format!(
+                "the {} hot turns alone need {} text tokens, more than the budget of {budget}",
+                hot.len(),
+                usage.text_tokens
+            )));
+        }
+        let records: Vec<PageRecord> = self
+            .store
+            .pages(Some(scope))?
+            .pages
+            .into_iter()
+            .filter(|p| p.tier.mode != EVICTED)
+            .collect();
+        let states = records
+            .iter()
+            .map(|r| self.page_state(r))
+            .collect::<Result<Vec<_>>>()?;
+        let turn = self.store.next_turn(scope)?;
+        let fit = self
+            .policy
+            .fit_budget(&states, budget - usage.text_tokens, now, turn)?;
+        let mut pages = Vec::new();
+        let mut dropped_pages = Vec::new();
+        for (record, decision) in records.iter().zip(&fit.decisions) {
+            let Tier::Level(_) = decision.tier else {
+                dropped_pages.push(record.id);
+                continue;
+            };
+            let mode = Mode::from_str(self.policy.ladder().name(decision.tier))?;
+            // At its stored tier a page's image and (cached) tokens are read back; below it, the
+            // page is rendered and encoded on the fly.
+            let at_stored_tier = record.tier.mode == mode.name();
+            let image = self.image_at(record, mode)?;
+            let cached = match (&self.model, at_stored_tier) {
+                (Some(_), true) => self.store.tokens(record.id)?,
+                _ => None,
+            };
+            let tokens = match (&self.model, cached) {
+                (Some(model), Some(cache)) => {
+                    Some(model::tokens_from_cache(&cache, model.device())?)
+                }
+                (Some(model), None) => Some(model.encode(&image, mode)?),
+                (None, _) => None,
+            };
+            let positions = u64::from(self.policy.ladder().positions(decision.tier));
+            usage.decoder_positions += positions;
+            usage.vision_tokens += mode.vision_tokens(None) as u64;
+            usage.bytes += image.pixels.len() as u64;
+            pages.push(ContextPage {
+                id: record.id,
+                mode,
+                positions,
+                image,
+                tokens,
+            });
+        }
+        usage.millis = elapsed_ms(started);
+        Ok(Context {
+            turns,
+            pages,
+            dropped_pages,
+            usage,
+        })
+    }
+
+    /// The page image at `mode`: a vector re-render of the page's layout when its text is
+    /// retained (exactly the image drawn at page-out: the renderer's golden hashes hold it to
+    /// that), else the stored image, resampled when `mode` is not its tier's.
+    pub(crate) fn image_at(&self, record: &PageRecord, mode: Mode) -> Result<PageImage> {
+        let meta = page_meta(record)?;
+        if let (Some(source), Some(_)) = (&meta.source, &record.text) {
+            let renderer = if meta.profile == self.profile {
+                &self.renderer
+            } else {
+                &Renderer::builder().profile(meta.profile.clone()).build()?
+            };
+            // The source lays out as the same page again (a split last turn may leave a
+            // trailing page with no turn text, only a running header); anything else would
+            // re-render different text.
+            let pages = renderer.paginate(source)?;
+            let page = pages
+                .first()
+                .filter(|p| Some(&p.text) == record.text.as_ref())
+                .filter(|_| {
+                    pages[1..]
+                        .iter()
+                        .flat_map(|p| &p.segments)
+                        .all(|s| s.start == s.end)
+                })
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "page {}: its source no longer lays out as the stored page ({} pages)",
+                        record.id,
+                        pages.len()
+                    ))
+                })?;
+            return Ok(renderer.rasterize(page, mode));
+        }
+        let png = self.store.image(record.id)?.ok_or_else(|| {
+            Error::Invalid(format!(
+                "page {} was evicted and its text dropped: nothing is left to render",
+                record.id
+            ))
+        })?;
+        let image = PageImage::from_png(&png)?;
+        Ok(if record.tier.mode == mode.name() {
+            image
+        } else {
+            image.resample(mode.page_px())
+        })
+    }
+
+    /// Whether page writes encode vision tokens (a model is loaded and caching is on).
+    pub(crate) fn caches_tokens(&self) -> bool {
+        self.model.is_some() && self.cache_tokens
+    }
+
+    pub(crate) fn encode_cache(
+        &mut self,
+        image: &PageImage,
+        mode: Mode,
+    ) -> Result<Option<TokenCache>> {
+        match &mut self.model {
+            Some(model) if self.cache_tokens => {
+                let tokens = model.encode(image, mode)?;
+                Ok(Some(model::tokens_to_cache(&tokens)?))
+            }
+            _ => Ok(None),
+        }
+    }
+}
