@@ -23,9 +23,10 @@ pub enum Error {
     /// The decoder failed.
     #[error(transparent)]
     Decoder(#[from] lethe_decoder::Error),
-    /// A tensor operation in the glue between encoder and decoder failed.
-    #[error(transparent)]
-    Tensor(#[from] candle_core::Error),
+    /// A tensor operation in the glue between encoder and decoder failed (the tensor library's
+    /// message).
+    #[error("tensor operation failed: {0}")]
+    Tensor(String),
     /// A stored page's metadata could not be read back.
     #[error("page {page}: unreadable render metadata")]
     PageMeta {
@@ -47,6 +48,12 @@ pub enum Error {
     /// The caller asked for something that cannot be done (the message says what).
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Tensor(e.to_string())
+    }
 }
 
 /// Result of the facade.

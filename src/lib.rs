@@ -58,7 +58,7 @@ pub use lethe_memory::{Compaction, PageId, Scope, Stats as StoreStats, TierChang
 pub use lethe_policy::Policy;
 pub use lethe_render::{Mode, PageImage, RenderProfile, Turn};
 pub use maintain::Maintenance;
-pub use model::{OcrModel, OcrOptions, Reading, POLICY_FILE, PROFILE_FILE};
+pub use model::{OcrModel, OcrOptions, Reading, VisionTokens, POLICY_FILE, PROFILE_FILE};
 pub use read::{Context, ContextPage, Recall, RecallTarget, RecalledPage};
 pub use report::{Report, TierReport};
 

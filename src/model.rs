@@ -311,7 +311,7 @@ impl OcrModel {
     }
 
     /// The device the model runs on.
-    pub fn device(&self) -> &Device {
+    pub(crate) fn device(&self) -> &Device {
         self.encoder.device()
     }
 
@@ -325,13 +325,13 @@ impl OcrModel {
         &self.options
     }
 
-    /// Encodes a page image at `mode` to its vision-token sequence `[positions, hidden]`.
-    pub fn encode(&self, image: &PageImage, mode: Mode) -> Result<Tensor> {
+    /// Encodes a page image at `mode` to its vision-token sequence.
+    pub fn encode(&self, image: &PageImage, mode: Mode) -> Result<VisionTokens> {
         let rgb = image.to_rgb();
         let rgb = lethe_encoder::image::RgbImage::from_raw(rgb.width, rgb.height, rgb.pixels)
             .ok_or_else(|| Error::Invalid("page image has the wrong number of pixels".into()))?;
         let views = preprocess(&rgb, mode)?;
-        Ok(self.encoder.encode(&views)?)
+        Ok(VisionTokens(self.encoder.encode(&views)?))
     }
 
     /// Reads a page back to text; `tokens` are its cached vision tokens, if any.
@@ -339,7 +339,7 @@ impl OcrModel {
         &mut self,
         image: &PageImage,
         mode: Mode,
-        tokens: Option<&Tensor>,
+        tokens: Option<&VisionTokens>,
     ) -> Result<Reading> {
         self.read_streaming(image, mode, tokens, &mut |_| true)
     }
@@ -350,13 +350,13 @@ impl OcrModel {
         &mut self,
         image: &PageImage,
         mode: Mode,
-        tokens: Option<&Tensor>,
+        tokens: Option<&VisionTokens>,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Reading> {
         let started = Instant::now();
         let (embeds, encode_secs) = match tokens {
-            Some(t) => (t.clone(), 0.0),
-            None => (self.encode(image, mode)?, started.elapsed().as_secs_f64()),
+            Some(t) => (t.0.clone(), 0.0),
+            None => (self.encode(image, mode)?.0, started.elapsed().as_secs_f64()),
         };
         self.generate_from(&embeds, encode_secs, on_text)
     }
@@ -438,8 +438,8 @@ impl OcrModel {
 
 /// Vision tokens as stored in the page store: f16 little-endian (half the bytes of f32; the
 /// decoder reads them back as f32).
-pub(crate) fn tokens_to_cache(tokens: &Tensor) -> Result<TokenCache> {
-    let tokens = tokens.to_dtype(DType::F16)?;
+pub(crate) fn tokens_to_cache(tokens: &VisionTokens) -> Result<TokenCache> {
+    let tokens = tokens.0.to_dtype(DType::F16)?;
     let shape = tokens.dims().to_vec();
     let values = tokens.flatten_all()?.to_vec1::<half::f16>()?;
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -447,7 +447,7 @@ pub(crate) fn tokens_to_cache(tokens: &Tensor) -> Result<TokenCache> {
 }
 
 /// Vision tokens read back from the page store (f16, or f32 as stores before f16 caches wrote).
-pub(crate) fn tokens_from_cache(cache: &TokenCache, device: &Device) -> Result<Tensor> {
+pub(crate) fn tokens_from_cache(cache: &TokenCache, device: &Device) -> Result<VisionTokens> {
     let values: Vec<f32> = match cache.dtype.as_str() {
         "f16" => cache
             .bytes
@@ -465,5 +465,36 @@ pub(crate) fn tokens_from_cache(cache: &TokenCache, device: &Device) -> Result<T
             )))
         }
     };
-    Ok(Tensor::from_vec(values, cache.shape.as_slice(), device)?)
+    Ok(VisionTokens(Tensor::from_vec(
+        values,
+        cache.shape.as_slice(),
+        device,
+    )?))
+}
+
+/// A page's vision tokens as the decoder reads them: one row of `hidden` values per decoder
+/// position (the vision tokens, a newline token after each row of the token grid, and the view
+/// separator), in the order the decoder takes them.
+#[derive(Debug, Clone)]
+pub struct VisionTokens(Tensor);
+
+impl VisionTokens {
+    /// Decoder positions (rows).
+    pub fn positions(&self) -> usize {
+        self.0.dims().first().copied().unwrap_or(0)
+    }
+
+    /// Values per position (the decoder's hidden size).
+    pub fn hidden(&self) -> usize {
+        self.0.dims().get(1).copied().unwrap_or(0)
+    }
+
+    /// The values, row by row, as f32.
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        Ok(self
+            .0
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
 }

@@ -56,7 +56,7 @@ pub struct ContextPage {
     /// The page image at that mode.
     pub image: PageImage,
     /// Its vision tokens `[positions, hidden]` when a model is loaded.
-    pub tokens: Option<candle_core::Tensor>,
+    pub tokens: Option<VisionTokens>,
 }
 
 /// The answer of [`Lethe::context`]: recent turns as text plus pages within a budget.

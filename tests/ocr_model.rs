@@ -222,3 +222,24 @@ fn a_bad_declared_profile_names_its_file() {
     let err = err.unwrap_err();
     assert!(err.contains(lethe::PROFILE_FILE), "{err}");
 }
+
+#[test]
+fn vision_tokens_are_lethes_own_type_and_read_as_a_fresh_encode_does() {
+    let mut model = tiny(options(8)).unwrap();
+    let png = std::fs::read(fixtures().join("inputs/card_500x400.png")).unwrap();
+    let image = lethe::PageImage::from_png(&png).unwrap();
+    let tokens = model.encode(&image, Mode::Tiny).unwrap();
+    assert_eq!(
+        tokens.positions(),
+        73,
+        "64 tokens, 8 row newlines, the separator"
+    );
+    let values = tokens.to_vec().unwrap();
+    assert_eq!(values.len(), tokens.positions() * tokens.hidden());
+    assert!(values.iter().all(|v| v.is_finite()));
+    // Reading from the tokens equals reading from the image.
+    let from_tokens = model.read(&image, Mode::Tiny, Some(&tokens)).unwrap();
+    let from_image = model.read(&image, Mode::Tiny, None).unwrap();
+    assert_eq!(from_tokens.text, from_image.text);
+    assert_eq!(from_tokens.encode_secs, 0.0);
+}
