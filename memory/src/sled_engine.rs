@@ -75,10 +75,12 @@ impl SledEngine {
 /// at three times its live bytes; smaller segments are reclaimed sooner.
 const SEGMENT_SIZE: usize = 64 * 1024;
 
-/// The segment size recorded in an existing database's `conf` file.
+/// The segment size recorded in an existing database's `conf` file (text lines, then a binary
+/// checksum).
 fn stored_segment_size(dir: &Path) -> Option<usize> {
-    let conf = std::fs::read_to_string(dir.join("conf")).ok()?;
-    conf.lines()
+    let conf = std::fs::read(dir.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
         .find_map(|l| l.strip_prefix("segment_size:"))
         .and_then(|v| v.trim().parse().ok())
 }

@@ -1,0 +1,83 @@
+//! A store written by the release before issue 14 (schema 1, `tests/fixtures/store-schema1`) opens
+//! with today's code: it is migrated after a backup, reads back, and keeps working.
+
+use std::path::Path;
+
+use lethe::{Lethe, Mode, Reader, RecallTarget, Scope};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_store_of_the_previous_release_opens_reads_and_keeps_working() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-schema1");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    copy_dir(&fixture.join("db"), &dir.join("db"));
+
+    let mut lethe = Lethe::builder(&dir)
+        .reader(Reader::None)
+        .hot_turns(4)
+        .build()
+        .expect("a schema 1 store opens");
+    assert!(dir.join(lethe_memory::SCHEMA1_BACKUP_DIR).is_dir());
+    let store = lethe.store();
+    assert!(store.verify().unwrap().is_empty());
+    let pages = store.pages(None).unwrap().pages;
+    assert_eq!(pages.len(), 8);
+    let tiers: Vec<&str> = pages.iter().map(|p| p.tier.mode.as_str()).collect();
+    assert_eq!(
+        tiers,
+        ["small", "small", "small", "base", "base", "base", "large", "large"]
+    );
+    let scopes = store.scopes().unwrap();
+    assert_eq!(scopes.len(), 1);
+    let scope: Scope = scopes[0].clone();
+    assert_eq!(store.hot_turns(&scope).unwrap().len(), 10);
+
+    // Every page the old release drew is drawn again, pixel for pixel, from the text it kept.
+    let transcript = std::fs::read_to_string(fixture.join("transcript.txt")).unwrap();
+    for page in &pages {
+        let png = store
+            .image(page.id)
+            .unwrap()
+            .expect("the old PNG, moved to a blob");
+        let stored = lethe::PageImage::from_png(&png).unwrap();
+        let text = page.text.as_deref().expect("text kept");
+        let first_line = text.lines().find(|l| l.len() > 20).unwrap_or(text);
+        let probe = first_line.split_whitespace().last().unwrap_or("");
+        assert!(transcript.contains(probe), "{probe:?}");
+        let ctx_mode: Mode = page.tier.mode.parse().unwrap();
+        assert_eq!(stored.width, ctx_mode.page_px());
+    }
+    let ctx = lethe.context(&scope, 1_000_000, 100).unwrap();
+    assert_eq!(ctx.pages.len(), 8);
+    for (shown, page) in ctx.pages.iter().zip(&pages) {
+        let png = lethe.store().image(page.id).unwrap().unwrap();
+        let stored = lethe::PageImage::from_png(&png).unwrap();
+        assert!(
+            shown.image.pixels == stored.pixels,
+            "page {} is drawn differently from the old release's image",
+            page.id
+        );
+    }
+
+    // It keeps working: recall, then new turns and maintenance.
+    let recall = lethe.recall(RecallTarget::Page(pages[0].id), 101).unwrap();
+    assert!(recall.pages[0].stored_text.is_some());
+    lethe
+        .append(&scope, &[lethe::Turn::new("User", "one more turn")], 102)
+        .unwrap();
+    lethe.maintain(102).unwrap();
+    assert!(lethe.store().verify().unwrap().is_empty());
+}
