@@ -196,13 +196,6 @@ impl LetheBuilder {
 
     /// Opens (or creates) the store and loads the model, if any.
     pub fn build(self) -> Result<Lethe> {
-        let store = Store::open_with(
-            StoreOptions::builder()
-                .path(&self.path)
-                .retain_text(self.retain_text)
-                .wait(self.wait)
-                .build()?,
-        )?;
         let model = self.reader.load(self.ocr)?;
         // Explicit settings win; then what the reader declares; then the defaults.
         let profile = self
@@ -213,6 +206,14 @@ impl LetheBuilder {
             .policy
             .or_else(|| model.as_ref().and_then(|m| m.policy().cloned()))
             .unwrap_or_default();
+        validate_ladder(&policy)?;
+        let store = Store::open_with(
+            StoreOptions::builder()
+                .path(&self.path)
+                .retain_text(self.retain_text)
+                .wait(self.wait)
+                .build()?,
+        )?;
         // Due stamps were set by the policy in force when they were written: under another policy
         // every page is looked at again once.
         let fingerprint = format!("{:016x}", fnv1a(policy.to_toml()?.as_bytes()));
@@ -371,6 +372,30 @@ impl Lethe {
             ..Usage::default()
         }
     }
+}
+
+/// Checks that every level of the policy's ladder is a render mode and costs what that mode
+/// costs the decoder, so that the policy, the store and the facade count pages alike.
+fn validate_ladder(policy: &Policy) -> Result<()> {
+    for level in policy.ladder().levels() {
+        let mode = Mode::from_str(&level.name).map_err(|_| {
+            Error::Invalid(format!(
+                "policy ladder level {:?} is not a render mode (one of tiny, small, base, large, gundam)",
+                level.name
+            ))
+        })?;
+        // Gundam's cost depends on the page's size; every other mode has one.
+        let cost = mode.decoder_positions(None) as u32;
+        if mode != Mode::Gundam && level.positions != cost {
+            return Err(Error::Invalid(format!(
+                "policy ladder level {:?} says {} decoder positions, but a {} page costs {cost}",
+                level.name,
+                level.positions,
+                mode.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// FNV-1a, 64 bits: a fingerprint that stays the same across builds and platforms.

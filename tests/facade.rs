@@ -411,3 +411,41 @@ floor = \"tiny\"\n",
     assert_eq!(recall.pages[0].tier, "evicted");
     assert_eq!(recall.pages[0].decoded_text, None);
 }
+
+#[test]
+fn a_ladder_that_is_not_made_of_modes_is_refused_when_the_memory_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let level = |name: &str, positions: u32| lethe_policy::Level::new(name, positions);
+    let huge = Policy::builder()
+        .ladder(vec![level("huge", 999), level("tiny", 73)])
+        .curve(lethe_policy::Curve::Step {
+            after: vec![10, 20],
+        })
+        .floor("tiny")
+        .build()
+        .expect("the policy crate alone accepts any name");
+    let err = Lethe::builder(dir.path())
+        .reader(Reader::None)
+        .policy(huge)
+        .build()
+        .expect_err("huge is no mode");
+    assert!(
+        err.to_string().contains("\"huge\" is not a render mode"),
+        "{err}"
+    );
+    let wrong_cost = Policy::builder()
+        .ladder(vec![level("base", 300), level("tiny", 73)])
+        .curve(lethe_policy::Curve::Step {
+            after: vec![10, 20],
+        })
+        .floor("tiny")
+        .build()
+        .unwrap();
+    let err = Lethe::builder(dir.path())
+        .reader(Reader::None)
+        .policy(wrong_cost)
+        .build()
+        .expect_err("base costs 273");
+    assert!(err.to_string().contains("a base page costs 273"), "{err}");
+    assert!(!dir.path().join("db").exists(), "nothing was written");
+}
