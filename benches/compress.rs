@@ -7,16 +7,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lethe::{Lethe, Reader, Scope, Turn};
-use lethe_render::transcript::{parse, ParseOptions};
-
-fn sample() -> Vec<Turn> {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/samples/agent-sessions.txt"
-    ))
-    .expect("sample transcript");
-    parse(&bytes, &ParseOptions::new()).expect("parse").turns
-}
+#[path = "support/sample.rs"]
+mod support;
+use support::sample;
 
 fn compress(turns: &[Turn]) -> u64 {
     let dir = tempfile::tempdir().expect("temp dir");

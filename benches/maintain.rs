@@ -12,16 +12,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use lethe::{Lethe, Reader, Scope, Turn};
-use lethe_render::transcript::{parse, ParseOptions};
-
-fn sample() -> Vec<Turn> {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/samples/agent-sessions.txt"
-    ))
-    .expect("sample transcript");
-    parse(&bytes, &ParseOptions::new()).expect("parse").turns
-}
+#[path = "support/sample.rs"]
+mod support;
+use support::sample;
 
 /// A memory holding `n` turns of the cycled sample, built in chunks (the build is not measured).
 fn history(dir: &std::path::Path, turns: &[Turn], n: usize) -> Lethe {

@@ -15,6 +15,16 @@ fn sample_turns() -> Vec<Turn> {
         .turns
 }
 
+/// A memory without a model: `hot` turns kept as text, `policy` deciding tiers.
+fn memory(dir: &std::path::Path, hot: usize, policy: Policy) -> Lethe {
+    Lethe::builder(dir)
+        .reader(Reader::None)
+        .hot_turns(hot)
+        .policy(policy)
+        .build()
+        .unwrap()
+}
+
 /// A step policy that moves a page down one tier every `step` turns, floor tiny.
 fn step_policy(step: u64) -> Policy {
     Policy::from_toml_str(&format!(
@@ -30,12 +40,7 @@ fn step_policy(step: u64) -> Policy {
 #[test]
 fn turns_age_through_the_tiers_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lethe = Lethe::builder(dir.path())
-        .reader(Reader::None)
-        .hot_turns(4)
-        .policy(step_policy(10))
-        .build()
-        .unwrap();
+    let mut lethe = memory(dir.path(), 4, step_policy(10));
     let scope = Scope::session("sample");
     let turns: Vec<Turn> = sample_turns().into_iter().take(80).collect();
     let mut created = 0;
@@ -160,12 +165,7 @@ fn context_fits_the_budget_by_showing_pages_at_lower_modes() {
 #[test]
 fn pinned_pages_keep_their_tier() {
     let dir = tempfile::tempdir().unwrap();
-    let mut lethe = Lethe::builder(dir.path())
-        .reader(Reader::None)
-        .hot_turns(2)
-        .policy(step_policy(3))
-        .build()
-        .unwrap();
+    let mut lethe = memory(dir.path(), 2, step_policy(3));
     let scope = Scope::session("p");
     let turns = sample_turns();
     for (i, turn) in turns.iter().take(30).enumerate() {
@@ -196,12 +196,7 @@ fn a_policy_can_drop_page_text_and_pages_then_decay_by_resampling() {
          [curve]\nkind = \"step\"\nafter = [4, 8, 12, 16]\n",
     )
     .unwrap();
-    let mut lethe = Lethe::builder(dir.path())
-        .reader(Reader::None)
-        .hot_turns(2)
-        .policy(policy)
-        .build()
-        .unwrap();
+    let mut lethe = memory(dir.path(), 2, policy);
     let scope = Scope::session("d");
     let turns = sample_turns();
     for (i, turn) in turns.iter().take(20).enumerate() {
@@ -324,12 +319,7 @@ fn pages_that_keep_their_text_store_no_image_and_redraw_it_exactly() {
 fn maintenance_leaves_every_page_settled_and_due_when_the_policy_says() {
     let dir = tempfile::tempdir().unwrap();
     let policy = Policy::default();
-    let mut lethe = Lethe::builder(dir.path())
-        .reader(Reader::None)
-        .hot_turns(2)
-        .policy(policy.clone())
-        .build()
-        .unwrap();
+    let mut lethe = memory(dir.path(), 2, policy.clone());
     let scope = Scope::session("due");
     fill(&mut lethe, &scope, 120);
     let turn = lethe.store().next_turn(&scope).unwrap();
@@ -363,12 +353,7 @@ fn maintenance_leaves_every_page_settled_and_due_when_the_policy_says() {
     assert_eq!((done.transitions, done.pages_created), (0, 0));
     // Reopening under another policy makes every page due once; it then settles by that policy.
     drop(lethe);
-    let mut lethe = Lethe::builder(dir.path())
-        .reader(Reader::None)
-        .hot_turns(2)
-        .policy(step_policy(5))
-        .build()
-        .unwrap();
+    let mut lethe = memory(dir.path(), 2, step_policy(5));
     let due = lethe.store().due_pages(&scope, 0).unwrap();
     assert_eq!(
         due.len(),
@@ -388,12 +373,7 @@ fn a_ttl_evicts_pages_and_recall_says_so() {
 floor = \"tiny\"\n",
     )
     .expect("ttl policy");
-    let mut lethe = Lethe::builder(dir.path())
-        .reader(Reader::None)
-        .hot_turns(2)
-        .policy(policy)
-        .build()
-        .unwrap();
+    let mut lethe = memory(dir.path(), 2, policy);
     let scope = Scope::session("ttl");
     fill(&mut lethe, &scope, 60);
     let pages = lethe.store().pages(None).unwrap().pages;

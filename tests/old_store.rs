@@ -3,20 +3,11 @@
 
 use std::path::Path;
 
-use lethe::{Lethe, Mode, Reader, RecallTarget, Scope};
+#[path = "support/fs_tree.rs"]
+mod fs_tree;
+use fs_tree::copy_dir;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+use lethe::{Lethe, Mode, Reader, RecallTarget, Scope};
 
 #[test]
 fn a_store_of_the_previous_release_opens_reads_and_keeps_working() {

@@ -3,6 +3,10 @@
 
 use std::path::Path;
 
+#[path = "../../tests/support/fs_tree.rs"]
+mod fs_tree;
+use fs_tree::copy_dir;
+
 use lethe_memory::{
     Due, NewPage, NewTurn, PageId, Scope, Stamp, Store, Tier, TokenCache, Transition, ENGINE_DIR,
 };
@@ -129,20 +133,6 @@ fn compaction_gives_space_back_and_keeps_every_record() {
     let store = Store::open(&dir).unwrap();
     assert_eq!(snapshot(&store), after);
     assert_eq!(store.hot_turns(&scope).unwrap().len(), 1);
-}
-
-/// Copies a folder tree.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -16,6 +16,9 @@ use lethe_memory::engine::{open_default, Engine};
 use lethe_memory::{
     keys, Due, NewPage, NewTurn, Scope, Stamp, Store, Tier, TokenCache, Transition, ENGINE_DIR,
 };
+#[path = "../../tests/support/fs_tree.rs"]
+mod fs_tree;
+use fs_tree::copy_dir;
 use std::cell::Cell;
 
 use proptest::prelude::*;
@@ -325,19 +328,6 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
             walk(&p, out);
         } else {
             out.push(p);
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).expect("copy");
         }
     }
 }
