@@ -11,6 +11,9 @@ pub enum Error {
     /// The page store failed.
     #[error(transparent)]
     Store(#[from] lethe_memory::Error),
+    /// A name that is not a resolution mode.
+    #[error(transparent)]
+    Mode(#[from] lethe_mode::UnknownMode),
     /// The renderer failed.
     #[error(transparent)]
     Render(#[from] lethe_render::Error),

@@ -21,11 +21,11 @@ use image::{ImageDecoder, ImageReader, Rgb, RgbImage};
 
 use crate::error::{Error, Result};
 
-/// The resolution modes, shared with the renderer (`lethe_render::Mode`).
-pub use lethe_render::Mode;
+/// The resolution modes, shared with the renderer (`lethe_mode::Mode`).
+pub use lethe_mode::Mode;
 
 /// Side of a gundam local tile.
-pub const TILE_SIZE: u32 = lethe_render::mode::GUNDAM_TILE_PX;
+pub const TILE_SIZE: u32 = lethe_mode::GUNDAM_TILE_PX;
 /// Grey used to pad views to a square (`int(0.5 * 255)`).
 pub const PAD_GREY: u8 = 127;
 
@@ -145,7 +145,7 @@ pub fn preprocess(image: &RgbImage, mode: Mode) -> Result<Views> {
         Mode::Base | Mode::Large => (pad(image, size, PAD_GREY), Vec::new(), (1, 1)),
         Mode::Gundam => {
             let global = pad(image, size, PAD_GREY);
-            if let Some(grid) = lethe_render::gundam_grid(image.width(), image.height()) {
+            if let Some(grid) = lethe_mode::gundam_grid(image.width(), image.height()) {
                 let (cols, rows) = (grid.cols, grid.rows);
                 let resized = resize_bicubic(image, cols * TILE_SIZE, rows * TILE_SIZE);
                 let tiles = (0..cols * rows)

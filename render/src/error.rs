@@ -108,3 +108,13 @@ impl Error {
 
 /// Result with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<lethe_mode::UnknownMode> for Error {
+    fn from(e: lethe_mode::UnknownMode) -> Self {
+        Error::UnknownName {
+            what: "mode",
+            value: e.0,
+            expected: "tiny, small, base, large, gundam",
+        }
+    }
+}
