@@ -49,8 +49,10 @@ impl Lethe {
             usage: self.usage(),
             ..Maintenance::default()
         };
-        let scopes = match self.touched.replace(BTreeSet::new()) {
-            Some(touched) => touched.into_iter().collect(),
+        // The touched set is cleared only once the call succeeds: after an error, the next call
+        // looks at the same scopes again.
+        let scopes = match &self.touched {
+            Some(touched) => touched.iter().cloned().collect(),
             None => self.store.scopes()?,
         };
         let mut due: BTreeSet<StorePageId> = BTreeSet::new();
@@ -68,6 +70,7 @@ impl Lethe {
             let record = self.store.page(id)?;
             self.maintain_page(record, now, &mut done)?;
         }
+        self.touched = Some(BTreeSet::new());
         done.usage.millis = elapsed_ms(started);
         Ok(done)
     }

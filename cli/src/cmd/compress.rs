@@ -210,7 +210,7 @@ pub fn print_report(report: &Report) {
 }
 
 /// Bytes in B, KB, MB or GB (powers of 1000), three significant digits.
-pub fn human_bytes(n: u64) -> String {
+fn human_bytes(n: u64) -> String {
     let units = ["B", "KB", "MB", "GB", "TB"];
     let mut value = n as f64;
     let mut unit = 0;
