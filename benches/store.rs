@@ -9,7 +9,8 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use lethe_memory::{
-    Due, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier, TokenCache, Transition,
+    Due, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier, TokenCache,
+    Transition,
 };
 
 fn fill(seed: u64, len: usize) -> Vec<u8> {
@@ -40,7 +41,7 @@ fn tokens(seed: u64, positions: usize) -> TokenCache {
 fn new_page(seed: u64) -> NewPage {
     NewPage {
         profile: r#"{"mode":"base","font_px":14}"#.into(),
-        tier: Tier::new(1, "base"),
+        tier: Tier::At(Mode::Base),
         text: "user: hello there\nassistant: general kenobi\n".repeat(40),
         image: Some(png(seed, 96 * 1024)),
         tokens: Some(tokens(seed, 273)),
@@ -107,9 +108,9 @@ fn bench(c: &mut Criterion) {
                     let small = step % 2 == 0;
                     Transition {
                         tier: if small {
-                            Tier::new(2, "small")
+                            Tier::At(Mode::Small)
                         } else {
-                            Tier::new(1, "base")
+                            Tier::At(Mode::Base)
                         },
                         image: Some(png(step, if small { 48 * 1024 } else { 96 * 1024 })),
                         tokens: Some(tokens(step, if small { 111 } else { 273 })),
@@ -152,12 +153,12 @@ fn disk_report() {
         );
     };
     report(&store, "at tier base");
-    let tiers = [(2u8, "small", 48 * 1024, 111), (3, "tiny", 32 * 1024, 73)];
-    for (round, (index, mode, px, positions)) in tiers.into_iter().enumerate() {
+    let tiers = [(Mode::Small, 48 * 1024, 111), (Mode::Tiny, 32 * 1024, 73)];
+    for (round, (mode, px, positions)) in tiers.into_iter().enumerate() {
         for &id in &ids {
             let seed = id.0 + 10_000 * (round as u64 + 1);
             let t = Transition {
-                tier: Tier::new(index, mode),
+                tier: Tier::At(mode),
                 image: Some(png(seed, px)),
                 tokens: Some(tokens(seed, positions)),
                 reason: "decay".into(),

@@ -47,7 +47,6 @@ mod report;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -55,8 +54,9 @@ use serde::{Deserialize, Serialize};
 pub use error::{Error, Result};
 pub use lethe_decoder::{Quantization, Sampling};
 pub use lethe_memory::{Compaction, PageId, Scope, Stats as StoreStats, TierChange};
+pub use lethe_mode::{Mode, Tier};
 pub use lethe_policy::Policy;
-pub use lethe_render::{Mode, PageImage, RenderProfile, Turn};
+pub use lethe_render::{PageImage, RenderProfile, Turn};
 pub use maintain::Maintenance;
 pub use model::{OcrModel, OcrOptions, Reading, VisionTokens, POLICY_FILE, PROFILE_FILE};
 pub use read::{Context, ContextPage, Recall, RecallTarget, RecalledPage};
@@ -67,7 +67,7 @@ use lethe_memory::{
     Due, NewPage, NewTurn, PageId as StorePageId, PageRecord, Stamp, Store, StoreOptions,
     TokenCache, Transition,
 };
-use lethe_policy::{PageState, Tier};
+use lethe_policy::PageState;
 use lethe_render::{Page, Renderer};
 
 /// Default number of most recent turns kept as text.
@@ -206,7 +206,6 @@ impl LetheBuilder {
             .policy
             .or_else(|| model.as_ref().and_then(|m| m.policy().cloned()))
             .unwrap_or_default();
-        validate_ladder(&policy)?;
         let store = Store::open_with(
             StoreOptions::builder()
                 .path(&self.path)
@@ -372,30 +371,6 @@ impl Lethe {
             ..Usage::default()
         }
     }
-}
-
-/// Checks that every level of the policy's ladder is a render mode and costs what that mode
-/// costs the decoder, so that the policy, the store and the facade count pages alike.
-fn validate_ladder(policy: &Policy) -> Result<()> {
-    for level in policy.ladder().levels() {
-        let mode = Mode::from_str(&level.name).map_err(|_| {
-            Error::Invalid(format!(
-                "policy ladder level {:?} is not a render mode (one of tiny, small, base, large, gundam)",
-                level.name
-            ))
-        })?;
-        // Gundam's cost depends on the page's size; every other mode has one.
-        let cost = mode.decoder_positions(None) as u32;
-        if mode != Mode::Gundam && level.positions != cost {
-            return Err(Error::Invalid(format!(
-                "policy ladder level {:?} says {} decoder positions, but a {} page costs {cost}",
-                level.name,
-                level.positions,
-                mode.name()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// FNV-1a, 64 bits: a fingerprint that stays the same across builds and platforms.

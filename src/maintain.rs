@@ -26,13 +26,6 @@ pub struct Maintenance {
 /// A run of pages chained by split turns goes out once it is this long, even with no clean cut.
 const MIN_CHAINED_PAGES: usize = 3;
 
-fn tier_index(tier: Tier) -> u8 {
-    match tier {
-        Tier::Level(i) => i as u8,
-        Tier::Evicted => u8::MAX,
-    }
-}
-
 impl Lethe {
     /// Pages out turns older than the hot window, then applies the policy to the pages that are
     /// due: a tier change re-renders (or resamples) the page at the new tier's mode, re-encodes it
@@ -108,11 +101,8 @@ impl Lethe {
         if decision.drop_text && record.text.is_some() {
             let mut meta = page_meta(&record)?;
             // A page drawn from its text needs its image stored before the text goes.
-            let image = match (&record.image_blob, decision.tier) {
-                (None, Tier::Level(_)) => {
-                    let mode = Mode::from_str(&record.tier.mode)?;
-                    Some(self.image_at(&record, mode)?.to_png()?)
-                }
+            let image = match (&record.image_blob, record.tier) {
+                (None, Tier::At(mode)) => Some(self.image_at(&record, mode)?.to_png()?),
                 _ => None,
             };
             meta.source = None;
@@ -120,10 +110,10 @@ impl Lethe {
                 .map_err(|e| Error::Invalid(format!("page metadata: {e}")))?;
             let reason = format!(
                 "policy drops page text at {} (drop_text = {:?})",
-                self.policy.ladder().name(decision.tier),
+                decision.tier,
                 self.policy
                     .drop_text_tier()
-                    .map(|t| self.policy.ladder().name(t))
+                    .map(Tier::name)
                     .unwrap_or_default(),
             );
             self.store
@@ -178,8 +168,8 @@ impl Lethe {
         if groups.len() > 1 || groups.first().is_some_and(|g| g.len() < MIN_CHAINED_PAGES) {
             groups.pop();
         }
-        let top = self.policy.ladder().top();
-        let mode = Mode::from_str(self.policy.ladder().name(top))?;
+        let mode = self.policy.ladder().levels()[0].mode;
+        let top = Tier::At(mode);
         let turn = self.store.next_turn(scope)?;
         let stamp = Stamp::new(turn, now);
         for group in groups {
@@ -222,7 +212,7 @@ impl Lethe {
                 new_pages.push(NewPage {
                     profile: serde_json::to_string(&meta)
                         .map_err(|e| Error::Invalid(format!("page metadata: {e}")))?,
-                    tier: lethe_memory::Tier::new(tier_index(top), mode.name()),
+                    tier: top,
                     text: page.text,
                     image: png,
                     tokens,
@@ -250,12 +240,12 @@ impl Lethe {
         due: Due,
         done: &mut Maintenance,
     ) -> Result<PageRecord> {
-        let (store_tier, image, tokens) = match tier {
-            Tier::Level(level) => {
-                let mode = Mode::from_str(self.policy.ladder().name(tier))?;
+        let (image, tokens) = match tier {
+            Tier::At(mode) => {
                 // A page that keeps its text is redrawn when needed; only the encoder, or a page
                 // without its text, needs the image now.
-                let redrawable = record.text.is_some() && page_meta(record)?.source.is_some();
+                let meta = page_meta(record)?;
+                let redrawable = record.text.is_some() && meta.source.is_some();
                 let image = (!redrawable || self.caches_tokens())
                     .then(|| self.image_at(record, mode))
                     .transpose()?;
@@ -267,24 +257,19 @@ impl Lethe {
                     Some(image) if !redrawable => Some(image.to_png()?),
                     _ => None,
                 };
-                done.usage.decoder_positions += mode.decoder_positions(None) as u64;
-                (
-                    lethe_memory::Tier::new(level as u8, mode.name()),
-                    png,
-                    tokens,
-                )
+                done.usage.decoder_positions += meta.cost(mode).0;
+                (png, tokens)
             }
             Tier::Evicted => {
                 done.evicted += 1;
-                let index = self.policy.ladder().len() as u8;
-                (lethe_memory::Tier::new(index, EVICTED), None, None)
+                (None, None)
             }
         };
         done.usage.bytes += image.as_ref().map_or(0, |i| i.len() as u64);
         let moved = self.store.transition(
             record.id,
             Transition {
-                tier: store_tier,
+                tier,
                 image,
                 tokens,
                 reason: reason.to_string(),

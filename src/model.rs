@@ -303,11 +303,10 @@ impl OcrModel {
     }
 
     /// The resolution modes of the tiers the model declares, sharpest first; `None` when it
-    /// declares no policy or a tier is not a mode.
+    /// declares no policy.
     pub fn modes(&self) -> Option<Vec<Mode>> {
         let levels = self.policy.as_ref()?.ladder().levels();
-        let modes: Vec<Mode> = levels.iter().filter_map(|l| l.name.parse().ok()).collect();
-        (modes.len() == levels.len() && !modes.is_empty()).then_some(modes)
+        Some(levels.iter().map(|l| l.mode).collect())
     }
 
     /// The device the model runs on.

@@ -20,17 +20,9 @@ pub(crate) struct PageMeta {
 impl PageMeta {
     /// Decoder positions and nominal vision tokens of the page at `mode`.
     pub(crate) fn cost(&self, mode: Mode) -> (u64, u64) {
-        let grid = match mode {
-            Mode::Gundam => lethe_render::mode::gundam_grid(
-                self.size[0].round() as u32,
-                self.size[1].round() as u32,
-            ),
-            _ => None,
-        };
-        (
-            mode.decoder_positions(grid) as u64,
-            mode.vision_tokens(grid) as u64,
-        )
+        let (positions, vision) =
+            mode.page_cost(self.size[0].round() as u32, self.size[1].round() as u32);
+        (positions as u64, vision as u64)
     }
 }
 
@@ -69,25 +61,12 @@ pub(crate) fn page_meta(record: &PageRecord) -> Result<PageMeta> {
 
 impl Lethe {
     pub(crate) fn page_state(&self, record: &PageRecord) -> Result<PageState> {
-        let tier = if record.tier.mode == EVICTED {
-            Tier::Evicted
-        } else {
-            self.policy
-                .ladder()
-                .tier(&record.tier.mode)
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "page {} is at tier {:?}, which the policy's ladder does not have",
-                        record.id, record.tier.mode
-                    ))
-                })?
-        };
         let meta = page_meta(record)?;
         let mut state = PageState::new(
             record.id.0,
             record.created.turn,
             record.created.time,
-            tier,
+            record.tier,
             meta.text_tokens.min(u64::from(u32::MAX)) as u32,
         );
         state.last_access_turn = record.last_access.turn;

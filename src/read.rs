@@ -27,8 +27,8 @@ pub struct RecalledPage {
     pub id: PageId,
     /// Its turn range.
     pub turns: (u64, u64),
-    /// Its tier (mode name, or `evicted`).
-    pub tier: String,
+    /// Its tier (written as the mode's name, or `evicted`).
+    pub tier: Tier,
     /// The text the decoder read from the page image (`None` without a model or when evicted).
     pub decoded_text: Option<String>,
     /// The page text the store retained (`None` when the policy dropped it).
@@ -96,10 +96,8 @@ impl Lethe {
         let mut pages = Vec::with_capacity(records.len());
         for record in records {
             let turn = self.store.next_turn(&record.scope)?;
-            let evicted = record.tier.mode == EVICTED;
-            let decoded_text = match (self.model.is_some(), evicted) {
-                (true, false) => {
-                    let mode = Mode::from_str(&record.tier.mode)?;
+            let decoded_text = match (self.model.is_some(), record.tier) {
+                (true, Tier::At(mode)) => {
                     let image = self.image_at(&record, mode)?;
                     let cache = self.store.tokens(record.id)?;
                     let Some(model) = &mut self.model else {
@@ -124,7 +122,7 @@ impl Lethe {
             pages.push(RecalledPage {
                 id: record.id,
                 turns: (record.turns.start, record.turns.end),
-                tier: record.tier.mode.clone(),
+                tier: record.tier,
                 decoded_text,
                 stored_text: record.text.clone(),
             });
@@ -158,7 +156,7 @@ impl Lethe {
             .pages(Some(scope))?
             .pages
             .into_iter()
-            .filter(|p| p.tier.mode != EVICTED)
+            .filter(|p| !p.tier.is_evicted())
             .collect();
         let states = records
             .iter()
@@ -171,14 +169,13 @@ impl Lethe {
         let mut pages = Vec::new();
         let mut dropped_pages = Vec::new();
         for (record, decision) in records.iter().zip(&fit.decisions) {
-            let Tier::Level(_) = decision.tier else {
+            let Tier::At(mode) = decision.tier else {
                 dropped_pages.push(record.id);
                 continue;
             };
-            let mode = Mode::from_str(self.policy.ladder().name(decision.tier))?;
             // At its stored tier a page's image and (cached) tokens are read back; below it, the
             // page is rendered and encoded on the fly.
-            let at_stored_tier = record.tier.mode == mode.name();
+            let at_stored_tier = record.tier == decision.tier;
             let image = self.image_at(record, mode)?;
             let cached = match (&self.model, at_stored_tier) {
                 (Some(_), true) => self.store.tokens(record.id)?,
@@ -191,9 +188,9 @@ impl Lethe {
                 (Some(model), None) => Some(model.encode(&image, mode)?),
                 (None, _) => None,
             };
-            let positions = u64::from(self.policy.ladder().positions(decision.tier));
+            let (positions, vision) = page_meta(record)?.cost(mode);
             usage.decoder_positions += positions;
-            usage.vision_tokens += mode.vision_tokens(None) as u64;
+            usage.vision_tokens += vision;
             usage.bytes += image.pixels.len() as u64;
             pages.push(ContextPage {
                 id: record.id,
@@ -252,7 +249,7 @@ impl Lethe {
             ))
         })?;
         let image = PageImage::from_png(&png)?;
-        Ok(if record.tier.mode == mode.name() {
+        Ok(if record.tier == Tier::At(mode) {
             image
         } else {
             image.resample(mode.page_px())

@@ -63,7 +63,7 @@ impl Lethe {
             .levels()
             .iter()
             .map(|l| TierReport {
-                tier: l.name.clone(),
+                tier: l.mode.name().into(),
                 ..TierReport::default()
             })
             .collect();
@@ -73,13 +73,13 @@ impl Lethe {
         });
         let listing = self.store.pages(None)?;
         for record in &listing.pages {
-            let Some(row) = rows.iter_mut().find(|r| r.tier == record.tier.mode) else {
+            let Some(row) = rows.iter_mut().find(|r| r.tier == record.tier.name()) else {
                 continue;
             };
             let meta = page_meta(record)?;
             row.pages += 1;
             row.text_tokens += meta.text_tokens;
-            if let Ok(mode) = Mode::from_str(&record.tier.mode) {
+            if let Tier::At(mode) = record.tier {
                 let (positions, vision) = meta.cost(mode);
                 row.decoder_positions += positions;
                 row.vision_tokens += vision;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lethe::{Mode, OcrModel, OcrOptions, Sampling};
+use lethe::{Mode, OcrModel, OcrOptions, Sampling, Tier};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/deepseek-ocr")
@@ -177,16 +177,9 @@ fn a_model_folder_declares_the_profile_and_tiers_it_reads() {
         }
         let pages = lethe.store().pages(Some(&scope)).unwrap().pages;
         // The tier each page was first made at: the top of the policy's ladder.
-        let first: Vec<String> = pages
+        let first: Vec<Tier> = pages
             .iter()
-            .map(|p| {
-                lethe.history(p.id).unwrap()[0]
-                    .to
-                    .as_ref()
-                    .unwrap()
-                    .mode
-                    .clone()
-            })
+            .map(|p| lethe.history(p.id).unwrap()[0].to.unwrap())
             .collect();
         (pages, first)
     };
@@ -200,13 +193,13 @@ fn a_model_folder_declares_the_profile_and_tiers_it_reads() {
     );
     assert!(with_profile
         .iter()
-        .all(|p| ["small", "tiny"].contains(&p.tier.mode.as_str())));
+        .all(|p| [Mode::Small, Mode::Tiny].map(Tier::At).contains(&p.tier)));
     assert!(
-        first_declared.iter().all(|m| m == "small"),
+        first_declared.iter().all(|&t| t == Tier::At(Mode::Small)),
         "{first_declared:?}"
     );
     assert!(
-        first_default.iter().all(|m| m == "large"),
+        first_default.iter().all(|&t| t == Tier::At(Mode::Large)),
         "{first_default:?}"
     );
 }

@@ -26,7 +26,7 @@ fn a_store_of_the_previous_release_opens_reads_and_keeps_working() {
     assert!(store.verify().unwrap().is_empty());
     let pages = store.pages(None).unwrap().pages;
     assert_eq!(pages.len(), 8);
-    let tiers: Vec<&str> = pages.iter().map(|p| p.tier.mode.as_str()).collect();
+    let tiers: Vec<&str> = pages.iter().map(|p| p.tier.name()).collect();
     assert_eq!(
         tiers,
         ["small", "small", "small", "base", "base", "base", "large", "large"]
@@ -48,7 +48,7 @@ fn a_store_of_the_previous_release_opens_reads_and_keeps_working() {
         let first_line = text.lines().find(|l| l.len() > 20).unwrap_or(text);
         let probe = first_line.split_whitespace().last().unwrap_or("");
         assert!(transcript.contains(probe), "{probe:?}");
-        let ctx_mode: Mode = page.tier.mode.parse().unwrap();
+        let ctx_mode: Mode = page.tier.mode().unwrap();
         assert_eq!(stored.width, ctx_mode.page_px());
     }
     let ctx = lethe.context(&scope, 1_000_000, 100).unwrap();

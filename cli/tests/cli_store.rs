@@ -101,7 +101,7 @@ fn compress_then_inspect_the_store() {
     let history = json(&memctl(&["history", "0", "--store", store, "--json"]));
     let history = history.as_array().unwrap();
     assert!(!history.is_empty());
-    assert_eq!(history[0]["to"]["mode"], "large");
+    assert_eq!(history[0]["to"], "large");
 
     // compact again (recall has since recorded an access): every record kept, no growth, and the
     // pages read the same.

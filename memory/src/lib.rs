@@ -21,7 +21,7 @@
 //! [`export`]).
 //!
 //! ```
-//! use lethe_memory::{Due, NewPage, NewTurn, Scope, Stamp, Store, Tier, Transition};
+//! use lethe_memory::{Due, Mode, NewPage, NewTurn, Scope, Stamp, Store, Tier, Transition};
 //!
 //! # fn main() -> lethe_memory::Result<()> {
 //! let dir = std::env::temp_dir().join(format!("lethe-memory-doc-{}", std::process::id()));
@@ -34,7 +34,7 @@
 //! // redraws it); the policy wants to look at the page again at turn 12.
 //! let page = store.page_out(&scope, turns, NewPage {
 //!     profile: "{}".into(),
-//!     tier: Tier::new(0, "large"),
+//!     tier: Tier::At(Mode::Large),
 //!     text: "user: hello\nassistant: hi".into(),
 //!     image: None,
 //!     tokens: None,
@@ -49,7 +49,7 @@
 //! // Age it one tier down, dropping its text: now its image is stored (a stand-in PNG here).
 //! let png = |tag: &[u8]| [&b"\x89PNG\r\n\x1a\n"[..], tag].concat();
 //! store.transition(page, Transition {
-//!     tier: Tier::new(1, "base"),
+//!     tier: Tier::At(Mode::Base),
 //!     image: Some(png(b"base")),
 //!     tokens: None,
 //!     reason: "age 10 turns".into(),
@@ -57,7 +57,7 @@
 //!     due: Due::NEVER,
 //! })?;
 //! store.drop_text(page, None, None, "policy drops text", Stamp::new(12, 500))?;
-//! assert_eq!(store.page(page)?.tier.mode, "base");
+//! assert_eq!(store.page(page)?.tier, Tier::At(Mode::Base));
 //! assert_eq!(store.image(page)?, Some(png(b"base")));
 //! assert_eq!(store.history(page)?.len(), 3);
 //! let stats = store.stats()?;
@@ -89,7 +89,7 @@ pub use store::{
     SCHEMA_VERSION,
 };
 pub use types::{
-    dtype_size, Checksum, Compaction, Due, Listing, MadeOf, NewPage, NewTurn, Page, PageId,
+    dtype_size, Checksum, Compaction, Due, Listing, MadeOf, Mode, NewPage, NewTurn, Page, PageId,
     PageRecord, Scope, Stamp, Stats, Tier, TierChange, TierStats, TokenCache, TokenMeta,
     Transition, TurnRange, TurnRecord,
 };

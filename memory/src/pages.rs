@@ -11,9 +11,7 @@ use crate::blobs::BlobId;
 use crate::engine::Batch;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::store::{
-    crc, decode, encode, token_meta, validate_blobs, validate_scope, validate_tier, Store,
-};
+use crate::store::{crc, decode, encode, token_meta, validate_blobs, validate_scope, Store};
 use crate::types::{
     Checksum, Due, Listing, NewPage, Page, PageId, PageRecord, Scope, Stamp, TierChange,
     TokenCache, Transition, TurnRange,
@@ -156,7 +154,6 @@ impl Store {
     ) -> Result<Vec<PageId>> {
         validate_scope(scope)?;
         for page in &pages {
-            validate_tier(&page.tier)?;
             validate_blobs(page.image.as_deref(), page.tokens.as_ref())?;
             if page.image.is_none() && !self.opts_retain_text() {
                 return Err(Error::InvalidInput(
@@ -195,7 +192,7 @@ impl Store {
                 scope: scope.clone(),
                 turns: range,
                 profile: page.profile,
-                tier: page.tier.clone(),
+                tier: page.tier,
                 created: page.at,
                 last_access: page.at,
                 access_count: 0,
@@ -458,14 +455,13 @@ impl Store {
     /// Changes a page's tier: the new image and tokens, the record and a history entry are
     /// written in one transaction, so a crash leaves the page at its old tier or its new one.
     pub fn transition(&self, id: PageId, t: Transition) -> Result<PageRecord> {
-        validate_tier(&t.tier)?;
         validate_blobs(t.image.as_deref(), t.tokens.as_ref())?;
         self.update(id, |rec, txn| {
             let entry = TierChange {
                 page: id,
                 seq: rec.changes,
-                from: Some(rec.tier.clone()),
-                to: Some(t.tier.clone()),
+                from: Some(rec.tier),
+                to: Some(t.tier),
                 reason: t.reason,
                 at: t.at,
             };
@@ -531,8 +527,8 @@ impl Store {
             let entry = TierChange {
                 page: id,
                 seq: rec.changes,
-                from: Some(rec.tier.clone()),
-                to: Some(rec.tier.clone()),
+                from: Some(rec.tier),
+                to: Some(rec.tier),
                 reason: reason.to_string(),
                 at,
             };
@@ -570,7 +566,7 @@ impl Store {
         let entry = TierChange {
             page: id,
             seq: rec.changes,
-            from: Some(rec.tier.clone()),
+            from: Some(rec.tier),
             to: None,
             reason: reason.to_string(),
             at,

@@ -13,9 +13,7 @@ use crate::blobs::{sync_dir, Blobs};
 use crate::engine::{self, Batch, Engine};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::types::{
-    Compaction, NewTurn, Scope, Tier, TokenCache, TokenMeta, TurnRange, TurnRecord,
-};
+use crate::types::{Compaction, NewTurn, Scope, TokenCache, TokenMeta, TurnRange, TurnRecord};
 
 /// The schema version this build writes. Stores of schema 1 (images and token caches inside the
 /// engine) are migrated on open, after a copy of their engine folder is kept in
@@ -290,16 +288,6 @@ pub(crate) fn validate_scope(scope: &Scope) -> Result<()> {
                 f.len()
             )));
         }
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_tier(tier: &Tier) -> Result<()> {
-    if tier.mode.trim().is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "tier {} has an empty mode name",
-            tier.index
-        )));
     }
     Ok(())
 }

@@ -80,28 +80,37 @@ impl FromStr for PageId {
     }
 }
 
-/// A resolution tier: an index into the policy's ladder plus the mode name it maps to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Tier {
-    /// Position in the ladder, 0 being the sharpest.
-    pub index: u8,
-    /// The render mode of this tier (e.g. `"large"`, `"tiny"`).
-    pub mode: String,
-}
+pub use lethe_mode::{Mode, Tier};
 
-impl Tier {
-    /// A tier at `index` with mode `mode`.
-    pub fn new(index: u8, mode: impl Into<String>) -> Self {
-        Self {
-            index,
-            mode: mode.into(),
+/// Reads a tier as written today (its name) or as schema-2 stores wrote it (`{"index": 1,
+/// "mode": "base"}`, where the index was the policy's ladder position and is not needed).
+pub(crate) mod tier_compat {
+    use lethe_mode::Tier;
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Name(Tier),
+        Legacy { mode: String },
+    }
+
+    fn read(w: Written) -> Result<Tier, String> {
+        match w {
+            Written::Name(t) => Ok(t),
+            Written::Legacy { mode } => mode.parse().map_err(|e| format!("{e}")),
         }
     }
-}
 
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.index, self.mode)
+    pub(crate) fn one<'de, D: Deserializer<'de>>(d: D) -> Result<Tier, D::Error> {
+        read(Written::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    pub(crate) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Tier>, D::Error> {
+        Option::<Written>::deserialize(d)?
+            .map(read)
+            .transpose()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -333,6 +342,7 @@ pub struct PageRecord {
     /// The render profile, serialised by the renderer (opaque to the store).
     pub profile: String,
     /// Its current tier.
+    #[serde(deserialize_with = "tier_compat::one")]
     pub tier: Tier,
     /// When it was made.
     pub created: Stamp,
@@ -421,8 +431,10 @@ pub struct TierChange {
     /// Position in the page's history, from 0.
     pub seq: u64,
     /// The tier before (`None` at creation).
+    #[serde(deserialize_with = "tier_compat::option")]
     pub from: Option<Tier>,
     /// The tier after (`None` at deletion).
+    #[serde(deserialize_with = "tier_compat::option")]
     pub to: Option<Tier>,
     /// Why.
     pub reason: String,

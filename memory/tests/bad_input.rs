@@ -2,8 +2,8 @@
 
 use lethe_memory::engine::{open_default, Engine};
 use lethe_memory::{
-    keys, BlobId, Due, Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier,
-    TokenCache, Transition, BLOB_DIR, ENGINE_DIR,
+    keys, BlobId, Due, Error, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions,
+    Tier, TokenCache, Transition, BLOB_DIR, ENGINE_DIR,
 };
 
 fn png(tag: &str) -> Vec<u8> {
@@ -13,7 +13,7 @@ fn png(tag: &str) -> Vec<u8> {
 fn new_page(tag: &str) -> NewPage {
     NewPage {
         profile: "{}".into(),
-        tier: Tier::new(0, "large"),
+        tier: Tier::At(Mode::Large),
         text: format!("text {tag}"),
         image: Some(png(tag)),
         tokens: Some(TokenCache::new(vec![2, 2], "f32", vec![7; 16]).expect("tokens")),
@@ -246,12 +246,6 @@ fn bad_arguments_are_rejected_before_writing() {
     );
     assert!(TokenCache::new(vec![3, 3], "f32", vec![0; 10]).is_err());
     assert!(TokenCache::new(vec![1], "f128", vec![0; 16]).is_err());
-    let mut p = new_page("x");
-    p.tier = Tier::new(0, " ");
-    assert!(matches!(
-        store.page_out(&scope, r, p),
-        Err(Error::InvalidInput(_))
-    ));
     let empty = lethe_memory::TurnRange { start: 0, end: 0 };
     assert!(matches!(
         store.page_out(&scope, empty, new_page("x")),
@@ -271,7 +265,7 @@ fn bad_arguments_are_rejected_before_writing() {
 
     let id = store.page_out(&scope, r, new_page("x")).expect("page out");
     let bad = Transition {
-        tier: Tier::new(1, "base"),
+        tier: Tier::At(Mode::Base),
         image: Some(vec![1, 2, 3]),
         tokens: None,
         reason: "decay".into(),
@@ -282,7 +276,7 @@ fn bad_arguments_are_rejected_before_writing() {
         store.transition(id, bad),
         Err(Error::InvalidInput(_))
     ));
-    assert_eq!(store.page(id).expect("page").tier, Tier::new(0, "large"));
+    assert_eq!(store.page(id).expect("page").tier, Tier::At(Mode::Large));
     assert!(matches!(
         store.page(PageId(99)),
         Err(Error::PageNotFound(PageId(99)))

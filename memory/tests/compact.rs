@@ -8,7 +8,8 @@ mod fs_tree;
 use fs_tree::copy_dir;
 
 use lethe_memory::{
-    Due, NewPage, NewTurn, PageId, Scope, Stamp, Store, Tier, TokenCache, Transition, ENGINE_DIR,
+    Due, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store, Tier, TokenCache, Transition,
+    ENGINE_DIR,
 };
 
 /// A PNG-signed blob of `len` bytes that differs per `tag` (nothing can deduplicate it).
@@ -27,7 +28,7 @@ fn image(tag: u64, len: usize) -> Vec<u8> {
 fn churned_store(dir: &Path, rounds: u64) {
     let store = Store::open(dir).expect("open");
     let scope = Scope::session("s");
-    let ladder = ["large", "base", "small", "tiny"];
+    let ladder = [Mode::Large, Mode::Base, Mode::Small, Mode::Tiny].map(Tier::At);
     for p in 0..3u64 {
         let turns = store
             .append(&scope, &[NewTurn::new("user", format!("turn {p}"), p)])
@@ -39,7 +40,7 @@ fn churned_store(dir: &Path, rounds: u64) {
                 NewPage {
                     // Records the size of a page source, so that rewrites leave garbage.
                     profile: format!("{{\"source\":\"{}\"}}", "x".repeat(16 << 10)),
-                    tier: Tier::new(0, "large"),
+                    tier: Tier::At(Mode::Large),
                     text: format!("page {p}"),
                     image: Some(image(p, 64 << 10)),
                     tokens: Some(TokenCache::new(vec![4, 4], "f32", vec![p as u8; 64]).unwrap()),
@@ -57,7 +58,7 @@ fn churned_store(dir: &Path, rounds: u64) {
             .transition(
                 id,
                 Transition {
-                    tier: Tier::new(tier, ladder[usize::from(tier)]),
+                    tier: ladder[usize::from(tier)],
                     image: Some(image(100 + step, 64 << 10)),
                     tokens: None,
                     reason: format!("step {step}"),

@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lethe_memory::{
-    BlobId, Due, Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier,
-    TokenCache,
+    BlobId, Due, Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, TokenCache,
 };
 
 #[path = "../src/bin/crashtest/data.rs"]
@@ -80,7 +79,7 @@ fn setup(dir: &std::path::Path) {
                 r,
                 NewPage {
                     profile: "{}".into(),
-                    tier: Tier::new(0, data::LADDER[0]),
+                    tier: data::LADDER[0],
                     text: format!("turn {p}"),
                     image: Some(data::image(p, 0, 0)),
                     tokens: Some(tokens),
@@ -119,7 +118,7 @@ fn check(dir: &std::path::Path, expect: &mut Expect, in_flight: Option<(u64, u8,
     for rec in &listing.pages {
         let id = rec.id.0;
         let want = expect[&id];
-        let got = (rec.tier.index, rec.changes);
+        let got = (data::index(rec.tier), rec.changes);
         let allowed_new = in_flight
             .filter(|&(p, _, _)| p == id)
             .map(|(_, tier, seq)| (tier, seq + 1));
@@ -135,23 +134,20 @@ fn check(dir: &std::path::Path, expect: &mut Expect, in_flight: Option<(u64, u8,
         let page = store.load(rec.id).expect("load");
         assert_eq!(
             page.image,
-            Some(data::image(id, rec.tier.index, seq)),
+            Some(data::image(id, data::index(rec.tier), seq)),
             "page {id} image"
         );
         let tokens = page.tokens.expect("token cache");
-        assert_eq!(tokens.shape, data::token_shape(rec.tier.index));
+        assert_eq!(tokens.shape, data::token_shape(data::index(rec.tier)));
         assert_eq!(
             tokens.bytes,
-            data::tokens(id, rec.tier.index, seq),
+            data::tokens(id, data::index(rec.tier), seq),
             "page {id} tokens"
         );
-        assert_eq!(rec.tier.mode, data::LADDER[usize::from(rec.tier.index)]);
+        assert_eq!(rec.tier, data::LADDER[usize::from(data::index(rec.tier))]);
         let history = store.history(rec.id).expect("history");
         assert_eq!(history.len() as u64, rec.changes);
-        assert_eq!(
-            history.last().and_then(|h| h.to.clone()),
-            Some(rec.tier.clone())
-        );
+        assert_eq!(history.last().and_then(|h| h.to), Some(rec.tier));
         expect.insert(id, got);
     }
     store.close().expect("close");
@@ -404,7 +400,7 @@ fn check_life(
     let mut covered = Vec::new();
     for rec in &listing.pages {
         let id = rec.id.0;
-        let got = (rec.tier.index, rec.changes, rec.text.is_some());
+        let got = (data::index(rec.tier), rec.changes, rec.text.is_some());
         let flying = in_flight.filter(|f| f.0 == id).map(|f| f.1);
         assert!(
             acked.get(&id) == Some(&got) || flying == Some(got),
@@ -420,7 +416,7 @@ fn check_life(
             Some(image) => {
                 assert_eq!(
                     image,
-                    &data::image(id, rec.tier.index, rec.changes - 1),
+                    &data::image(id, data::index(rec.tier), rec.changes - 1),
                     "page {id}"
                 );
                 blobs.insert(BlobId::of(image));

@@ -14,7 +14,8 @@ use std::path::Path;
 
 use lethe_memory::engine::{open_default, Engine};
 use lethe_memory::{
-    keys, Due, NewPage, NewTurn, Scope, Stamp, Store, Tier, TokenCache, Transition, ENGINE_DIR,
+    keys, Due, Mode, NewPage, NewTurn, Scope, Stamp, Store, Tier, TokenCache, Transition,
+    ENGINE_DIR,
 };
 #[path = "../../tests/support/fs_tree.rs"]
 mod fs_tree;
@@ -42,7 +43,7 @@ fn seeded_store(dir: &Path) {
             if s == 0 {
                 let page = NewPage {
                     profile: "{}".into(),
-                    tier: Tier::new(0, "large"),
+                    tier: Tier::At(Mode::Large),
                     text: format!("page text {i}"),
                     // One page keeps no image (it is redrawn from its text).
                     image: (i != 2).then(|| [&b"\x89PNG\r\n\x1a\n"[..], &[i as u8; 9]].concat()),
@@ -64,7 +65,7 @@ fn seeded_store(dir: &Path) {
         .transition(
             first,
             Transition {
-                tier: Tier::new(1, "base"),
+                tier: Tier::At(Mode::Base),
                 image: Some(b"\x89PNG\r\n\x1a\nsmaller".to_vec()),
                 tokens: None,
                 at: Stamp::new(9, 9),

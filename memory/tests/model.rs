@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use lethe_memory::{
-    BlobId, Checksum, Due, Error, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store,
+    BlobId, Checksum, Due, Error, Mode, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store,
     StoreOptions, Tier, TierChange, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
 };
 use proptest::prelude::*;
@@ -12,7 +12,12 @@ use proptest::prelude::*;
 #[path = "../../tests/support/fuzz_runner.rs"]
 mod fuzz_runner;
 
-const LADDER: [&str; 4] = ["large", "base", "small", "tiny"];
+const LADDER: [Tier; 4] = [
+    Tier::At(Mode::Large),
+    Tier::At(Mode::Base),
+    Tier::At(Mode::Small),
+    Tier::At(Mode::Tiny),
+];
 
 fn scopes() -> [Scope; 3] {
     [
@@ -262,7 +267,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                     let toks = with_tokens.then(|| tokens(seed, 0));
                     let page = NewPage {
                         profile: r#"{"mode":"large"}"#.into(),
-                        tier: Tier::new(0, LADDER[0]),
+                        tier: LADDER[0],
                         text: format!("page {k} of {}..{}", range.start, range.end),
                         image: with_image.then(|| png(seed, 40 + seed as usize % 50)),
                         tokens: toks.clone(),
@@ -304,7 +309,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                     scope: s.clone(),
                     turns: range,
                     profile: page.profile,
-                    tier: page.tier.clone(),
+                    tier: page.tier,
                     created: at,
                     last_access: at,
                     access_count: 0,
@@ -343,7 +348,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             let Some(id) = m.pick(page) else { return };
             let image = with_image.then(|| png(m.clock % 5, 30 + usize::from(tier) * 5));
             let toks = with_tokens.then(|| tokens(m.clock % 3, tier));
-            let new_tier = Tier::new(tier, LADDER[usize::from(tier)]);
+            let new_tier = LADDER[usize::from(tier)];
             let due = Due {
                 turn: None,
                 time: Some(m.clock * 60 + 600),
@@ -351,7 +356,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
             let res = store.transition(
                 id,
                 Transition {
-                    tier: new_tier.clone(),
+                    tier: new_tier,
                     image: image.clone(),
                     tokens: toks.clone(),
                     reason: format!("decay to {tier}"),
@@ -363,9 +368,9 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                 assert_eq!(outcome(res), Outcome::NotFound);
                 return;
             };
-            let old_tier = p.record.tier.clone();
+            let old_tier = p.record.tier;
             let seq = p.record.changes;
-            p.record.tier = new_tier.clone();
+            p.record.tier = new_tier;
             set_image(&mut p.record, image.as_deref());
             p.record.tokens = meta(toks.as_ref());
             p.record.checksum.tokens = toks.as_ref().map(|t| crc(&t.bytes));
@@ -432,9 +437,9 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                 p.record.checksum.text = None;
                 let seq = p.record.changes;
                 p.record.changes += 1;
-                let t = p.record.tier.clone();
+                let t = p.record.tier;
                 assert_eq!(res.expect("drop text"), m.pages[&id].record);
-                m.log(id, seq, Some(t.clone()), Some(t), "policy drops text", at);
+                m.log(id, seq, Some(t), Some(t), "policy drops text", at);
             } else {
                 assert_eq!(res.expect("drop text"), p.record);
             }
@@ -651,7 +656,7 @@ fn readers_on_other_threads_never_miss_a_blob_a_writer_replaced() {
             r,
             NewPage {
                 profile: "{}".into(),
-                tier: Tier::new(0, LADDER[0]),
+                tier: LADDER[0],
                 text: "hi".into(),
                 image: Some(png(0, 2_000)),
                 tokens: Some(tokens(0, 0)),
@@ -679,7 +684,7 @@ fn readers_on_other_threads_never_miss_a_blob_a_writer_replaced() {
                 .transition(
                     id,
                     Transition {
-                        tier: Tier::new(tier, LADDER[usize::from(tier)]),
+                        tier: LADDER[usize::from(tier)],
                         image: Some(png(step, 2_000)),
                         tokens: Some(tokens(step, tier)),
                         reason: "swap".into(),

@@ -147,6 +147,19 @@ impl Mode {
     }
 }
 
+impl Mode {
+    /// What a page whose image is `width` x `height` pixels costs at this mode: decoder
+    /// positions and vision tokens. Only gundam depends on the size (its tile grid follows the
+    /// page's aspect, as [`gundam_grid`]); this is the one place Lethe counts a page's cost.
+    pub fn page_cost(self, width: u32, height: u32) -> (usize, usize) {
+        let grid = match self {
+            Mode::Gundam => gundam_grid(width, height),
+            _ => None,
+        };
+        (self.decoder_positions(grid), self.vision_tokens(grid))
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -161,6 +174,122 @@ impl FromStr for Mode {
             .into_iter()
             .find(|m| m.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| UnknownMode(s.to_string()))
+    }
+}
+
+/// Where a page is kept: at one of the modes, or evicted (no image, no tokens, only its record).
+///
+/// The one name for a tier across Lethe: the policy decides in it, the store records it and the
+/// facade reports it. Tiers are ordered down the ladder: a tier with more resolution comes first,
+/// and [`Tier::Evicted`] is last (gundam, large, base, small, tiny, evicted).
+///
+/// In files and on the command line a tier is its name (`"base"`, `"evicted"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Kept as an image at this mode.
+    At(Mode),
+    /// Forgotten: nothing of the page is kept but its record and history.
+    Evicted,
+}
+
+/// The name of [`Tier::Evicted`].
+pub const EVICTED: &str = "evicted";
+
+impl Tier {
+    /// The mode the page is kept at, `None` when evicted.
+    pub fn mode(self) -> Option<Mode> {
+        match self {
+            Tier::At(mode) => Some(mode),
+            Tier::Evicted => None,
+        }
+    }
+
+    /// True when evicted.
+    pub fn is_evicted(self) -> bool {
+        self == Tier::Evicted
+    }
+
+    /// The tier's name: its mode's, or `"evicted"`.
+    pub fn name(self) -> &'static str {
+        self.mode().map_or(EVICTED, Mode::name)
+    }
+
+    /// Position down the ladder: 0 for gundam (the most resolution) to 5 for evicted.
+    fn depth(self) -> u8 {
+        match self {
+            Tier::At(Mode::Gundam) => 0,
+            Tier::At(Mode::Large) => 1,
+            Tier::At(Mode::Base) => 2,
+            Tier::At(Mode::Small) => 3,
+            Tier::At(Mode::Tiny) => 4,
+            Tier::Evicted => 5,
+        }
+    }
+}
+
+impl From<Mode> for Tier {
+    fn from(mode: Mode) -> Self {
+        Tier::At(mode)
+    }
+}
+
+impl Ord for Tier {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.depth().cmp(&other.depth())
+    }
+}
+
+impl PartialOrd for Tier {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is neither a mode nor `"evicted"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownTier(pub String);
+
+impl fmt::Display for UnknownTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown tier {:?} (expected one of: gundam, large, base, small, tiny, evicted)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownTier {}
+
+impl FromStr for Tier {
+    type Err = UnknownTier;
+
+    fn from_str(s: &str) -> Result<Self, UnknownTier> {
+        if s.trim().eq_ignore_ascii_case(EVICTED) {
+            return Ok(Tier::Evicted);
+        }
+        s.parse::<Mode>()
+            .map(Tier::At)
+            .map_err(|_| UnknownTier(s.to_string()))
+    }
+}
+
+impl Serialize for Tier {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Tier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -301,6 +430,35 @@ mod tests {
         assert_eq!(Mode::Gundam.vision_tokens(Some(g(2, 3))), 856);
         // Tiles do not change the other modes.
         assert_eq!(Mode::Base.decoder_positions(Some(g(2, 3))), 273);
+    }
+
+    #[test]
+    fn tiers_order_down_the_ladder_and_round_trip_by_name() {
+        let down = [
+            Tier::At(Mode::Gundam),
+            Tier::At(Mode::Large),
+            Tier::At(Mode::Base),
+            Tier::At(Mode::Small),
+            Tier::At(Mode::Tiny),
+            Tier::Evicted,
+        ];
+        for pair in down.windows(2) {
+            assert!(pair[0] < pair[1], "{} before {}", pair[0], pair[1]);
+        }
+        // Down the ladder, fixed modes cost fewer decoder positions.
+        for pair in down[1..5].windows(2) {
+            let cost = |t: Tier| t.mode().unwrap().decoder_positions(None);
+            assert!(cost(pair[0]) > cost(pair[1]));
+        }
+        for tier in down {
+            assert_eq!(tier.to_string().parse::<Tier>().unwrap(), tier);
+            let json = serde_json::to_string(&tier).unwrap();
+            assert_eq!(json, format!("\"{}\"", tier.name()));
+            assert_eq!(serde_json::from_str::<Tier>(&json).unwrap(), tier);
+        }
+        let err = "huge".parse::<Tier>().unwrap_err().to_string();
+        assert!(err.contains("\"huge\"") && err.contains("evicted"), "{err}");
+        assert!(serde_json::from_str::<Tier>("\"huge\"").is_err());
     }
 
     #[test]

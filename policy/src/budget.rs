@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::decision::{Decision, Rule};
 use crate::error::{PolicyError, Result};
-use crate::ladder::Tier;
 use crate::page::PageState;
 use crate::policy::Policy;
+use lethe_mode::Tier;
 
 /// The outcome of [`Policy::fit_budget`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ impl Policy {
     ///
     /// # Errors
     /// [`PolicyError::OverBudget`] when the pinned pages alone need more than the budget;
-    /// [`PolicyError::TierOutOfRange`] as [`Policy::decide`].
+    /// [`PolicyError::NotOnLadder`] as [`Policy::decide`].
     pub fn fit_budget(
         &self,
         pages: &[PageState],
@@ -114,10 +114,7 @@ impl Policy {
             if tier != d.tier {
                 d.reason.text = format!(
                     "{}; lowered from {} to {} to fit a budget of {} positions",
-                    d.reason.text,
-                    self.ladder.name(d.tier),
-                    self.ladder.name(tier),
-                    budget_positions
+                    d.reason.text, d.tier, tier, budget_positions
                 );
                 d.reason.rule = Rule::Budget;
                 d.tier = tier;

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::curve::Clock;
-use crate::ladder::Tier;
+use lethe_mode::Tier;
 
 /// The tier chosen for one page, with the reason, ready for the store's audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

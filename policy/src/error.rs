@@ -42,16 +42,16 @@ pub enum PolicyError {
         #[source]
         source: toml::ser::Error,
     },
-    /// A page's current tier is not on this policy's ladder (the ladder got shorter since the page
-    /// was stored).
-    #[error("page {id} is at level {index}, but the policy's ladder has only {levels} levels")]
-    TierOutOfRange {
+    /// A page's current tier is not on this policy's ladder (the ladder changed since the page
+    /// reached it).
+    #[error("page {id} is at tier {tier}, which the policy's ladder ({levels}) does not have")]
+    NotOnLadder {
         /// The page.
         id: u64,
-        /// Its level index.
-        index: usize,
-        /// How many levels the ladder has.
-        levels: usize,
+        /// Its tier.
+        tier: lethe_mode::Tier,
+        /// The ladder's levels, most resolution first.
+        levels: String,
     },
     /// No choice of tiers fits the budget: the pinned pages alone need more positions.
     #[error(

@@ -1,66 +1,123 @@
 //! The ladder of resolution tiers a page moves down as it is forgotten.
 
+use lethe_mode::{Mode, Tier};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PolicyError, Result};
 
-/// Where a page sits on the ladder: a level (an index into [`Ladder::levels`], 0 = the most
-/// resolution) or evicted (gone).
+/// One rung of the ladder: a mode and the decoder positions one page costs there.
 ///
-/// The order is by depth: `Level(0) < Level(1) < … < Evicted`, so a *greater* tier has *less*
-/// resolution, and "moving up" means moving to a smaller tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    /// Kept at the ladder level with this index.
-    Level(usize),
-    /// Forgotten: no image and no tokens are kept.
-    Evicted,
-}
-
-impl Tier {
-    /// The level index, or `None` when evicted.
-    pub fn level(self) -> Option<usize> {
-        match self {
-            Tier::Level(i) => Some(i),
-            Tier::Evicted => None,
-        }
-    }
-
-    /// True when evicted.
-    pub fn is_evicted(self) -> bool {
-        self == Tier::Evicted
-    }
-}
-
-/// Name used for [`Tier::Evicted`] in TOML and in explanations.
-pub const EVICTED: &str = "evicted";
-
-/// One rung of the ladder: a resolution mode's name and what a page costs there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The cost is the mode's own ([`Mode::decoder_positions`]): a fixed mode's level that says
+/// otherwise is refused. Only gundam, whose cost depends on each page's size, takes a cost from
+/// the policy, used when fitting a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "LevelSpec", into = "LevelSpec")]
 pub struct Level {
-    /// The mode's name, e.g. `"base"` (the renderer's mode names).
-    pub name: String,
+    /// The mode pages are kept at on this level.
+    pub mode: Mode,
     /// Decoder positions one page takes at this level (vision tokens plus row newlines and the
     /// view separator), the unit of a token budget.
     pub positions: u32,
 }
 
 impl Level {
-    /// A level named `name` costing `positions` decoder positions per page.
-    pub fn new(name: impl Into<String>, positions: u32) -> Self {
+    /// A level at `mode`, costing what a page at that mode costs (an untiled page for gundam).
+    pub fn new(mode: Mode) -> Self {
         Level {
-            name: name.into(),
+            mode,
+            positions: mode.decoder_positions(None) as u32,
+        }
+    }
+
+    /// A gundam level whose pages are costed at `positions` each when fitting a budget.
+    pub fn gundam(positions: u32) -> Self {
+        Level {
+            mode: Mode::Gundam,
             positions,
+        }
+    }
+
+    /// The level's tier.
+    pub fn tier(self) -> Tier {
+        Tier::At(self.mode)
+    }
+
+    /// Checks the cost against the mode's; `field` names the level in errors.
+    fn check(self, field: &str) -> Result<Self> {
+        let own = self.mode.decoder_positions(None) as u32;
+        if self.mode == Mode::Gundam {
+            if self.positions < own {
+                return Err(PolicyError::invalid(
+                    format!("{field}.positions"),
+                    format!(
+                        "a gundam page costs at least {own} positions, got {}",
+                        self.positions
+                    ),
+                ));
+            }
+        } else if self.positions != own {
+            return Err(PolicyError::invalid(
+                format!("{field}.positions"),
+                format!(
+                    "a {} page costs {own} decoder positions, got {} (leave `positions` out)",
+                    self.mode, self.positions
+                ),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// A level as written in a policy file: `name` is the mode, `positions` may be left out except
+/// for gundam.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LevelSpec {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    positions: Option<u32>,
+}
+
+impl TryFrom<LevelSpec> for Level {
+    type Error = PolicyError;
+
+    fn try_from(spec: LevelSpec) -> Result<Self> {
+        let mode: Mode = spec.name.parse().map_err(|_| {
+            PolicyError::invalid(
+                "ladder.name",
+                format!(
+                    "{:?} is not a mode (one of tiny, small, base, large, gundam)",
+                    spec.name
+                ),
+            )
+        })?;
+        let level = match (mode, spec.positions) {
+            (_, Some(positions)) => Level { mode, positions },
+            (Mode::Gundam, None) => {
+                return Err(PolicyError::invalid(
+                    "ladder.positions",
+                    "a gundam level needs `positions`: its pages' cost depends on their size",
+                ))
+            }
+            (_, None) => Level::new(mode),
+        };
+        level.check("ladder")
+    }
+}
+
+impl From<Level> for LevelSpec {
+    fn from(level: Level) -> Self {
+        LevelSpec {
+            name: level.mode.name().to_owned(),
+            positions: (level.mode == Mode::Gundam).then_some(level.positions),
         }
     }
 }
 
 /// An ordered list of levels, most resolution first; below the last level a page is evicted.
 ///
-/// Valid ladders have at least one level, unique non-empty names (none of them `"evicted"`) and
-/// strictly decreasing, non-zero position costs.
+/// Valid ladders have at least one level, each mode at most once and in order down the ladder
+/// (gundam, large, base, small, tiny), each costing what its mode costs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "Vec<Level>", into = "Vec<Level>")]
 pub struct Ladder {
@@ -78,35 +135,15 @@ impl Ladder {
         }
         for (i, level) in levels.iter().enumerate() {
             let field = format!("ladder[{i}]");
-            if level.name.trim().is_empty() {
-                return Err(PolicyError::invalid(format!("{field}.name"), "is empty"));
-            }
-            if level.name == EVICTED {
+            level.check(&field)?;
+            if i > 0 && level.tier() <= levels[i - 1].tier() {
                 return Err(PolicyError::invalid(
                     format!("{field}.name"),
-                    "`evicted` is reserved for the tier below the last level",
-                ));
-            }
-            if levels[..i].iter().any(|l| l.name == level.name) {
-                return Err(PolicyError::invalid(
-                    format!("{field}.name"),
-                    format!("`{}` appears twice", level.name),
-                ));
-            }
-            if level.positions == 0 {
-                return Err(PolicyError::invalid(
-                    format!("{field}.positions"),
-                    "must be at least 1",
-                ));
-            }
-            if i > 0 && level.positions >= levels[i - 1].positions {
-                return Err(PolicyError::invalid(
-                    format!("{field}.positions"),
                     format!(
-                        "must be smaller than the level above (`{}`: {}), got {}",
-                        levels[i - 1].name,
-                        levels[i - 1].positions,
-                        level.positions
+                        "`{}` must have less resolution than the level above (`{}`): levels go \
+                         gundam, large, base, small, tiny, each at most once",
+                        level.mode,
+                        levels[i - 1].mode
                     ),
                 ));
             }
@@ -131,25 +168,32 @@ impl Ladder {
 
     /// The tier with the most resolution.
     pub fn top(&self) -> Tier {
-        Tier::Level(0)
+        self.levels[0].tier()
     }
 
     /// The last level before eviction.
     pub fn bottom(&self) -> Tier {
-        Tier::Level(self.levels.len() - 1)
+        self.levels[self.levels.len() - 1].tier()
     }
 
-    /// The level of a tier, `None` for evicted or an index past the ladder.
+    /// Where `tier` is on the ladder: its level's index (0 = the most resolution), the number of
+    /// levels for evicted, `None` for a mode the ladder does not have.
+    pub fn index(&self, tier: Tier) -> Option<usize> {
+        match tier {
+            Tier::Evicted => Some(self.levels.len()),
+            Tier::At(mode) => self.levels.iter().position(|l| l.mode == mode),
+        }
+    }
+
+    /// The level of a tier, `None` for evicted or a mode off the ladder.
     pub fn level(&self, tier: Tier) -> Option<&Level> {
-        tier.level().and_then(|i| self.levels.get(i))
+        let mode = tier.mode()?;
+        self.levels.iter().find(|l| l.mode == mode)
     }
 
     /// True when `tier` is evicted or one of this ladder's levels.
     pub fn contains(&self, tier: Tier) -> bool {
-        match tier {
-            Tier::Evicted => true,
-            Tier::Level(i) => i < self.levels.len(),
-        }
+        self.index(tier).is_some()
     }
 
     /// Decoder positions a page costs at `tier` (0 when evicted or off the ladder).
@@ -157,40 +201,16 @@ impl Ladder {
         self.level(tier).map_or(0, |l| l.positions)
     }
 
-    /// The tier's name: the level's name, or `"evicted"`.
-    pub fn name(&self, tier: Tier) -> &str {
-        match tier {
-            Tier::Evicted => EVICTED,
-            Tier::Level(_) => self.level(tier).map_or("<off the ladder>", |l| &l.name),
-        }
-    }
-
-    /// The tier named `name` (a level's name or `"evicted"`).
-    pub fn tier(&self, name: &str) -> Option<Tier> {
-        if name == EVICTED {
-            return Some(Tier::Evicted);
-        }
-        self.levels
-            .iter()
-            .position(|l| l.name == name)
-            .map(Tier::Level)
-    }
-
-    /// One step down: the next level, or evicted after the last one (evicted stays evicted).
+    /// One step down: the next level, or evicted after the last one (evicted, and a mode off the
+    /// ladder, go to evicted).
     pub fn lower(&self, tier: Tier) -> Tier {
-        match tier {
-            Tier::Level(i) if i + 1 < self.levels.len() => Tier::Level(i + 1),
-            _ => Tier::Evicted,
-        }
+        self.index(tier)
+            .map_or(Tier::Evicted, |i| self.tier_at(i + 1))
     }
 
-    /// Tier for a level index that may be one past the end (meaning evicted).
-    pub(crate) fn tier_at(&self, index: usize) -> Tier {
-        if index < self.levels.len() {
-            Tier::Level(index)
-        } else {
-            Tier::Evicted
-        }
+    /// The tier at a level index, evicted past the last level.
+    pub fn tier_at(&self, index: usize) -> Tier {
+        self.levels.get(index).map_or(Tier::Evicted, |l| l.tier())
     }
 }
 
@@ -199,10 +219,10 @@ impl Default for Ladder {
     fn default() -> Self {
         Ladder {
             levels: vec![
-                Level::new("large", 421),
-                Level::new("base", 273),
-                Level::new("small", 111),
-                Level::new("tiny", 73),
+                Level::new(Mode::Large),
+                Level::new(Mode::Base),
+                Level::new(Mode::Small),
+                Level::new(Mode::Tiny),
             ],
         }
     }

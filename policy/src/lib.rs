@@ -1,6 +1,7 @@
 //! `lethe-policy`: pure decay and budget decisions for Lethe's page memory.
 //!
-//! Pages of old dialogue sit on a ladder of resolution tiers (by default DeepSeek-OCR's modes
+//! Pages of old dialogue sit on a ladder of resolution tiers ([`Tier`], shared with the store and
+//! the facade through `lethe-mode`) (by default DeepSeek-OCR's modes
 //! `large` → `base` → `small` → `tiny`, then evicted). As a page ages it moves down the ladder and
 //! is re-rendered with fewer vision tokens: a forgetting curve. This crate decides *which* tier,
 //! and never touches storage, images or models:
@@ -21,7 +22,7 @@
 //! the numbers, and a sentence) for the store's audit log.
 //!
 //! ```
-//! use lethe_policy::{Curve, PageState, Policy, Rule, Tier};
+//! use lethe_policy::{Curve, Mode, PageState, Policy, Rule, Tier};
 //!
 //! # fn main() -> lethe_policy::Result<()> {
 //! // Step down one tier every 10 turns, never below `small`.
@@ -31,24 +32,24 @@
 //!     .build()?;
 //!
 //! // A page made at turn 0, at the top tier (`large`).
-//! let mut page = PageState::new(7, 0, 0, Tier::Level(0), 900);
+//! let mut page = PageState::new(7, 0, 0, Tier::At(Mode::Large), 900);
 //! let d = policy.decide(&page, 0, 25)?;
-//! assert_eq!(policy.ladder().name(d.tier), "small"); // 25 turns: two steps down
+//! assert_eq!(d.tier, Tier::At(Mode::Small)); // 25 turns: two steps down
 //! assert_eq!(d.reason.rule, Rule::Curve);
 //! page.set_tier(d.tier);
 //!
 //! let d = policy.decide(&page, 0, 45)?; // the curve says evicted; the floor holds
-//! assert_eq!((d.tier, d.reason.rule), (Tier::Level(2), Rule::Floor));
+//! assert_eq!((d.tier, d.reason.rule), (Tier::At(Mode::Small), Rule::Floor));
 //!
 //! // An access at turn 45 resets the age (ages count from the last access) and lets it rise.
 //! page.record_access(45, 0);
 //! let d = policy.decide(&page, 0, 46)?;
-//! assert_eq!((d.tier, d.reason.rule), (Tier::Level(0), Rule::Reinforced));
+//! assert_eq!((d.tier, d.reason.rule), (Tier::At(Mode::Large), Rule::Reinforced));
 //! println!("{}", d.reason); // "age 1 turns since last access, ...: accessed since reaching small, rises to large"
 //!
 //! // Fit two pages into 500 decoder positions: the newer page keeps more resolution.
-//! let old = PageState::new(1, 0, 0, Tier::Level(0), 900);
-//! let new = PageState::new(2, 40, 0, Tier::Level(0), 900);
+//! let old = PageState::new(1, 0, 0, Tier::At(Mode::Large), 900);
+//! let new = PageState::new(2, 40, 0, Tier::At(Mode::Large), 900);
 //! let fit = policy.fit_budget(&[old, new], 500, 0, 41)?;
 //! assert!(fit.positions <= 500);
 //! assert!(fit.decisions[1].tier < fit.decisions[0].tier);
@@ -74,6 +75,7 @@ pub use budget::BudgetFit;
 pub use curve::{retention, AgeFrom, Clock, Curve, RecallCurve, Reinforcement};
 pub use decision::{Decision, Due, Reason, Rule};
 pub use error::{PolicyError, Result};
-pub use ladder::{Ladder, Level, Tier, EVICTED};
+pub use ladder::{Ladder, Level};
+pub use lethe_mode::{Mode, Tier, EVICTED};
 pub use page::PageState;
 pub use policy::{Policy, PolicyBuilder};

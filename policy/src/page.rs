@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ladder::Tier;
+use lethe_mode::Tier;
 
 /// A page's state as the policy sees it: plain data the store keeps in its page record.
 ///

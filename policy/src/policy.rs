@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::curve::{retention, AgeFrom, Clock, Curve, RecallCurve, Reinforcement};
 use crate::decision::{Decision, Due, Reason, Rule};
 use crate::error::{PolicyError, Result};
-use crate::ladder::{Ladder, Level, Tier};
+use lethe_mode::{Mode, Tier};
+
+use crate::ladder::{Ladder, Level};
 use crate::page::PageState;
 
 /// A forgetting policy: a ladder of tiers, a curve from age to tier, reinforcement by access,
@@ -45,7 +47,7 @@ impl Default for Policy {
                 thresholds: vec![0.6, 0.35, 0.15, 0.05],
             },
             reinforcement: Reinforcement::default(),
-            floor: Tier::Level(3),
+            floor: Tier::At(Mode::Tiny),
             pin: None,
             ttl_turns: None,
             ttl_seconds: None,
@@ -300,13 +302,13 @@ impl Policy {
     /// higher than the current tier unless the page was accessed since its last tier change.
     ///
     /// # Errors
-    /// [`PolicyError::TierOutOfRange`] when the page's tier is not on this policy's ladder.
+    /// [`PolicyError::NotOnLadder`] when the page's tier is not on this policy's ladder.
     pub fn decide(&self, page: &PageState, now: u64, turn: u64) -> Result<Decision> {
         if !self.ladder.contains(page.tier) {
-            return Err(PolicyError::TierOutOfRange {
+            return Err(PolicyError::NotOnLadder {
                 id: page.id,
-                index: page.tier.level().unwrap_or_default(),
-                levels: self.ladder.len(),
+                tier: page.tier,
+                levels: names(&self.ladder),
             });
         }
         let current = page.tier;
@@ -314,7 +316,7 @@ impl Policy {
         let stability = self.stability(page);
         let r = retention(age as f64, stability);
         let wanted = self.curve_tier(page, now, turn);
-        let name = |t: Tier| self.ladder.name(t).to_owned();
+        let name = |t: Tier| t.name();
         let basis = format!(
             "age {age} {} since {}, retention {r:.3} (stability {stability:.1}, {} access{})",
             self.clock.unit(),
@@ -573,11 +575,11 @@ impl From<&Policy> for PolicySpec {
         PolicySpec {
             clock: p.clock,
             age_from: p.age_from,
-            floor: p.ladder.name(p.floor).to_owned(),
-            pin: p.pin.map(|t| p.ladder.name(t).to_owned()),
+            floor: p.floor.name().to_owned(),
+            pin: p.pin.map(|t| t.name().to_owned()),
             ttl_turns: p.ttl_turns,
             ttl_seconds: p.ttl_seconds,
-            drop_text: p.drop_text.map(|t| p.ladder.name(t).to_owned()),
+            drop_text: p.drop_text.map(|t| t.name().to_owned()),
             ladder: p.ladder.levels().to_vec(),
             reinforcement: p.reinforcement,
             curve: p.curve.clone(),
@@ -591,7 +593,7 @@ impl From<&Policy> for PolicySpec {
 impl PolicySpec {
     fn into_policy(self) -> Result<Policy> {
         let ladder = Ladder::new(self.ladder)?;
-        let floor = ladder.tier(&self.floor).ok_or_else(|| {
+        let floor = tier_named(&ladder, &self.floor).ok_or_else(|| {
             PolicyError::invalid(
                 "floor",
                 format!(
@@ -603,8 +605,8 @@ impl PolicySpec {
         })?;
         let pin = match &self.pin {
             None => None,
-            Some(name) => match ladder.tier(name) {
-                Some(Tier::Level(i)) => Some(Tier::Level(i)),
+            Some(name) => match tier_named(&ladder, name) {
+                Some(Tier::At(mode)) => Some(Tier::At(mode)),
                 _ => {
                     return Err(PolicyError::invalid(
                         "pin",
@@ -621,11 +623,7 @@ impl PolicySpec {
             if pin > floor {
                 return Err(PolicyError::invalid(
                     "pin",
-                    format!(
-                        "`{}` is below the floor `{}`",
-                        ladder.name(pin),
-                        ladder.name(floor)
-                    ),
+                    format!("`{pin}` is below the floor `{floor}`",),
                 ));
             }
         }
@@ -645,7 +643,7 @@ impl PolicySpec {
         }
         let drop_text = match &self.drop_text {
             None => None,
-            Some(name) => Some(ladder.tier(name).ok_or_else(|| {
+            Some(name) => Some(tier_named(&ladder, name).ok_or_else(|| {
                 PolicyError::invalid(
                     "drop_text",
                     format!(
@@ -672,11 +670,16 @@ impl PolicySpec {
     }
 }
 
+/// The tier called `name` when it is `evicted` or one of the ladder's levels.
+fn tier_named(ladder: &Ladder, name: &str) -> Option<Tier> {
+    name.parse().ok().filter(|&t| ladder.contains(t))
+}
+
 fn names(ladder: &Ladder) -> String {
     ladder
         .levels()
         .iter()
-        .map(|l| l.name.as_str())
+        .map(|l| l.mode.name())
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -6,7 +6,7 @@
 //! LETHE_FUZZ_CASES=200000 LETHE_FUZZ_SEED=7 cargo test -p lethe-policy --release --test fuzz
 //! ```
 
-use lethe_policy::{PageState, Policy, Tier};
+use lethe_policy::{PageState, Policy};
 use std::cell::Cell;
 
 use proptest::prelude::*;
@@ -72,7 +72,7 @@ fn policy_parser_never_panics_and_accepted_policies_decide() {
                     accepted.set(accepted.get() + 1);
                     let levels = p.ladder().levels().len();
                     let pages: Vec<PageState> = (0..levels.max(1))
-                        .map(|l| PageState::new(l as u64, 0, 0, Tier::Level(l), 800))
+                        .map(|l| PageState::new(l as u64, 0, 0, p.ladder().tier_at(l), 800))
                         .collect();
                     for page in &pages {
                         let _ = p.decide(page, age, age);

@@ -3,13 +3,13 @@
 use std::error::Error as _;
 
 use lethe_policy::{
-    AgeFrom, Clock, Curve, Level, PageState, Policy, PolicyError, Rule, Tier, EVICTED,
+    AgeFrom, Clock, Curve, Level, Mode, PageState, Policy, PolicyError, Rule, Tier, EVICTED,
 };
 
-const L0: Tier = Tier::Level(0);
-const L1: Tier = Tier::Level(1);
-const L2: Tier = Tier::Level(2);
-const L3: Tier = Tier::Level(3);
+const L0: Tier = Tier::At(Mode::Large);
+const L1: Tier = Tier::At(Mode::Base);
+const L2: Tier = Tier::At(Mode::Small);
+const L3: Tier = Tier::At(Mode::Tiny);
 
 fn default_toml_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.toml")
@@ -50,12 +50,7 @@ fn default_toml_file_equals_default() {
 #[test]
 fn default_values_are_the_documented_ones() {
     let p = Policy::default();
-    let names: Vec<_> = p
-        .ladder()
-        .levels()
-        .iter()
-        .map(|l| l.name.as_str())
-        .collect();
+    let names: Vec<_> = p.ladder().levels().iter().map(|l| l.mode.name()).collect();
     assert_eq!(names, ["large", "base", "small", "tiny"]);
     let positions: Vec<_> = p.ladder().levels().iter().map(|l| l.positions).collect();
     assert_eq!(positions, [421, 273, 111, 73]);
@@ -83,7 +78,7 @@ fn default_retention_boundaries_match_the_documentation() {
 #[test]
 fn toml_round_trips() {
     let custom = Policy::builder()
-        .ladder(vec![Level::new("hi", 300), Level::new("lo", 100)])
+        .ladder(vec![Level::gundam(500), Level::new(Mode::Small)])
         .clock(Clock::Seconds)
         .age_from(AgeFrom::Created)
         .curve(Curve::Step {
@@ -91,10 +86,10 @@ fn toml_round_trips() {
         })
         .reinforcement(1_800.0, 1.5)
         .floor("evicted")
-        .pin_tier("hi")
+        .pin_tier("gundam")
         .ttl_turns(Some(50))
         .ttl_seconds(Some(604_800))
-        .drop_text(Some("lo".into()))
+        .drop_text(Some("small".into()))
         .recall_curve(vec![[5.0, 1.0], [25.0, 0.25]])
         .build()
         .expect("valid custom policy");
@@ -162,12 +157,21 @@ fn bad_toml_names_the_field() {
             "[budget]\nrecall = [[10.0, 0.5], [20.0, 0.9]]\n",
             "budget.recall[1]",
         ),
+        ("[[ladder]]\nname = \"huge\"\n", "\"huge\" is not a mode"),
         (
-            "[[ladder]]\nname = \"a\"\npositions = 10\n[[ladder]]\nname = \"b\"\npositions = 20\n",
-            "ladder[1].positions",
+            "[[ladder]]\nname = \"base\"\npositions = 300\n",
+            "a base page costs 273 decoder positions, got 300",
         ),
         (
-            "[[ladder]]\nname = \"a\"\npositions = 10\n[[ladder]]\nname = \"a\"\npositions = 5\n",
+            "[[ladder]]\nname = \"gundam\"\n[[ladder]]\nname = \"tiny\"\n",
+            "a gundam level needs `positions`",
+        ),
+        (
+            "[[ladder]]\nname = \"tiny\"\n[[ladder]]\nname = \"base\"\n",
+            "ladder[1].name",
+        ),
+        (
+            "[[ladder]]\nname = \"base\"\n[[ladder]]\nname = \"base\"\n",
             "ladder[1].name",
         ),
         ("ladder = []\n", "ladder"),
@@ -400,21 +404,25 @@ fn accesses_slow_forgetting() {
 }
 
 #[test]
-fn out_of_range_tier_is_an_error() {
-    let pg = page(9, 0, Tier::Level(4), 500);
+fn a_tier_off_the_ladder_is_an_error() {
+    let pg = page(9, 0, Tier::At(Mode::Gundam), 500);
     let err = Policy::default()
         .decide(&pg, 0, 0)
-        .expect_err("tier 4 of 4");
+        .expect_err("the default ladder has no gundam level");
     assert!(
         matches!(
             err,
-            PolicyError::TierOutOfRange {
+            PolicyError::NotOnLadder {
                 id: 9,
-                index: 4,
-                levels: 4
+                tier: Tier::At(Mode::Gundam),
+                ..
             }
         ),
         "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "page 9 is at tier gundam, which the policy's ladder (large, base, small, tiny) does not have"
     );
 }
 
@@ -498,7 +506,7 @@ fn due_names_the_turn_the_default_curve_moves_a_page() {
     // The default policy keeps a never-accessed page large through age 10, base through 20,
     // small through 37 and tiny (the floor) after that.
     let policy = Policy::default();
-    let mut p = page(1, 100, Tier::Level(0), 500);
+    let mut p = page(1, 100, L0, 500);
     let mut dues = Vec::new();
     for turn in 100..200 {
         let d = policy.decide(&p, 0, turn).unwrap();

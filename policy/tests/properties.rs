@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use lethe_policy::{retention, AgeFrom, Clock, Curve, PageState, Policy, PolicyError, Rule, Tier};
+use lethe_policy::{
+    retention, AgeFrom, Clock, Curve, Mode, PageState, Policy, PolicyError, Rule, Tier,
+};
 use proptest::prelude::*;
 
 #[path = "../../tests/support/fuzz_runner.rs"]
@@ -12,7 +14,7 @@ const LEVELS: usize = 4;
 
 fn tier() -> impl Strategy<Value = Tier> {
     prop_oneof![
-        8 => (0..LEVELS).prop_map(Tier::Level),
+        8 => (0..LEVELS).prop_map(|i| Policy::default().ladder().tier_at(i)),
         1 => Just(Tier::Evicted),
     ]
 }
@@ -167,7 +169,7 @@ proptest! {
         policy in policy(),
         steps in prop::collection::vec((0u64..20, 0u64..200, proptest::bool::weighted(0.2)), 1..60),
     ) {
-        let mut page = PageState::new(1, 0, 0, Tier::Level(0), 800);
+        let mut page = PageState::new(1, 0, 0, Tier::At(Mode::Large), 800);
         let (mut turn, mut now) = (0u64, 0u64);
         for (dt, ds, access) in steps {
             turn += dt;

@@ -23,7 +23,7 @@ use lethe::{OcrModel, OcrOptions};
 use lethe_cli::metrics::{
     BenchReport, BoxError, Keep, PageRecord, Plot, SourcePage, TextTokenizer,
 };
-use lethe_render::{gundam_grid, Mode, Page, PageImage, RenderProfile, Renderer};
+use lethe_render::{Mode, Page, PageImage, RenderProfile, Renderer};
 
 use super::common::{self, read_transcript, FormatArg, ModelArgs};
 
@@ -463,13 +463,8 @@ fn png_size(png: &[u8]) -> anyhow::Result<(u32, u32)> {
 /// Decoder positions and nominal vision tokens of `png` read in `mode` (gundam's tile grid
 /// follows the image's size, as the reference's dynamic tiling).
 fn budget(mode: Mode, png: &[u8]) -> anyhow::Result<(usize, usize)> {
-    let grid = if mode == Mode::Gundam {
-        let (w, h) = png_size(png)?;
-        gundam_grid(w, h)
-    } else {
-        None
-    };
-    Ok((mode.decoder_positions(grid), mode.vision_tokens(grid)))
+    let (w, h) = png_size(png)?;
+    Ok(mode.page_cost(w, h))
 }
 
 fn progress(total: usize) -> anyhow::Result<ProgressBar> {
@@ -705,12 +700,12 @@ mod tests {
         assert_eq!((tiny.pages, tiny.text_tokens, tiny.positions), (2, 40, 146));
         assert_eq!(tiny.word_precision.mean, Some(0.5));
         // Gundam on a 1x700 / 2x700 page: tiled (700 > 640), positions from the tile grid.
-        let grid = gundam_grid(1, 700);
+        let grid = lethe_render::gundam_grid(1, 700);
         assert!(grid.is_some());
         assert_eq!(
             report.series[2].all.positions,
             Mode::Gundam.decoder_positions(grid)
-                + Mode::Gundam.decoder_positions(gundam_grid(2, 700))
+                + Mode::Gundam.decoder_positions(lethe_render::gundam_grid(2, 700))
         );
         assert_eq!(report.series[2].all.word_precision.mean, Some(1.0));
         // 20-token pages fit every budget: truncation keeps everything.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lethe::{Lethe, OcrModel, OcrOptions, Policy, Reader, RecallTarget, Scope};
+use lethe::{Lethe, OcrModel, OcrOptions, Policy, Reader, RecallTarget, Scope, Tier};
 use lethe_decoder::Quantization;
 use lethe_render::transcript::{parse, Format, ParseOptions, Transcript};
 use lethe_render::Mode;
@@ -176,10 +176,10 @@ pub fn progress(len: u64, message: &'static str) -> ProgressBar {
 }
 
 /// Recall of one tier's pages: the decoded text scored against the page text.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RecallRow {
     /// Tier.
-    pub tier: String,
+    pub tier: Tier,
     /// Pages scored.
     pub pages: usize,
     /// Pages of the tier that kept their text (the sample was drawn from these).
@@ -202,26 +202,23 @@ pub fn score_pages(
     per_tier: Option<usize>,
 ) -> anyhow::Result<Vec<RecallRow>> {
     let pages = lethe.store().pages(Some(scope))?.pages;
-    let mut tiers: BTreeMap<String, Vec<lethe_memory::PageId>> = BTreeMap::new();
-    let mut totals: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tiers: BTreeMap<Tier, Vec<lethe_memory::PageId>> = BTreeMap::new();
+    let mut totals: BTreeMap<Tier, usize> = BTreeMap::new();
     for page in &pages {
-        if page.text.is_none() || page.tier.mode == "evicted" {
+        if page.text.is_none() || page.tier.is_evicted() {
             continue;
         }
-        tiers
-            .entry(page.tier.mode.clone())
-            .or_default()
-            .push(page.id);
+        tiers.entry(page.tier).or_default().push(page.id);
     }
     for (tier, ids) in tiers.iter_mut() {
-        totals.insert(tier.clone(), ids.len());
+        totals.insert(*tier, ids.len());
         if let Some(n) = per_tier {
             *ids = spread_sample(ids, n);
         }
     }
     let todo: usize = tiers.values().map(Vec::len).sum();
     let bar = progress(todo as u64, "reading pages back");
-    let mut by_tier: BTreeMap<String, Vec<lethe_cli::metrics::PageScores>> = BTreeMap::new();
+    let mut by_tier: BTreeMap<Tier, Vec<lethe_cli::metrics::PageScores>> = BTreeMap::new();
     let now = u64::MAX / 2;
     for id in tiers.into_values().flatten() {
         bar.inc(1);
@@ -229,7 +226,7 @@ pub fn score_pages(
         for p in recalled.pages {
             if let (Some(decoded), Some(source)) = (&p.decoded_text, &p.stored_text) {
                 by_tier
-                    .entry(p.tier.clone())
+                    .entry(p.tier)
                     .or_default()
                     .push(lethe_cli::metrics::score_page(source, decoded));
             }

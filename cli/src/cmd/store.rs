@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
-use lethe::{PageId, RecallTarget, Scope};
+use lethe::{PageId, RecallTarget, Scope, Tier};
 
 use super::common::{self, ModelArgs, StoreArgs};
 
@@ -122,8 +122,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for c in &changes {
-        let name =
-            |t: &Option<lethe_memory::Tier>| t.as_ref().map_or("-".into(), |t| t.mode.clone());
+        let name = |t: &Option<Tier>| t.map_or("-", Tier::name);
         println!(
             "#{:<3} turn {:>6} t={:>10}  {:>7} -> {:<7}  {}",
             c.seq,

@@ -3,8 +3,20 @@
 //! An image or token blob is a pure function of (page, tier, history sequence), so after a crash
 //! the test can tell exactly which transition a page's stored content came from.
 
+use lethe_memory::{Mode, Tier};
+
 /// The tier ladder the crash test cycles through.
-pub const LADDER: [&str; 4] = ["large", "base", "small", "tiny"];
+pub const LADDER: [Tier; 4] = [
+    Tier::At(Mode::Large),
+    Tier::At(Mode::Base),
+    Tier::At(Mode::Small),
+    Tier::At(Mode::Tiny),
+];
+
+/// A tier's position on [`LADDER`] (0 for any tier off it).
+pub fn index(tier: Tier) -> u8 {
+    LADDER.iter().position(|&t| t == tier).unwrap_or(0) as u8
+}
 
 fn fill(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

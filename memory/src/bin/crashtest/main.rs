@@ -21,7 +21,7 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use lethe_memory::{
-    Due, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, Tier, TokenCache, Transition,
+    Due, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, TokenCache, Transition,
 };
 
 mod data;
@@ -40,7 +40,7 @@ fn decay(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
         let id = ids[(step % ids.len() as u64) as usize];
         step = step.wrapping_add(1);
         let rec = store.page(id)?;
-        let tier = (rec.tier.index + 1) % data::LADDER.len() as u8;
+        let tier = (data::index(rec.tier) + 1) % data::LADDER.len() as u8;
         let seq = rec.changes;
         writeln!(out, "begin {} {tier} {seq}", id.0)?;
         let tokens = TokenCache::new(
@@ -51,7 +51,7 @@ fn decay(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
         store.transition(
             id,
             Transition {
-                tier: Tier::new(tier, data::LADDER[usize::from(tier)]),
+                tier: data::LADDER[usize::from(tier)],
                 image: Some(data::image(id.0, tier, seq)),
                 tokens: Some(tokens),
                 reason: format!("crash-test step {step}"),
@@ -82,7 +82,7 @@ fn life(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
             out,
             "{what} {kind} {} {} {} {}",
             r.id.0,
-            r.tier.index,
+            data::index(r.tier),
             r.changes,
             u8::from(r.text.is_some())
         )
@@ -105,7 +105,7 @@ fn life(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
                 let with_image = id.0 % 2 == 0;
                 let page = NewPage {
                     profile: "{}".into(),
-                    tier: Tier::new(0, data::LADDER[0]),
+                    tier: data::LADDER[0],
                     text: data::text(id.0),
                     image: with_image.then(|| data::image(id.0, 0, 0)),
                     tokens: Some(TokenCache::new(
@@ -122,19 +122,19 @@ fn life(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
                 line(&mut out, "done", "page-out", &store.page(made)?)?;
             }
             (6..=12, Some(p)) => {
-                let tier = (p.tier.index + 1) % data::LADDER.len() as u8;
+                let tier = (data::index(p.tier) + 1) % data::LADDER.len() as u8;
                 let image = p
                     .text
                     .is_none()
                     .then(|| data::image(p.id.0, tier, p.changes));
                 let mut after = p.clone();
-                after.tier = Tier::new(tier, data::LADDER[usize::from(tier)]);
+                after.tier = data::LADDER[usize::from(tier)];
                 after.changes += 1;
                 line(&mut out, "begin", "decay", &after)?;
                 let r = store.transition(
                     p.id,
                     Transition {
-                        tier: after.tier.clone(),
+                        tier: after.tier,
                         image,
                         tokens: None,
                         reason: "decay".into(),
@@ -149,7 +149,7 @@ fn life(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
                 after.changes += 1;
                 after.text = None;
                 line(&mut out, "begin", "drop-text", &after)?;
-                let image = data::image(p.id.0, p.tier.index, p.changes);
+                let image = data::image(p.id.0, data::index(p.tier), p.changes);
                 let r = store.drop_text(
                     p.id,
                     None,
