@@ -9,8 +9,8 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use lethe_memory::{
-    Due, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier, TokenCache,
-    Transition,
+    Due, Layout, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, Tier,
+    TokenCache, Transition,
 };
 
 fn fill(seed: u64, len: usize) -> Vec<u8> {
@@ -40,7 +40,10 @@ fn tokens(seed: u64, positions: usize) -> TokenCache {
 
 fn new_page(seed: u64) -> NewPage {
     NewPage {
-        profile: r#"{"mode":"base","font_px":14}"#.into(),
+        layout: Layout {
+            profile: r#"{"mode":"base","font_px":14}"#.into(),
+            ..Layout::default()
+        },
         tier: Tier::At(Mode::Base),
         text: "user: hello there\nassistant: general kenobi\n".repeat(40),
         image: Some(png(seed, 96 * 1024)),

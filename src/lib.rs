@@ -221,6 +221,8 @@ impl LetheBuilder {
             store.set_tag(POLICY_TAG, &fingerprint)?;
         }
         let renderer = Renderer::builder().profile(profile.clone()).build()?;
+        let profile_json = serde_json::to_string(&profile)
+            .map_err(|e| Error::Invalid(format!("render profile: {e}")))?;
         // Text tokens are counted with the DeepSeek-OCR tokenizer, so ratios compare across
         // readers; a checkpoint folder with its own tokenizer counts with that one.
         let tokenizer = match &model {
@@ -232,6 +234,7 @@ impl LetheBuilder {
             policy,
             renderer,
             profile,
+            profile_json,
             model,
             tokenizer,
             hot_turns: self.hot_turns,
@@ -248,6 +251,8 @@ pub struct Lethe {
     policy: Policy,
     renderer: Renderer,
     profile: RenderProfile,
+    /// `profile` serialised, as page layouts record it.
+    profile_json: String,
     model: Option<OcrModel>,
     tokenizer: Tokenizer,
     hot_turns: usize,

@@ -1,7 +1,7 @@
 //! `Lethe::maintain`: paging out turns older than the hot window, and deciding the pages that
 //! are due (tier changes re-render or resample, re-encode, and swap in one transaction).
 
-use crate::page::{page_meta, page_source, turn_of, PageMeta};
+use crate::page::{cost, layout_of, turn_of};
 use crate::*;
 
 /// What [`Lethe::maintain`] did.
@@ -99,15 +99,11 @@ impl Lethe {
         };
         // After any re-render, which still had the text to draw from.
         if decision.drop_text && record.text.is_some() {
-            let mut meta = page_meta(&record)?;
             // A page drawn from its text needs its image stored before the text goes.
             let image = match (&record.image_blob, record.tier) {
                 (None, Tier::At(mode)) => Some(self.image_at(&record, mode)?.to_png()?),
                 _ => None,
             };
-            meta.source = None;
-            let profile = serde_json::to_string(&meta)
-                .map_err(|e| Error::Invalid(format!("page metadata: {e}")))?;
             let reason = format!(
                 "policy drops page text at {} (drop_text = {:?})",
                 decision.tier,
@@ -116,8 +112,7 @@ impl Lethe {
                     .map(Tier::name)
                     .unwrap_or_default(),
             );
-            self.store
-                .drop_text(record.id, Some(profile), image, &reason, stamp)?;
+            self.store.drop_text(record.id, image, &reason, stamp)?;
             done.texts_dropped += 1;
         }
         Ok(())
@@ -190,15 +185,11 @@ impl Lethe {
                     Some(image) => self.encode_cache(image, mode)?,
                     None => None,
                 };
-                let meta = PageMeta {
-                    profile: self.profile.clone(),
-                    source: Some(page_source(&page, &input)),
-                    size: [page.width, page.height],
-                    text_tokens: self.count_tokens(&page.text)?,
-                };
-                let (positions, vision) = meta.cost(mode);
+                let text_tokens = self.count_tokens(&page.text)?;
+                let (text, layout) = layout_of(&page, &input, &self.profile_json, text_tokens);
+                let (positions, vision) = cost(&layout, mode);
                 done.missing_glyphs += page.missing_glyphs as u64;
-                done.usage.text_tokens += meta.text_tokens;
+                done.usage.text_tokens += text_tokens;
                 done.usage.decoder_positions += positions;
                 done.usage.vision_tokens += vision;
                 done.usage.bytes += png.as_ref().map_or(0, |p| p.len() as u64);
@@ -207,13 +198,12 @@ impl Lethe {
                     turn,
                     now,
                     top,
-                    meta.text_tokens.min(u64::from(u32::MAX)) as u32,
+                    text_tokens.min(u64::from(u32::MAX)) as u32,
                 );
                 new_pages.push(NewPage {
-                    profile: serde_json::to_string(&meta)
-                        .map_err(|e| Error::Invalid(format!("page metadata: {e}")))?,
+                    layout,
                     tier: top,
-                    text: page.text,
+                    text,
                     image: png,
                     tokens,
                     at: stamp,
@@ -244,8 +234,7 @@ impl Lethe {
             Tier::At(mode) => {
                 // A page that keeps its text is redrawn when needed; only the encoder, or a page
                 // without its text, needs the image now.
-                let meta = page_meta(record)?;
-                let redrawable = record.text.is_some() && meta.source.is_some();
+                let redrawable = record.text.is_some() && !record.layout.pieces.is_empty();
                 let image = (!redrawable || self.caches_tokens())
                     .then(|| self.image_at(record, mode))
                     .transpose()?;
@@ -257,7 +246,7 @@ impl Lethe {
                     Some(image) if !redrawable => Some(image.to_png()?),
                     _ => None,
                 };
-                done.usage.decoder_positions += meta.cost(mode).0;
+                done.usage.decoder_positions += cost(&record.layout, mode).0;
                 (png, tokens)
             }
             Tier::Evicted => {

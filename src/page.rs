@@ -1,47 +1,90 @@
-//! What the facade keeps beside a page (its source and render profile, from which it is drawn
-//! again exactly) and what the policy sees of it.
+//! What the facade keeps beside a page (its [`Layout`]: the render profile and the turn pieces its
+//! text is made of, from which it is laid out and drawn again exactly) and what the policy sees of
+//! it.
+
+use lethe_memory::{Layout, Piece};
 
 use crate::*;
 
-/// What the facade stores beside a page (in the store's opaque profile field): the render profile
-/// and the page's source (the bytes of each turn it shows), from which the renderer lays out exactly
-/// the same page again when a tier change re-renders it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PageMeta {
-    pub(crate) profile: RenderProfile,
-    /// The turn pieces the page shows, in order (dropped with the text).
-    pub(crate) source: Option<Vec<Turn>>,
-    /// Logical page size `[width, height]` (gundam tiling depends on it).
-    pub(crate) size: [f32; 2],
-    /// Text tokens of the page text, counted when the page was made.
-    pub(crate) text_tokens: u64,
-}
-
-impl PageMeta {
-    /// Decoder positions and nominal vision tokens of the page at `mode`.
-    pub(crate) fn cost(&self, mode: Mode) -> (u64, u64) {
-        let (positions, vision) =
-            mode.page_cost(self.size[0].round() as u32, self.size[1].round() as u32);
-        (positions as u64, vision as u64)
+/// The layout and the text a page keeps: the turn pieces it shows, their text concatenated, and
+/// the facts counted when it was made. `profile` is the render profile serialised.
+pub(crate) fn layout_of(
+    page: &Page,
+    turns: &[Turn],
+    profile: &str,
+    text_tokens: u64,
+) -> (String, Layout) {
+    let mut text = String::new();
+    let mut pieces = Vec::with_capacity(page.segments.len());
+    for seg in &page.segments {
+        let turn = &turns[seg.turn];
+        let words = &turn.text[seg.start..seg.end];
+        text.push_str(words);
+        pieces.push(Piece {
+            speaker: turn.speaker.clone(),
+            session: turn.session.clone(),
+            time_label: turn.timestamp.clone(),
+            continued: seg.start > 0 || turn.continued,
+            len: words.len() as u64,
+        });
     }
+    let layout = Layout {
+        profile: profile.to_owned(),
+        size: [page.width.round() as u32, page.height.round() as u32],
+        text_tokens,
+        page_text_crc: Layout::checksum(&page.text),
+        pieces,
+    };
+    (text, layout)
 }
 
-/// The turn pieces a page shows, as turns a renderer paginates back into that one page.
-pub(crate) fn page_source(page: &Page, turns: &[Turn]) -> Vec<Turn> {
-    page.segments
+/// Decoder positions and nominal vision tokens of a page laid out as `layout`, at `mode`.
+pub(crate) fn cost(layout: &Layout, mode: Mode) -> (u64, u64) {
+    let (positions, vision) = mode.page_cost(layout.size[0], layout.size[1]);
+    (positions as u64, vision as u64)
+}
+
+/// The page's turn pieces as turns a renderer paginates back into that one page; `None` when it
+/// keeps no text or was not made of pieces.
+fn source_turns(record: &PageRecord) -> Option<Vec<Turn>> {
+    let text = record.text.as_deref()?;
+    if record.layout.pieces.is_empty() {
+        return None;
+    }
+    let mut at = 0usize;
+    let turns = record
+        .layout
+        .pieces
         .iter()
-        .map(|seg| {
-            let turn = &turns[seg.turn];
-            let mut piece = Turn::new(
-                turn.speaker.clone(),
-                turn.text[seg.start..seg.end].to_string(),
-            );
-            piece.continued = seg.start > 0 || turn.continued;
-            piece.session.clone_from(&turn.session);
-            piece.timestamp.clone_from(&turn.timestamp);
-            piece
+        .map(|p| {
+            let words = &text[at..at + p.len as usize];
+            at += p.len as usize;
+            let mut turn = Turn::new(p.speaker.clone(), words);
+            turn.continued = p.continued;
+            turn.session.clone_from(&p.session);
+            turn.timestamp.clone_from(&p.time_label);
+            turn
         })
-        .collect()
+        .collect();
+    Some(turns)
+}
+
+/// A page laid out again, with the renderer that draws it.
+pub(crate) struct Relaid {
+    /// The renderer of the page's own profile, when it is not the memory's.
+    other: Option<Renderer>,
+    /// The page.
+    pub(crate) page: Page,
+}
+
+impl Relaid {
+    /// The page drawn at `mode`; `own` is the memory's renderer.
+    pub(crate) fn rasterize(&self, own: &Renderer, mode: Mode) -> PageImage {
+        self.other
+            .as_ref()
+            .unwrap_or(own)
+            .rasterize(&self.page, mode)
+    }
 }
 
 /// A hot turn as the renderer takes it: speaker, text, session and time label.
@@ -52,22 +95,14 @@ pub(crate) fn turn_of(t: &lethe_memory::TurnRecord) -> Turn {
     turn
 }
 
-pub(crate) fn page_meta(record: &PageRecord) -> Result<PageMeta> {
-    serde_json::from_str(&record.profile).map_err(|source| Error::PageMeta {
-        page: record.id,
-        source,
-    })
-}
-
 impl Lethe {
     pub(crate) fn page_state(&self, record: &PageRecord) -> Result<PageState> {
-        let meta = page_meta(record)?;
         let mut state = PageState::new(
             record.id.0,
             record.created.turn,
             record.created.time,
             record.tier,
-            meta.text_tokens.min(u64::from(u32::MAX)) as u32,
+            record.layout.text_tokens.min(u64::from(u32::MAX)) as u32,
         );
         state.last_access_turn = record.last_access.turn;
         state.last_access_at = record.last_access.time;
@@ -91,5 +126,60 @@ impl Lethe {
             state.access_count
         };
         Ok(state)
+    }
+
+    /// The renderer a page was laid out with: `None` for this memory's own (the profiles match).
+    fn renderer_for(&self, record: &PageRecord) -> Result<Option<Renderer>> {
+        if record.layout.profile == self.profile_json {
+            return Ok(None);
+        }
+        let profile: RenderProfile =
+            serde_json::from_str(&record.layout.profile).map_err(|source| Error::PageMeta {
+                page: record.id,
+                source,
+            })?;
+        if profile == self.profile {
+            return Ok(None);
+        }
+        Ok(Some(Renderer::builder().profile(profile).build()?))
+    }
+
+    /// Lays a page out again from its turn pieces, checked against the text it showed when it was
+    /// made; `None` when it keeps no pieces (its text dropped, or made without them).
+    pub(crate) fn relayout(&self, record: &PageRecord) -> Result<Option<Relaid>> {
+        let Some(source) = source_turns(record) else {
+            return Ok(None);
+        };
+        let other = self.renderer_for(record)?;
+        let renderer = other.as_ref().unwrap_or(&self.renderer);
+        // The pieces lay out as the same page again (a split last turn may leave a trailing page
+        // with no turn text, only a running header); anything else would draw different text.
+        let mut pages = renderer.paginate(&source)?;
+        let rest_empty = pages[1..]
+            .iter()
+            .flat_map(|p| &p.segments)
+            .all(|s| s.start == s.end);
+        let same = pages
+            .first()
+            .is_some_and(|p| Layout::checksum(&p.text) == record.layout.page_text_crc);
+        if !(rest_empty && same) {
+            return Err(Error::Invalid(format!(
+                "page {}: its turn pieces no longer lay out as the stored page ({} pages)",
+                record.id,
+                pages.len()
+            )));
+        }
+        let page = pages.swap_remove(0);
+        Ok(Some(Relaid { other, page }))
+    }
+
+    /// The page's text as laid out on the page (labels, session headers and line breaks
+    /// included); the retained text as it is for a page made without pieces; `None` once the
+    /// text is dropped.
+    pub(crate) fn page_text(&self, record: &PageRecord) -> Result<Option<String>> {
+        Ok(match self.relayout(record)? {
+            Some(relaid) => Some(relaid.page.text),
+            None => record.text.clone(),
+        })
     }
 }

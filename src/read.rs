@@ -1,7 +1,7 @@
 //! Reading pages back: `Lethe::recall` (the decoder's text beside the retained text) and
 //! `Lethe::context` (recent turns as text plus pages within a budget), and the page image at a mode.
 
-use crate::page::{page_meta, turn_of};
+use crate::page::{cost, turn_of};
 use crate::*;
 
 /// Which pages [`Lethe::recall`] reads.
@@ -113,9 +113,9 @@ impl Lethe {
                 }
                 _ => None,
             };
-            let meta = page_meta(&record)?;
-            usage.text_tokens += meta.text_tokens;
-            usage.bytes += record.text.as_ref().map_or(0, |t| t.len() as u64)
+            let stored_text = self.page_text(&record)?;
+            usage.text_tokens += record.layout.text_tokens;
+            usage.bytes += stored_text.as_ref().map_or(0, |t| t.len() as u64)
                 + decoded_text.as_ref().map_or(0, |t| t.len() as u64);
             self.store.record_access(record.id, Stamp::new(turn, now))?;
             self.touch(&record.scope);
@@ -124,7 +124,7 @@ impl Lethe {
                 turns: (record.turns.start, record.turns.end),
                 tier: record.tier,
                 decoded_text,
-                stored_text: record.text.clone(),
+                stored_text,
             });
         }
         usage.millis = elapsed_ms(started);
@@ -188,7 +188,7 @@ impl Lethe {
                 (Some(model), None) => Some(model.encode(&image, mode)?),
                 (None, _) => None,
             };
-            let (positions, vision) = page_meta(record)?.cost(mode);
+            let (positions, vision) = cost(&record.layout, mode);
             usage.decoder_positions += positions;
             usage.vision_tokens += vision;
             usage.bytes += image.pixels.len() as u64;
@@ -213,34 +213,8 @@ impl Lethe {
     /// retained (exactly the image drawn at page-out: the renderer's golden hashes hold it to
     /// that), else the stored image, resampled when `mode` is not its tier's.
     pub(crate) fn image_at(&self, record: &PageRecord, mode: Mode) -> Result<PageImage> {
-        let meta = page_meta(record)?;
-        if let (Some(source), Some(_)) = (&meta.source, &record.text) {
-            let renderer = if meta.profile == self.profile {
-                &self.renderer
-            } else {
-                &Renderer::builder().profile(meta.profile.clone()).build()?
-            };
-            // The source lays out as the same page again (a split last turn may leave a
-            // trailing page with no turn text, only a running header); anything else would
-            // re-render different text.
-            let pages = renderer.paginate(source)?;
-            let page = pages
-                .first()
-                .filter(|p| Some(&p.text) == record.text.as_ref())
-                .filter(|_| {
-                    pages[1..]
-                        .iter()
-                        .flat_map(|p| &p.segments)
-                        .all(|s| s.start == s.end)
-                })
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "page {}: its source no longer lays out as the stored page ({} pages)",
-                        record.id,
-                        pages.len()
-                    ))
-                })?;
-            return Ok(renderer.rasterize(page, mode));
+        if let Some(relaid) = self.relayout(record)? {
+            return Ok(relaid.rasterize(&self.renderer, mode));
         }
         let png = self.store.image(record.id)?.ok_or_else(|| {
             Error::Invalid(format!(

@@ -1,6 +1,6 @@
 //! `Lethe::report`: pages, text tokens, decoder positions, ratios and bytes per tier.
 
-use crate::page::page_meta;
+use crate::page::cost;
 use crate::*;
 
 /// Per-tier figures of [`Lethe::report`].
@@ -76,11 +76,10 @@ impl Lethe {
             let Some(row) = rows.iter_mut().find(|r| r.tier == record.tier.name()) else {
                 continue;
             };
-            let meta = page_meta(record)?;
             row.pages += 1;
-            row.text_tokens += meta.text_tokens;
+            row.text_tokens += record.layout.text_tokens;
             if let Tier::At(mode) = record.tier {
-                let (positions, vision) = meta.cost(mode);
+                let (positions, vision) = cost(&record.layout, mode);
                 row.decoder_positions += positions;
                 row.vision_tokens += vision;
             }

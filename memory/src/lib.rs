@@ -3,8 +3,9 @@
 //! Recent turns of a conversation stay as text (the hot tier). Older turns are paged out into
 //! *pages*: the page text while retained, a rendered PNG at some resolution tier (stored only when
 //! the caller cannot redraw it from the text), an optional cache of vision tokens, and metadata
-//! (scope, turn range, render profile, created and last-access stamps, access count, pin,
-//! checksums, and when the caller's policy next wants to look at it). As pages age,
+//! (scope, turn range, its [`Layout`]: render profile, size, text tokens and the turn pieces its
+//! text is made of; created and last-access stamps, access count, pin, checksums, and when the
+//! caller's policy next wants to look at it). As pages age,
 //! [`Store::transition`] swaps in a lower-resolution image and tokens in one transaction, and every
 //! tier change is written to an audit log ([`Store::history`]), so what was forgotten, and when,
 //! stays inspectable. [`Store::due_pages`] and [`Store::due_by_time`] find the pages whose time
@@ -16,12 +17,13 @@
 //! token caches live beside it as content-addressed files (`blobs/`), written and synced before the
 //! record that names them and deleted when no record does. A store folder holds a `LOCK` file (one
 //! process at a time), the engine's `db/` folder and `blobs/`; it records its schema version,
-//! migrates stores of schema 1 on open (keeping a copy of what it changes) and refuses others.
+//! migrates stores of schemas 1 and 2 on open (keeping a copy of what it changes) and refuses
+//! others.
 //! [`Store::export`] writes a portable folder that [`Store::import`] reads back exactly (layout in
 //! [`export`]).
 //!
 //! ```
-//! use lethe_memory::{Due, Mode, NewPage, NewTurn, Scope, Stamp, Store, Tier, Transition};
+//! use lethe_memory::{Due, Layout, Mode, NewPage, NewTurn, Piece, Scope, Stamp, Store, Tier, Transition};
 //!
 //! # fn main() -> lethe_memory::Result<()> {
 //! let dir = std::env::temp_dir().join(format!("lethe-memory-doc-{}", std::process::id()));
@@ -30,12 +32,15 @@
 //! let scope = Scope::session("s1").with_user("ada");
 //! let turns = store.append(&scope, &[NewTurn::new("user", "hello", 0), NewTurn::new("assistant", "hi", 1)])?;
 //!
-//! // Page the two turns out at tier 0. The text is kept, so no image needs storing (the caller
-//! // redraws it); the policy wants to look at the page again at turn 12.
+//! // Page the two turns out at tier 0. The page keeps its text, the two turns' pieces, from which
+//! // the caller lays the page out again, so no image needs storing; the policy wants to look at
+//! // the page again at turn 12.
+//! let piece = |speaker: &str, len| Piece { speaker: speaker.into(), len, ..Piece::default() };
+//! let layout = Layout { pieces: vec![piece("user", 5), piece("assistant", 2)], ..Layout::default() };
 //! let page = store.page_out(&scope, turns, NewPage {
-//!     profile: "{}".into(),
+//!     layout,
 //!     tier: Tier::At(Mode::Large),
-//!     text: "user: hello\nassistant: hi".into(),
+//!     text: "hellohi".into(),
 //!     image: None,
 //!     tokens: None,
 //!     at: Stamp::new(2, 10),
@@ -56,7 +61,8 @@
 //!     at: Stamp::new(12, 500),
 //!     due: Due::NEVER,
 //! })?;
-//! store.drop_text(page, None, None, "policy drops text", Stamp::new(12, 500))?;
+//! store.drop_text(page, None, "policy drops text", Stamp::new(12, 500))?;
+//! assert!(store.page(page)?.layout.pieces.is_empty());
 //! assert_eq!(store.page(page)?.tier, Tier::At(Mode::Base));
 //! assert_eq!(store.image(page)?, Some(png(b"base")));
 //! assert_eq!(store.history(page)?.len(), 3);
@@ -86,10 +92,10 @@ pub use blobs::{BlobId, BLOB_DIR};
 pub use error::{Error, Result};
 pub use store::{
     Store, StoreOptions, StoreOptionsBuilder, ENGINE_DIR, LOCK_FILE, SCHEMA1_BACKUP_DIR,
-    SCHEMA_VERSION,
+    SCHEMA2_BACKUP_DIR, SCHEMA_VERSION,
 };
 pub use types::{
-    dtype_size, Checksum, Compaction, Due, Listing, MadeOf, Mode, NewPage, NewTurn, Page, PageId,
-    PageRecord, Scope, Stamp, Stats, Tier, TierChange, TierStats, TokenCache, TokenMeta,
-    Transition, TurnRange, TurnRecord,
+    dtype_size, Checksum, Compaction, Due, Layout, Listing, MadeOf, Mode, NewPage, NewTurn, Page,
+    PageId, PageRecord, Piece, Scope, Stamp, Stats, Tier, TierChange, TierStats, TokenCache,
+    TokenMeta, Transition, TurnRange, TurnRecord,
 };

@@ -155,6 +155,7 @@ impl Store {
         validate_scope(scope)?;
         for page in &pages {
             validate_blobs(page.image.as_deref(), page.tokens.as_ref())?;
+            page.layout.check(Some(&page.text))?;
             if page.image.is_none() && !self.opts_retain_text() {
                 return Err(Error::InvalidInput(
                     "a page without an image needs its text, but this store does not retain text"
@@ -187,11 +188,15 @@ impl Store {
         for (offset, page) in pages.into_iter().enumerate() {
             let id = PageId(first + offset as u64);
             let text = self.opts_retain_text().then_some(page.text);
+            let mut layout = page.layout;
+            if text.is_none() {
+                layout.pieces.clear();
+            }
             let mut record = PageRecord {
                 id,
                 scope: scope.clone(),
                 turns: range,
-                profile: page.profile,
+                layout,
                 tier: page.tier,
                 created: page.at,
                 last_access: page.at,
@@ -498,15 +503,13 @@ impl Store {
         Ok(rec)
     }
 
-    /// Drops a page's retained text; logged in its history with `reason`. `image`, when given, is
-    /// stored as the page's image in the same transaction: a page whose image was redrawn from
-    /// its text needs it stored before the text goes. `profile`, when given, replaces the page's
-    /// opaque profile (a caller that keeps a derived copy of the text there drops it too).
+    /// Drops a page's retained text, and its layout's pieces with it; logged in its history
+    /// with `reason`. `image`, when given, is stored as the page's image in the same transaction:
+    /// a page whose image was redrawn from its text needs it stored before the text goes.
     /// Dropping absent text does nothing.
     pub fn drop_text(
         &self,
         id: PageId,
-        profile: Option<String>,
         image: Option<Vec<u8>>,
         reason: &str,
         at: Stamp,
@@ -516,9 +519,7 @@ impl Store {
             if rec.text.is_none() {
                 return Ok(());
             }
-            if let Some(profile) = profile {
-                rec.profile = profile;
-            }
+            rec.layout.pieces.clear();
             if image.is_some() {
                 txn.set_image(rec, image.as_deref())?;
             }

@@ -15,13 +15,17 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::types::{Compaction, NewTurn, Scope, TokenCache, TokenMeta, TurnRange, TurnRecord};
 
-/// The schema version this build writes. Stores of schema 1 (images and token caches inside the
-/// engine) are migrated on open, after a copy of their engine folder is kept in
-/// [`SCHEMA1_BACKUP_DIR`].
-pub const SCHEMA_VERSION: u32 = 2;
+/// The schema version this build writes. Older stores are migrated on open, after a copy of their
+/// engine folder is kept beside it: schema 1 (images and token caches inside the engine) in
+/// [`SCHEMA1_BACKUP_DIR`], schema 2 (a page's layout as an opaque JSON string holding a second
+/// copy of its text) in [`SCHEMA2_BACKUP_DIR`].
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Where the migration from schema 1 keeps a copy of the engine folder it changes.
 pub const SCHEMA1_BACKUP_DIR: &str = "db.schema1-backup";
+
+/// Where the migration from schema 2 keeps a copy of the engine folder it changes.
+pub const SCHEMA2_BACKUP_DIR: &str = "db.schema2-backup";
 
 /// How often a waiting open retries the lock.
 const LOCK_POLL: Duration = Duration::from_millis(50);
@@ -434,8 +438,10 @@ impl Store {
         match self.engine.get(keys::SCHEMA)? {
             Some(v) => {
                 let found: u32 = decode(keys::SCHEMA, &v)?;
-                if found == 1 {
-                    return self.migrate_from_schema1();
+                match found {
+                    1 => return self.migrate_from_schema1(),
+                    2 => return self.migrate_from_schema2(),
+                    _ => {}
                 }
                 if found != SCHEMA_VERSION {
                     return Err(Error::SchemaMismatch {

@@ -339,8 +339,8 @@ pub struct PageRecord {
     pub scope: Scope,
     /// The turns it holds.
     pub turns: TurnRange,
-    /// The render profile, serialised by the renderer (opaque to the store).
-    pub profile: String,
+    /// How the page was laid out, from which its caller draws it again.
+    pub layout: Layout,
     /// Its current tier.
     #[serde(deserialize_with = "tier_compat::one")]
     pub tier: Tier,
@@ -374,6 +374,80 @@ pub struct PageRecord {
     pub due: Due,
 }
 
+/// How a page was laid out: what its caller needs to lay out exactly the same page again from the
+/// page's retained text, typed so that deciding a page parses nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// The render profile, serialised by the renderer (opaque to the store).
+    pub profile: String,
+    /// Logical page size `[width, height]` in the renderer's units, rounded.
+    pub size: [u32; 2],
+    /// Text tokens of the page's text, counted when the page was made.
+    pub text_tokens: u64,
+    /// CRC-32 of the text as laid out on the page (labels, headers and line breaks included), so
+    /// that a caller can check that laying the pieces out again gives the same page.
+    pub page_text_crc: u32,
+    /// The turn pieces the page shows, in order, as consecutive ranges of the page's retained text
+    /// (empty once the text is dropped).
+    pub pieces: Vec<Piece>,
+}
+
+/// One piece of a turn shown on a page: who said it and where its words are in the page's text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// The speaker's label.
+    pub speaker: String,
+    /// The session it belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Its time label, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_label: Option<String>,
+    /// Whether the turn began on an earlier page.
+    #[serde(default)]
+    pub continued: bool,
+    /// Bytes of the page's text this piece holds.
+    pub len: u64,
+}
+
+impl Layout {
+    /// The checksum [`Layout::page_text_crc`] holds for `text` (CRC-32).
+    pub fn checksum(text: &str) -> u32 {
+        crc32fast::hash(text.as_bytes())
+    }
+
+    /// Checks that the pieces cover `text` exactly, each ending on a character boundary.
+    pub(crate) fn check(&self, text: Option<&str>) -> Result<()> {
+        let total: u64 = self.pieces.iter().map(|p| p.len).sum();
+        match text {
+            None if self.pieces.is_empty() => Ok(()),
+            None => Err(Error::InvalidInput(format!(
+                "layout names {} pieces of a page that keeps no text",
+                self.pieces.len()
+            ))),
+            Some(_) if self.pieces.is_empty() => Ok(()),
+            Some(text) => {
+                if total != text.len() as u64 {
+                    return Err(Error::InvalidInput(format!(
+                        "layout pieces hold {total} bytes, the page text {}",
+                        text.len()
+                    )));
+                }
+                let mut at = 0usize;
+                for piece in &self.pieces {
+                    at += piece.len as usize;
+                    if !text.is_char_boundary(at) {
+                        return Err(Error::InvalidInput(format!(
+                            "layout piece ends at byte {at}, inside a character"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A page with its image and token cache, all checked against the checksums.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
@@ -388,8 +462,9 @@ pub struct Page {
 /// What a page-out writes: the new page's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPage {
-    /// The render profile, serialised (opaque to the store).
-    pub profile: String,
+    /// How it was laid out. `layout.pieces` are ranges of `text` (dropped with it when the store
+    /// does not retain text).
+    pub layout: Layout,
     /// The tier it is rendered at.
     pub tier: Tier,
     /// The page text (kept when the store retains text).

@@ -2,8 +2,8 @@
 
 use lethe_memory::engine::{open_default, Engine};
 use lethe_memory::{
-    keys, BlobId, Due, Error, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions,
-    Tier, TokenCache, Transition, BLOB_DIR, ENGINE_DIR,
+    keys, BlobId, Due, Error, Layout, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store,
+    StoreOptions, Tier, TokenCache, Transition, BLOB_DIR, ENGINE_DIR,
 };
 
 fn png(tag: &str) -> Vec<u8> {
@@ -12,7 +12,7 @@ fn png(tag: &str) -> Vec<u8> {
 
 fn new_page(tag: &str) -> NewPage {
     NewPage {
-        profile: "{}".into(),
+        layout: Layout::default(),
         tier: Tier::At(Mode::Large),
         text: format!("text {tag}"),
         image: Some(png(tag)),
@@ -172,7 +172,8 @@ fn another_schema_version_is_refused_with_both_versions() {
     );
     let msg = err.to_string();
     assert!(
-        msg.contains("schema version 7") && msg.contains("expects 2"),
+        msg.contains("schema version 7")
+            && msg.contains(&format!("expects {}", lethe_memory::SCHEMA_VERSION)),
         "{msg}"
     );
     assert!(msg.contains(dir.to_str().expect("utf-8")), "{msg}");

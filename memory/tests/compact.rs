@@ -8,7 +8,7 @@ mod fs_tree;
 use fs_tree::copy_dir;
 
 use lethe_memory::{
-    Due, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store, Tier, TokenCache, Transition,
+    Due, Layout, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store, Tier, TokenCache, Transition,
     ENGINE_DIR,
 };
 
@@ -38,8 +38,11 @@ fn churned_store(dir: &Path, rounds: u64) {
                 &scope,
                 turns,
                 NewPage {
-                    // Records the size of a page source, so that rewrites leave garbage.
-                    profile: format!("{{\"source\":\"{}\"}}", "x".repeat(16 << 10)),
+                    // Records the size of a render profile, so that rewrites leave garbage.
+                    layout: Layout {
+                        profile: format!("{{\"font\":\"{}\"}}", "x".repeat(16 << 10)),
+                        ..Layout::default()
+                    },
                     tier: Tier::At(Mode::Large),
                     text: format!("page {p}"),
                     image: Some(image(p, 64 << 10)),

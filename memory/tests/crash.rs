@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lethe_memory::{
-    BlobId, Due, Error, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions, TokenCache,
+    BlobId, Due, Error, Layout, NewPage, NewTurn, PageId, Scope, Stamp, Store, StoreOptions,
+    TokenCache,
 };
 
 #[path = "../src/bin/crashtest/data.rs"]
@@ -78,7 +79,7 @@ fn setup(dir: &std::path::Path) {
                 &scope,
                 r,
                 NewPage {
-                    profile: "{}".into(),
+                    layout: Layout::default(),
                     tier: data::LADDER[0],
                     text: format!("turn {p}"),
                     image: Some(data::image(p, 0, 0)),

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use lethe_memory::engine::{open_default, Engine};
 use lethe_memory::{
-    keys, Due, Mode, NewPage, NewTurn, Scope, Stamp, Store, Tier, TokenCache, Transition,
+    keys, Due, Layout, Mode, NewPage, NewTurn, Scope, Stamp, Store, Tier, TokenCache, Transition,
     ENGINE_DIR,
 };
 #[path = "../../tests/support/fs_tree.rs"]
@@ -42,7 +42,7 @@ fn seeded_store(dir: &Path) {
                 .expect("append");
             if s == 0 {
                 let page = NewPage {
-                    profile: "{}".into(),
+                    layout: Layout::default(),
                     tier: Tier::At(Mode::Large),
                     text: format!("page text {i}"),
                     // One page keeps no image (it is redrawn from its text).

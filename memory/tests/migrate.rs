@@ -1,9 +1,11 @@
-//! A store written by schema 1 (images and token caches inside the engine) opens: it is migrated
-//! on open, after a copy of its engine folder is kept, and reads back exactly.
+//! Stores written by schema 1 (images and token caches inside the engine) and schema 2 (a page's
+//! layout as an opaque string) open: each is migrated on open, after a copy of its engine folder
+//! is kept, and reads back exactly.
 
 use lethe_memory::engine::{open_default, Batch, Engine};
 use lethe_memory::{
-    keys, Due, PageId, Scope, Stamp, Store, ENGINE_DIR, SCHEMA1_BACKUP_DIR, SCHEMA_VERSION,
+    keys, Due, Mode, PageId, Scope, Stamp, Store, Tier, ENGINE_DIR, SCHEMA1_BACKUP_DIR,
+    SCHEMA2_BACKUP_DIR, SCHEMA_VERSION,
 };
 use serde_json::json;
 
@@ -112,7 +114,7 @@ fn a_schema1_store_is_migrated_on_open_with_a_backup() {
     assert_eq!(store.next_turn(&scope).expect("next"), 3);
     assert!(store.verify().expect("verify").is_empty());
     assert_eq!(store.stats().expect("stats").blob_files, 3);
-    // It is a schema 2 store now, and stays one across reopens.
+    // It is a store of this schema now, and stays one across reopens.
     drop(store);
     for id in 0..2 {
         assert!(!engine_has(&dir, &keys::legacy_image(PageId(id))));
@@ -167,4 +169,63 @@ fn a_migration_interrupted_after_some_pages_resumes() {
     }
     assert!(store.verify().expect("verify").is_empty());
     assert_eq!(store.stats().expect("stats").blob_files, 3);
+}
+
+/// Schema 2 kept a page's layout as an opaque string. A string that is not the facade's JSON
+/// stays as the typed layout's opaque profile, with no pieces, and the text is kept as it was.
+#[test]
+fn a_schema2_page_with_an_opaque_profile_keeps_it_and_its_text() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("store");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let scope = Scope::session("two");
+    {
+        let engine = open_default(&dir.join(ENGINE_DIR)).expect("engine");
+        let text = "user: hello";
+        let mut b = Batch::new();
+        b.put(keys::SCHEMA, frame_json(json!(2)));
+        b.put(keys::NEXT_PAGE, frame_json(json!(1)));
+        b.put(
+            keys::scope_counter(&scope),
+            frame_json(json!({"scope": scope, "next_turn": 1})),
+        );
+        b.put(
+            keys::page(PageId(0)),
+            frame_json(json!({
+                "id": 0, "scope": scope, "turns": {"start": 0, "end": 1},
+                "profile": "{\"font_px\":14}", "tier": {"index": 1, "mode": "base"},
+                "created": {"turn": 0, "time": 0}, "last_access": {"turn": 0, "time": 0},
+                "access_count": 0, "pinned": false, "text": text, "image_len": 0,
+                "tokens": null,
+                "checksum": {"image": null, "tokens": null, "text": crc32fast::hash(text.as_bytes())},
+                "changes": 1, "tier_since": {"turn": 0, "time": 0},
+                "due": {"turn": 5, "time": null},
+            })),
+        );
+        b.put(keys::scope_page(&scope, PageId(0)), keys::frame(&[]));
+        b.put(
+            keys::history(PageId(0)),
+            frame_json(json!([{"page": 0, "seq": 0, "from": null,
+                "to": {"index": 1, "mode": "base"}, "reason": "page-out",
+                "at": {"turn": 0, "time": 0}}])),
+        );
+        engine.apply(b).expect("apply");
+        engine.flush().expect("flush");
+    }
+    let store = Store::open(&dir).expect("open a schema 2 store");
+    assert!(dir.join(SCHEMA2_BACKUP_DIR).join("db").is_file());
+    let page = store.page(PageId(0)).expect("page");
+    assert_eq!(page.layout.profile, "{\"font_px\":14}");
+    assert!(page.layout.pieces.is_empty());
+    assert_eq!(page.text.as_deref(), Some("user: hello"));
+    assert_eq!(page.tier, Tier::At(Mode::Base));
+    assert_eq!(
+        store.history(PageId(0)).expect("history")[0].to,
+        Some(Tier::At(Mode::Base))
+    );
+    assert_eq!(store.due_pages(&scope, 5).expect("due"), [PageId(0)]);
+    assert!(store.verify().expect("verify").is_empty());
+    drop(store);
+    let store = Store::open(&dir).expect("reopen");
+    assert_eq!(store.page(PageId(0)).expect("page"), page);
 }

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use lethe_memory::{
-    BlobId, Checksum, Due, Error, Mode, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store,
-    StoreOptions, Tier, TierChange, TokenCache, TokenMeta, Transition, TurnRange, TurnRecord,
+    BlobId, Checksum, Due, Error, Layout, Mode, NewPage, NewTurn, PageId, PageRecord, Piece, Scope,
+    Stamp, Store, StoreOptions, Tier, TierChange, TokenCache, TokenMeta, Transition, TurnRange,
+    TurnRecord,
 };
 use proptest::prelude::*;
 
@@ -265,10 +266,26 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                     // Seeds repeat, so pages share blobs now and then.
                     let seed = (m.clock * 10 + k as u64) % 23;
                     let toks = with_tokens.then(|| tokens(seed, 0));
+                    let text = format!("page {k} of {}..{}", range.start, range.end);
+                    // Half the pages are made of turn pieces (dropped with the text).
+                    let pieces = match k % 2 {
+                        0 => vec![Piece {
+                            speaker: "user".into(),
+                            len: text.len() as u64,
+                            ..Piece::default()
+                        }],
+                        _ => Vec::new(),
+                    };
                     let page = NewPage {
-                        profile: r#"{"mode":"large"}"#.into(),
+                        layout: Layout {
+                            profile: r#"{"mode":"large"}"#.into(),
+                            size: [1024, 1024],
+                            text_tokens: seed,
+                            page_text_crc: 7,
+                            pieces,
+                        },
                         tier: LADDER[0],
-                        text: format!("page {k} of {}..{}", range.start, range.end),
+                        text,
                         image: with_image.then(|| png(seed, 40 + seed as usize % 50)),
                         tokens: toks.clone(),
                         at,
@@ -308,7 +325,7 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
                     id,
                     scope: s.clone(),
                     turns: range,
-                    profile: page.profile,
+                    layout: page.layout,
                     tier: page.tier,
                     created: at,
                     last_access: at,
@@ -416,19 +433,15 @@ fn apply(store: &Store, m: &mut Model, op: &Op) {
         }
         Op::DropText { page } => {
             let Some(id) = m.pick(page) else { return };
-            // Every other drop also replaces the opaque profile.
-            let profile = (page % 2 == 0).then(|| format!("{{\"dropped\":{page}}}"));
             // Most drops store an image drawn before the text goes.
             let image = (page % 3 != 0).then(|| png(m.clock % 4, 33));
-            let res = store.drop_text(id, profile.clone(), image.clone(), "policy drops text", at);
+            let res = store.drop_text(id, image.clone(), "policy drops text", at);
             let Some(p) = m.pages.get_mut(&id) else {
                 assert_eq!(outcome(res), Outcome::NotFound);
                 return;
             };
             if p.record.text.is_some() {
-                if let Some(profile) = profile {
-                    p.record.profile = profile;
-                }
+                p.record.layout.pieces.clear();
                 if image.is_some() {
                     set_image(&mut p.record, image.as_deref());
                     p.image = image;
@@ -655,7 +668,7 @@ fn readers_on_other_threads_never_miss_a_blob_a_writer_replaced() {
             &scope,
             r,
             NewPage {
-                profile: "{}".into(),
+                layout: Layout::default(),
                 tier: LADDER[0],
                 text: "hi".into(),
                 image: Some(png(0, 2_000)),

@@ -21,7 +21,7 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use lethe_memory::{
-    Due, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, TokenCache, Transition,
+    Due, Layout, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, TokenCache, Transition,
 };
 
 mod data;
@@ -104,7 +104,7 @@ fn life(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
                 let range = (hot[0].index..hot[hot.len() - 1].index + 1).into();
                 let with_image = id.0 % 2 == 0;
                 let page = NewPage {
-                    profile: "{}".into(),
+                    layout: Layout::default(),
                     tier: data::LADDER[0],
                     text: data::text(id.0),
                     image: with_image.then(|| data::image(id.0, 0, 0)),
@@ -152,7 +152,6 @@ fn life(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
                 let image = data::image(p.id.0, data::index(p.tier), p.changes);
                 let r = store.drop_text(
                     p.id,
-                    None,
                     Some(image),
                     "drop text",
                     Stamp::new(step % 1_000_000, 0),
