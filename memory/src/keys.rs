@@ -88,9 +88,6 @@ pub fn turns_prefix(scope: &Scope) -> Vec<u8> {
     with(b'T', &[&scope_bytes(scope)])
 }
 
-/// Prefix of every hot turn.
-pub const ALL_TURNS: &[u8] = b"T";
-
 /// Key of one hot turn.
 pub fn turn(scope: &Scope, index: u64) -> Vec<u8> {
     with(b'T', &[&scope_bytes(scope), &index.to_be_bytes()])
@@ -168,6 +165,7 @@ pub fn history(id: PageId) -> Vec<u8> {
 }
 
 /// Key of one history entry in a schema 1 store.
+#[cfg(test)]
 pub fn legacy_history(id: PageId, seq: u64) -> Vec<u8> {
     with(b'A', &[&id.0.to_be_bytes(), &seq.to_be_bytes()])
 }

@@ -13,7 +13,7 @@
 //!
 //! The store speaks plain data: images are PNG bytes, tokens are raw tensor bytes with shape and
 //! dtype, render profiles are opaque strings. It never reads a clock; stamps are parameters.
-//! Records live in an engine (sled 0.34.7, behind the small [`engine::Engine`] trait); images and
+//! Records live in an engine (sled 0.34.7, behind a small private engine trait); images and
 //! token caches live beside it as content-addressed files (`blobs/`), written and synced before the
 //! record that names them and deleted when no record does. A store folder holds a `LOCK` file (one
 //! process at a time), the engine's `db/` folder and `blobs/`; it records its schema version,
@@ -77,15 +77,17 @@
 #![warn(missing_docs)]
 
 mod blobs;
-pub mod engine;
+mod engine;
 mod error;
 pub mod export;
-pub mod keys;
+mod keys;
 mod migrate;
 mod pages;
-pub mod sled_engine;
+mod sled_engine;
 mod stats;
 mod store;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use blobs::{BlobId, BLOB_DIR};

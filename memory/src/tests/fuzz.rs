@@ -7,26 +7,22 @@
 //! Seeded and bounded for CI; a longer run on demand:
 //!
 //! ```sh
-//! LETHE_FUZZ_CASES=5000 LETHE_FUZZ_SEED=7 cargo test -p lethe-memory --release --test fuzz
+//! LETHE_FUZZ_CASES=5000 LETHE_FUZZ_SEED=7 cargo test -p lethe-memory --release --lib tests::fuzz
 //! ```
 
 use std::path::Path;
 
-use lethe_memory::engine::{open_default, Engine};
-use lethe_memory::{
+use super::fs_tree::copy_dir;
+use crate::engine::{open_default, Engine};
+use crate::{
     keys, Due, Layout, Mode, NewPage, NewTurn, Scope, Stamp, Store, Tier, TokenCache, Transition,
     ENGINE_DIR,
 };
-#[path = "../../tests/support/fs_tree.rs"]
-mod fs_tree;
-use fs_tree::copy_dir;
 use std::cell::Cell;
 
 use proptest::prelude::*;
 
-#[path = "../../tests/support/fuzz_runner.rs"]
-mod fuzz_runner;
-use fuzz_runner::runner;
+use super::fuzz_runner::runner;
 use serde_json::Value;
 
 /// A store with two scopes, three pages (one moved down a tier, one without tokens) and hot turns.
@@ -218,7 +214,7 @@ fn damaged_store_records_never_panic() {
     };
     // The blob files (images, token caches) are damaged too.
     let mut blobs = Vec::new();
-    walk(&seed.join(lethe_memory::BLOB_DIR), &mut blobs);
+    walk(&seed.join(crate::BLOB_DIR), &mut blobs);
     blobs.sort();
     assert!(blobs.len() >= 3, "{blobs:?}");
     assert!(

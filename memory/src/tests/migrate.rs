@@ -2,8 +2,8 @@
 //! layout as an opaque string) open: each is migrated on open, after a copy of its engine folder
 //! is kept, and reads back exactly.
 
-use lethe_memory::engine::{open_default, Batch, Engine};
-use lethe_memory::{
+use crate::engine::{open_default, Batch, Engine};
+use crate::{
     keys, Due, Mode, PageId, Scope, Stamp, Store, Tier, ENGINE_DIR, SCHEMA1_BACKUP_DIR,
     SCHEMA2_BACKUP_DIR, SCHEMA_VERSION,
 };
@@ -153,7 +153,7 @@ fn a_migration_interrupted_after_some_pages_resumes() {
         b.put(keys::SCHEMA, frame_json(json!(1)));
         schema1_page(&mut b, &Scope::session("old"), 1);
         for k in refs {
-            if k != keys::blob_refs(&lethe_memory::BlobId::of(&png("page 0"))) {
+            if k != keys::blob_refs(&crate::BlobId::of(&png("page 0"))) {
                 b.delete(k);
             }
         }

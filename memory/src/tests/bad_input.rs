@@ -1,7 +1,7 @@
 //! Corrupt records, schema versions, locks, bad paths, bad arguments, export/import errors.
 
-use lethe_memory::engine::{open_default, Engine};
-use lethe_memory::{
+use crate::engine::{open_default, Engine};
+use crate::{
     keys, BlobId, Due, Error, Layout, Mode, NewPage, NewTurn, PageId, Scope, Stamp, Store,
     StoreOptions, Tier, TokenCache, Transition, BLOB_DIR, ENGINE_DIR,
 };
@@ -164,7 +164,7 @@ fn another_schema_version_is_refused_with_both_versions() {
             err,
             Error::SchemaMismatch {
                 found: 7,
-                expected: lethe_memory::SCHEMA_VERSION,
+                expected: crate::SCHEMA_VERSION,
                 ..
             }
         ),
@@ -173,7 +173,7 @@ fn another_schema_version_is_refused_with_both_versions() {
     let msg = err.to_string();
     assert!(
         msg.contains("schema version 7")
-            && msg.contains(&format!("expects {}", lethe_memory::SCHEMA_VERSION)),
+            && msg.contains(&format!("expects {}", crate::SCHEMA_VERSION)),
         "{msg}"
     );
     assert!(msg.contains(dir.to_str().expect("utf-8")), "{msg}");
@@ -247,12 +247,12 @@ fn bad_arguments_are_rejected_before_writing() {
     );
     assert!(TokenCache::new(vec![3, 3], "f32", vec![0; 10]).is_err());
     assert!(TokenCache::new(vec![1], "f128", vec![0; 16]).is_err());
-    let empty = lethe_memory::TurnRange { start: 0, end: 0 };
+    let empty = crate::TurnRange { start: 0, end: 0 };
     assert!(matches!(
         store.page_out(&scope, empty, new_page("x")),
         Err(Error::InvalidInput(_))
     ));
-    let wide = lethe_memory::TurnRange { start: 0, end: 2 };
+    let wide = crate::TurnRange { start: 0, end: 2 };
     let err = store
         .page_out(&scope, wide, new_page("x"))
         .expect_err("turn 1 missing");
@@ -334,13 +334,13 @@ fn export_import_errors_name_the_file_and_write_nothing() {
 
 /// The default engine with a switch that makes every write fail as a full disk does.
 struct FullDisk {
-    inner: lethe_memory::engine::DefaultEngine,
+    inner: crate::engine::DefaultEngine,
     full: std::sync::Arc<std::sync::atomic::AtomicBool>,
     dir: std::path::PathBuf,
 }
 
 impl FullDisk {
-    fn check(&self) -> lethe_memory::Result<()> {
+    fn check(&self) -> crate::Result<()> {
         if self.full.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Io {
                 path: self.dir.clone(),
@@ -352,14 +352,14 @@ impl FullDisk {
 }
 
 impl Engine for FullDisk {
-    fn get(&self, key: &[u8]) -> lethe_memory::Result<Option<Vec<u8>>> {
+    fn get(&self, key: &[u8]) -> crate::Result<Option<Vec<u8>>> {
         self.inner.get(key)
     }
-    fn put(&self, key: &[u8], value: &[u8]) -> lethe_memory::Result<()> {
+    fn put(&self, key: &[u8], value: &[u8]) -> crate::Result<()> {
         self.check()?;
         self.inner.put(key, value)
     }
-    fn delete(&self, key: &[u8]) -> lethe_memory::Result<()> {
+    fn delete(&self, key: &[u8]) -> crate::Result<()> {
         self.check()?;
         self.inner.delete(key)
     }
@@ -367,19 +367,19 @@ impl Engine for FullDisk {
         &self,
         from: &[u8],
         to: Option<&[u8]>,
-        f: &mut lethe_memory::engine::Visitor<'_>,
-    ) -> lethe_memory::Result<()> {
+        f: &mut crate::engine::Visitor<'_>,
+    ) -> crate::Result<()> {
         self.inner.visit_range(from, to, f)
     }
-    fn apply(&self, batch: lethe_memory::engine::Batch) -> lethe_memory::Result<()> {
+    fn apply(&self, batch: crate::engine::Batch) -> crate::Result<()> {
         self.check()?;
         self.inner.apply(batch)
     }
-    fn flush(&self) -> lethe_memory::Result<()> {
+    fn flush(&self) -> crate::Result<()> {
         self.check()?;
         self.inner.flush()
     }
-    fn size_on_disk(&self) -> lethe_memory::Result<u64> {
+    fn size_on_disk(&self) -> crate::Result<u64> {
         self.inner.size_on_disk()
     }
 }
