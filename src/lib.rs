@@ -37,6 +37,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod builder;
 mod embedded;
 mod error;
 mod maintain;
@@ -51,6 +52,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+pub use builder::{LetheBuilder, Reader};
 pub use error::{Error, Result};
 pub use lethe_decoder::{Quantization, Sampling};
 pub use lethe_memory::{Compaction, PageId, Scope, Stats as StoreStats, TierChange};
@@ -73,9 +75,6 @@ use lethe_render::{Page, Renderer};
 /// Default number of most recent turns kept as text.
 pub const DEFAULT_HOT_TURNS: usize = 8;
 
-/// Name of the evicted pseudo-tier in the store.
-const EVICTED: &str = "evicted";
-
 /// The store tag that holds the fingerprint of the policy that set the pages' due stamps.
 const POLICY_TAG: &str = "lethe.policy";
 
@@ -95,153 +94,6 @@ pub struct Usage {
     pub bytes: u64,
     /// Wall time in milliseconds.
     pub millis: f64,
-}
-
-/// Which model reads pages back (and encodes them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Reader {
-    /// The reader embedded in the build ([`OcrModel::embedded`]): the default.
-    #[default]
-    Embedded,
-    /// A checkpoint folder, such as the real DeepSeek-OCR ([`OcrModel::load`]).
-    Folder(PathBuf),
-    /// No model: pages are rendered, stored and counted, but not encoded or read back.
-    None,
-}
-
-impl Reader {
-    /// Loads the model this names (`None` for [`Reader::None`]).
-    pub fn load(&self, options: OcrOptions) -> Result<Option<OcrModel>> {
-        Ok(match self {
-            Reader::Embedded => Some(OcrModel::embedded(options)?),
-            Reader::Folder(dir) => Some(OcrModel::load(dir, options)?),
-            Reader::None => None,
-        })
-    }
-}
-
-/// Builder of a [`Lethe`] memory.
-#[derive(Debug)]
-pub struct LetheBuilder {
-    path: PathBuf,
-    policy: Option<Policy>,
-    profile: Option<RenderProfile>,
-    reader: Reader,
-    ocr: OcrOptions,
-    hot_turns: usize,
-    retain_text: bool,
-    cache_tokens: bool,
-    wait: Option<std::time::Duration>,
-}
-
-impl LetheBuilder {
-    /// The forgetting policy (default: [`Policy::default`], documented in `policies/default.toml`).
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = Some(policy);
-        self
-    }
-
-    /// The render profile for new pages (default: the reader's declared profile, else
-    /// [`RenderProfile::default`]).
-    pub fn profile(mut self, profile: RenderProfile) -> Self {
-        self.profile = Some(profile);
-        self
-    }
-
-    /// A DeepSeek-OCR checkpoint folder (`config.json`, `*.safetensors`, `tokenizer.json`) to
-    /// encode pages and decode them back, instead of the embedded reader.
-    pub fn model(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.reader = Reader::Folder(dir.into());
-        self
-    }
-
-    /// Which reader encodes pages and decodes them back (default [`Reader::Embedded`]).
-    pub fn reader(mut self, reader: Reader) -> Self {
-        self.reader = reader;
-        self
-    }
-
-    /// Options of the model (prompt, token limit, quantisation).
-    pub fn ocr_options(mut self, options: OcrOptions) -> Self {
-        self.ocr = options;
-        self
-    }
-
-    /// How many of the most recent turns stay as text (default [`DEFAULT_HOT_TURNS`]).
-    pub fn hot_turns(mut self, turns: usize) -> Self {
-        self.hot_turns = turns;
-        self
-    }
-
-    /// Whether pages keep their text beside the image (default true).
-    pub fn retain_text(mut self, retain: bool) -> Self {
-        self.retain_text = retain;
-        self
-    }
-
-    /// Whether every page's vision tokens are encoded and stored as the page is written and each
-    /// time it changes tier (default true: [`Lethe::context`] and recall then skip the encoder).
-    /// Off, pages are encoded when they are read, and writing them costs no encoder time.
-    pub fn cache_tokens(mut self, cache: bool) -> Self {
-        self.cache_tokens = cache;
-        self
-    }
-
-    /// When another process has the store open, wait up to this long for it (default: fail at
-    /// once with an error that names the holder's PID).
-    pub fn wait(mut self, wait: Option<std::time::Duration>) -> Self {
-        self.wait = wait;
-        self
-    }
-
-    /// Opens (or creates) the store and loads the model, if any.
-    pub fn build(self) -> Result<Lethe> {
-        let model = self.reader.load(self.ocr)?;
-        // Explicit settings win; then what the reader declares; then the defaults.
-        let profile = self
-            .profile
-            .or_else(|| model.as_ref().and_then(|m| m.render_profile().cloned()))
-            .unwrap_or_default();
-        let policy = self
-            .policy
-            .or_else(|| model.as_ref().and_then(|m| m.policy().cloned()))
-            .unwrap_or_default();
-        let store = Store::open_with(
-            StoreOptions::builder()
-                .path(&self.path)
-                .retain_text(self.retain_text)
-                .wait(self.wait)
-                .build()?,
-        )?;
-        // Due stamps were set by the policy in force when they were written: under another policy
-        // every page is looked at again once.
-        let fingerprint = format!("{:016x}", fnv1a(policy.to_toml()?.as_bytes()));
-        if store.tag(POLICY_TAG)?.as_deref() != Some(fingerprint.as_str()) {
-            store.mark_all_due()?;
-            store.set_tag(POLICY_TAG, &fingerprint)?;
-        }
-        let renderer = Renderer::builder().profile(profile.clone()).build()?;
-        let profile_json = serde_json::to_string(&profile)
-            .map_err(|e| Error::Invalid(format!("render profile: {e}")))?;
-        // Text tokens are counted with the DeepSeek-OCR tokenizer, so ratios compare across
-        // readers; a checkpoint folder with its own tokenizer counts with that one.
-        let tokenizer = match &model {
-            Some(m) if !m.is_embedded() => m.text_tokenizer()?,
-            _ => Tokenizer::deepseek_ocr()?,
-        };
-        Ok(Lethe {
-            store,
-            policy,
-            renderer,
-            profile,
-            profile_json,
-            model,
-            tokenizer,
-            hot_turns: self.hot_turns,
-            cache_tokens: self.cache_tokens,
-            touched: None,
-        })
-    }
 }
 
 /// The memory an agent embeds: a store of hot turns and pages, a policy, a renderer and an
@@ -280,17 +132,7 @@ impl Lethe {
 
     /// A builder for a memory at `path`.
     pub fn builder(path: impl AsRef<Path>) -> LetheBuilder {
-        LetheBuilder {
-            path: path.as_ref().to_path_buf(),
-            policy: None,
-            profile: None,
-            reader: Reader::default(),
-            ocr: OcrOptions::default(),
-            hot_turns: DEFAULT_HOT_TURNS,
-            retain_text: true,
-            cache_tokens: true,
-            wait: None,
-        }
+        LetheBuilder::new(path.as_ref())
     }
 
     /// The policy in force.

@@ -68,7 +68,7 @@ impl Lethe {
             })
             .collect();
         rows.push(TierReport {
-            tier: EVICTED.into(),
+            tier: Tier::Evicted.name().into(),
             ..TierReport::default()
         });
         let listing = self.store.pages(None)?;
