@@ -53,10 +53,6 @@ pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 pub trait Engine: Send + Sync {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
-    /// Writes one key.
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<()>;
-    /// Removes one key (no error if absent).
-    fn delete(&self, key: &[u8]) -> Result<()>;
     /// Calls `f` with each pair whose key is in `[from, to)` (`to = None`: no end), in key order,
     /// until `f` returns `false`. Values stream: none is held after `f` returns.
     fn visit_range(&self, from: &[u8], to: Option<&[u8]>, f: &mut Visitor<'_>) -> Result<()>;

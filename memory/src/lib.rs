@@ -77,24 +77,27 @@
 #![warn(missing_docs)]
 
 mod blobs;
+mod compact;
 mod engine;
 mod error;
 pub mod export;
 mod keys;
 mod migrate;
+mod options;
 mod pages;
 mod sled_engine;
 mod stats;
 mod store;
 #[cfg(test)]
 mod tests;
+mod turns;
 mod types;
 
 pub use blobs::{BlobId, BLOB_DIR};
 pub use error::{Error, Result};
+pub use options::{StoreOptions, StoreOptionsBuilder};
 pub use store::{
-    Store, StoreOptions, StoreOptionsBuilder, ENGINE_DIR, LOCK_FILE, SCHEMA1_BACKUP_DIR,
-    SCHEMA2_BACKUP_DIR, SCHEMA_VERSION,
+    Store, ENGINE_DIR, LOCK_FILE, SCHEMA1_BACKUP_DIR, SCHEMA2_BACKUP_DIR, SCHEMA_VERSION,
 };
 pub use types::{
     dtype_size, Checksum, Compaction, Due, Layout, Listing, MadeOf, Mode, NewPage, NewTurn, Page,

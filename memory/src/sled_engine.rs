@@ -111,16 +111,6 @@ impl Engine for SledEngine {
             .map(|v| v.to_vec()))
     }
 
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.db.insert(key, value).map_err(self.map("put"))?;
-        Ok(())
-    }
-
-    fn delete(&self, key: &[u8]) -> Result<()> {
-        self.db.remove(key).map_err(self.map("delete"))?;
-        Ok(())
-    }
-
     fn visit_range(&self, from: &[u8], to: Option<&[u8]>, f: &mut Visitor<'_>) -> Result<()> {
         let iter = match to {
             Some(to) => self.db.range(from..to),

@@ -233,7 +233,9 @@ fn damaged_store_records_never_panic() {
                 let is_framed = keys::unframe(key, value).is_ok();
                 let damaged = apply(value.clone(), &d, is_framed);
                 let e = open_default(&dir.join(ENGINE_DIR)).expect("engine");
-                e.put(key, &damaged).expect("put");
+                let mut b = crate::engine::Batch::new();
+                b.put(key.clone(), damaged);
+                e.apply(b).expect("put");
                 e.flush().expect("flush");
             } else {
                 let rel = blobs[k - all.len()]
