@@ -197,6 +197,12 @@ impl OcrModel {
         Self::assemble(parts, options)
     }
 
+    /// The embedded reader's name and the bytes of its weights, without loading it.
+    pub fn embedded_summary() -> (&'static str, u64) {
+        let e = &crate::embedded::READER;
+        (e.name, e.weights.len() as u64)
+    }
+
     /// The reader embedded in this build (`models/lethe-reader`, trained by this project; see its
     /// `TRAINING.md`), with its own render profile and policy. It needs no file at run time.
     pub fn embedded(options: OcrOptions) -> Result<Self> {

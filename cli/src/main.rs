@@ -57,6 +57,8 @@ enum Command {
     Import(cmd::store::PortableArgs),
     /// Measure compression against recall at every mode, with baselines.
     Bench(cmd::bench::Args),
+    /// Fetch a checkpoint from the Hugging Face Hub (`model pull`) or list known models.
+    Model(cmd::model::Args),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Export(args) => cmd::store::export(args),
         Command::Import(args) => cmd::store::import(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Model(args) => cmd::model::run(args),
     };
     match result {
         Ok(code) => code,

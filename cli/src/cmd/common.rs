@@ -296,3 +296,20 @@ pub fn print_recall(rows: &[RecallRow]) {
         );
     }
 }
+
+/// Bytes in words: `512 B`, `1.50 MB`, `23.4 GB` (powers of 1000).
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ if value < 10.0 => format!("{value:.2} {}", units[unit]),
+        _ if value < 100.0 => format!("{value:.1} {}", units[unit]),
+        _ => format!("{value:.0} {}", units[unit]),
+    }
+}

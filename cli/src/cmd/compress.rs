@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use lethe::{Report, Scope};
 
-use super::common::{self, ModelArgs, StoreArgs};
+use super::common::{self, human_bytes, ModelArgs, StoreArgs};
 
 /// Arguments of `memctl compress`.
 #[derive(Debug, clap::Args)]
@@ -207,21 +207,4 @@ pub fn print_report(report: &Report) {
             String::new()
         }
     );
-}
-
-/// Bytes in B, KB, MB or GB (powers of 1000), three significant digits.
-fn human_bytes(n: u64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    match unit {
-        0 => format!("{n} B"),
-        _ if value < 10.0 => format!("{value:.2} {}", units[unit]),
-        _ if value < 100.0 => format!("{value:.1} {}", units[unit]),
-        _ => format!("{value:.0} {}", units[unit]),
-    }
 }

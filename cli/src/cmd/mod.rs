@@ -5,6 +5,7 @@ pub mod bench;
 pub mod common;
 pub mod compress;
 pub mod encode;
+pub mod model;
 pub mod ocr;
 pub mod render;
 pub mod store;
