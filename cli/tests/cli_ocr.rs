@@ -8,7 +8,7 @@ fn help_states_the_memory_need() {
     let out = memctl().args(["ocr", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("12.4 GB"), "{help}");
+    assert!(help.contains("13.5 GB"), "{help}");
     assert!(help.contains("--max-tokens"), "{help}");
 }
 

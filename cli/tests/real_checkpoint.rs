@@ -40,7 +40,9 @@ fn checkpoint() -> std::path::PathBuf {
 fn options() -> OcrOptions {
     let mut options = OcrOptions::default();
     if let Ok(q) = std::env::var("LETHE_QUANT") {
-        options.quantization = q.parse::<Quantization>().expect("LETHE_QUANT: none, q8_0 or q4k");
+        options.quantization = q
+            .parse::<Quantization>()
+            .expect("LETHE_QUANT: none, q8_0 or q4k");
     }
     options
 }

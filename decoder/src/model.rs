@@ -170,21 +170,20 @@ impl DecoderModel {
         })
     }
 
-    /// Loads `DIR/config.json` and every `DIR/*.safetensors` (memory-mapped) onto `device`, in
-    /// [`compute_dtype`], with the linear layers stored as `quant` asks.
+    /// Loads `DIR/config.json` and every `DIR/*.safetensors` onto `device`, in [`compute_dtype`],
+    /// with the linear layers stored as `quant` asks. Tensors are read one at a time
+    /// ([`lethe_weights::Checkpoint`]), so loading needs the weights kept plus one tensor.
     pub fn load(dir: impl AsRef<Path>, device: &Device, quant: Quantization) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = DecoderConfig::from_file(dir.join("config.json"))?;
         let files = safetensors_files(dir)?;
         let dtype = compute_dtype(device);
-        // SAFETY: the files are memory-mapped read-only; like every mmap-based loader this relies
-        // on them not being modified while the model is alive.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(
-            |source| Error::Weights {
+        let vb = lethe_weights::Checkpoint::open(&files)
+            .map_err(|source| Error::Weights {
                 origin: dir.display().to_string(),
                 source,
-            },
-        )?;
+            })?
+            .var_builder(dtype, device);
         Self::new(&cfg, vb, quant).map_err(|e| match e {
             Error::Candle(source) => Error::Weights {
                 origin: dir.display().to_string(),

@@ -101,10 +101,8 @@ impl EncoderBuilder {
         }
         let cfg = Config::from_file(dir.join("config.json"))?;
         let files = safetensors_files(&dir)?;
-        // SAFETY: the files are memory-mapped read-only; like every mmap user we rely on no
-        // other process truncating or rewriting a checkpoint while it is being loaded. Every
-        // tensor the encoder keeps is copied out of the map (and converted to f32) at load.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device)? };
+        // Tensors are read one at a time, so loading needs the weights kept plus one tensor.
+        let vb = lethe_weights::Checkpoint::open(&files)?.var_builder(dtype, &device);
         Encoder::new(&cfg, vb)
     }
 }

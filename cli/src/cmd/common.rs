@@ -34,8 +34,8 @@ pub struct StoreArgs {
 pub struct ModelArgs {
     /// The reader: `embedded` (the default: Lethe's own small reader, built into memctl, with
     /// the render profile and tiers it reads), a DeepSeek-OCR checkpoint folder (config.json,
-    /// *.safetensors, tokenizer.json; the real model needs about 12.4 GB in f32 on CPU, see
-    /// --quant), or `none` (pages are rendered, stored and counted, but not encoded or read).
+    /// *.safetensors, tokenizer.json; the real model peaks at 13.5 GB in f32 on CPU, 6.6 GB with
+    /// --quant q8_0), or `none` (pages are rendered, stored and counted, but not encoded or read).
     #[arg(long, value_name = "DIR|embedded|none", default_value = "embedded", value_parser = parse_reader)]
     pub model: Reader,
     /// Quantise the decoder's linear layers: none, q8_0 or q4k.

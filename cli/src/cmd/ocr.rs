@@ -19,9 +19,9 @@ Run DeepSeek-OCR (encoder + MoE decoder) on one image and print the text as it i
 its render profile; see models/lethe-reader/TRAINING.md) or a DeepSeek-OCR checkpoint folder:
 config.json, *.safetensors and tokenizer.json (without tokenizer.json the embedded deepseek-ocr
 tokenizer is used). On CPU the model runs in f32: the real
-checkpoint's decoder needs about 12.4 GB of memory (11.7 GB of weights plus working memory) and the
-encoder another 1.6 GB. --quant q8_0 (decoder ~3.6 GB) or --quant q4k (~2.6 GB) quantise the
-decoder's linear layers at load.
+checkpoint peaks at 13.5 GB of memory (13.3 GB of weights: decoder 11.7 GB, encoder 1.6 GB; the
+file is read tensor by tensor, never held beside them). --quant q8_0 (6.6 GB at peak, decoder
+~3.6 GB) or --quant q4k (~2.6 GB of decoder) quantise the decoder's linear layers at load.
 
 Exits 3 when generation stops at --max-tokens.";
 

@@ -1,0 +1,343 @@
+//! `lethe-weights`: safetensors checkpoints read tensor by tensor.
+//!
+//! A memory-mapped checkpoint keeps every page of the file it touched mapped while a model
+//! loads, so converting the real DeepSeek-OCR checkpoint (6.7 GB of bf16) to f32 weights (13.4 GB)
+//! peaked at the sum of both. [`Checkpoint`] reads each tensor's bytes with a positioned read into
+//! a buffer that is freed once the tensor is built (and converted), so loading costs the weights
+//! kept plus one tensor.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use lethe_weights::Checkpoint;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let file = dir.path().join("model.safetensors");
+//! let w = Tensor::arange(0f32, 6., &Device::Cpu).unwrap().reshape((2, 3)).unwrap();
+//! candle_core::safetensors::save(&[("layer.weight".to_string(), w)].into_iter().collect(), &file).unwrap();
+//!
+//! let vb = Checkpoint::open(&[file]).unwrap().var_builder(DType::F32, &Device::Cpu);
+//! let got = vb.pp("layer").get((2, 3), "weight").unwrap();
+//! assert_eq!(got.to_vec2::<f32>().unwrap(), [[0., 1., 2.], [3., 4., 5.]]);
+//! ```
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+/// Where one tensor's bytes are.
+#[derive(Debug, Clone)]
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+/// One or more safetensors files, indexed by tensor name; tensors are read on demand.
+#[derive(Debug)]
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Mutex<File>)>,
+    tensors: HashMap<String, Entry>,
+}
+
+fn err(path: &Path, msg: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{}: {msg}", path.display()))
+}
+
+fn dtype_of(name: &str) -> Option<DType> {
+    Some(match name {
+        "BF16" => DType::BF16,
+        "F16" => DType::F16,
+        "F32" => DType::F32,
+        "F64" => DType::F64,
+        "U8" => DType::U8,
+        "U32" => DType::U32,
+        "I64" => DType::I64,
+        _ => return None,
+    })
+}
+
+impl Checkpoint {
+    /// Reads the headers of `files` (the tensors themselves are read when asked for).
+    ///
+    /// # Errors
+    /// A file that cannot be opened, a header that is not safetensors, a dtype candle has no type
+    /// for, a tensor whose bytes lie outside its file, or a name in two files.
+    pub fn open(files: &[PathBuf]) -> candle_core::Result<Self> {
+        let mut out = Checkpoint {
+            files: Vec::with_capacity(files.len()),
+            tensors: HashMap::new(),
+        };
+        for (index, path) in files.iter().enumerate() {
+            let mut file = File::open(path).map_err(|e| err(path, e))?;
+            let len = file.metadata().map_err(|e| err(path, e))?.len();
+            let mut n = [0u8; 8];
+            file.read_exact(&mut n)
+                .map_err(|e| err(path, format!("no safetensors header: {e}")))?;
+            let n = u64::from_le_bytes(n);
+            if n > len.saturating_sub(8) || n > 100 << 20 {
+                return Err(err(path, format!("header of {n} bytes in a file of {len}")));
+            }
+            let mut header = vec![0u8; n as usize];
+            file.read_exact(&mut header).map_err(|e| err(path, e))?;
+            let header: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&header)
+                    .map_err(|e| err(path, format!("unreadable safetensors header: {e}")))?;
+            let data_start = 8 + n;
+            for (name, info) in header {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let dtype_name = info["dtype"].as_str().unwrap_or_default();
+                let dtype = dtype_of(dtype_name).ok_or_else(|| {
+                    err(
+                        path,
+                        format!("tensor {name} has dtype {dtype_name:?}, which is not read"),
+                    )
+                })?;
+                let shape: Vec<usize> = info["shape"]
+                    .as_array()
+                    .map(|s| {
+                        s.iter()
+                            .filter_map(|d| d.as_u64())
+                            .map(|d| d as usize)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let offsets = info["data_offsets"].as_array();
+                let (a, b) = match offsets.map(|o| (o.first(), o.get(1))) {
+                    Some((Some(a), Some(b))) => (a.as_u64(), b.as_u64()),
+                    _ => (None, None),
+                };
+                let (Some(a), Some(b)) = (a, b) else {
+                    return Err(err(path, format!("tensor {name} has no data_offsets")));
+                };
+                let elems: usize = shape.iter().product();
+                let (start, end) = (data_start + a, data_start + b);
+                if b < a || end > len || (b - a) as usize != elems * dtype.size_in_bytes() {
+                    return Err(err(
+                        path,
+                        format!("tensor {name}: bytes {a}..{b} do not hold {shape:?} {dtype_name}"),
+                    ));
+                }
+                let entry = Entry {
+                    file: index,
+                    dtype,
+                    shape,
+                    start,
+                    end,
+                };
+                if out.tensors.insert(name.clone(), entry).is_some() {
+                    return Err(err(path, format!("tensor {name} is in two files")));
+                }
+            }
+            out.files.push((path.clone(), Mutex::new(file)));
+        }
+        Ok(out)
+    }
+
+    /// The names of the tensors, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Reads one tensor onto `device`, converted to `dtype`.
+    ///
+    /// # Errors
+    /// An unknown name, or a read that fails.
+    pub fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let entry = self.tensors.get(name).ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()
+        })?;
+        let (path, file) = &self.files[entry.file];
+        let read = |buf: &mut [u8]| {
+            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+            file.seek(SeekFrom::Start(entry.start))
+                .and_then(|_| file.read_exact(buf))
+                .map_err(|e| err(path, format!("reading tensor {name}: {e}")))
+        };
+        let shape = entry.shape.as_slice();
+        // The bytes go straight into the tensor's own storage (safetensors is little-endian, as
+        // is every target this builds for), so a tensor costs one buffer, not two.
+        let tensor = match entry.dtype {
+            DType::BF16 => Tensor::from_vec(read_typed::<half::bf16>(entry, read)?, shape, device)?,
+            DType::F16 => Tensor::from_vec(read_typed::<half::f16>(entry, read)?, shape, device)?,
+            DType::F32 => Tensor::from_vec(read_typed::<f32>(entry, read)?, shape, device)?,
+            other => {
+                let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
+                read(&mut bytes)?;
+                Tensor::from_raw_buffer(&bytes, other, shape, device)?
+            }
+        };
+        if tensor.dtype() == dtype {
+            Ok(tensor)
+        } else {
+            tensor.to_dtype(dtype)
+        }
+    }
+
+    /// A `VarBuilder` over this checkpoint: each tensor is read when the model asks for it.
+    pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self), dtype, device.clone())
+    }
+}
+
+/// A plain number type whose every bit pattern is a value (so bytes read from a file are one).
+trait Plain: Copy + Default {}
+impl Plain for half::bf16 {}
+impl Plain for half::f16 {}
+impl Plain for f32 {}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("lethe-weights reads little-endian safetensors into native numbers");
+
+/// Reads a tensor's bytes into a vector of its element type.
+fn read_typed<T: Plain>(
+    entry: &Entry,
+    read: impl FnOnce(&mut [u8]) -> candle_core::Result<()>,
+) -> candle_core::Result<Vec<T>> {
+    let n = (entry.end - entry.start) as usize / std::mem::size_of::<T>();
+    let mut values = vec![T::default(); n];
+    // SAFETY: `values` owns `n * size_of::<T>()` initialised bytes; `T` is a plain number type
+    // (`Plain`) for which every bit pattern is valid, so writing arbitrary bytes through this
+    // view leaves valid values, and the view does not outlive `values`.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            values.as_mut_ptr().cast::<u8>(),
+            n * std::mem::size_of::<T>(),
+        )
+    };
+    read(bytes)?;
+    Ok(values)
+}
+
+impl SimpleBackend for Checkpoint {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.load(name, dtype, dev)?;
+        if tensor.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: tensor.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path) -> PathBuf {
+        let dev = Device::Cpu;
+        let a = Tensor::arange(0f32, 24., &dev)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
+        let b = (Tensor::arange(0f32, 10., &dev).unwrap() * 0.37).unwrap();
+        let tensors: HashMap<String, Tensor> = [
+            ("a.weight".to_string(), a),
+            ("b.bias".to_string(), b.to_dtype(DType::BF16).unwrap()),
+            ("c".to_string(), Tensor::new(&[7u32, 9], &dev).unwrap()),
+        ]
+        .into_iter()
+        .collect();
+        let path = dir.join("model.safetensors");
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        path
+    }
+
+    #[test]
+    fn reads_what_the_memory_mapped_loader_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path());
+        let ours = Checkpoint::open(std::slice::from_ref(&path)).unwrap();
+        // SAFETY: a file this test wrote and nobody changes.
+        let mmap = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.unwrap();
+        for name in ["a.weight", "b.bias", "c"] {
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                if name == "c" && dtype != DType::F32 {
+                    continue;
+                }
+                let want = mmap
+                    .load(name, &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let got = ours.load(name, dtype, &Device::Cpu).unwrap();
+                assert_eq!(got.shape(), want.shape(), "{name}");
+                assert_eq!(got.dtype(), dtype);
+                let (g, w) = (
+                    got.to_dtype(DType::F64)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap(),
+                    want.to_dtype(DType::F64)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap(),
+                );
+                assert_eq!(g, w, "{name} as {dtype:?}");
+            }
+        }
+        let vb = ours.var_builder(DType::F32, &Device::Cpu);
+        assert!(vb.contains_tensor("a.weight"));
+        assert!(
+            vb.get((3, 2, 4), "a.weight").is_err(),
+            "a wrong shape is refused"
+        );
+        assert!(vb.get(4, "missing").is_err());
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        let e = Checkpoint::open(std::slice::from_ref(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("do not hold"),
+            "{e}"
+        );
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        let e = Checkpoint::open(std::slice::from_ref(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.safetensors"), "{e}");
+    }
+}
