@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use support::{fixtures, memctl};
+use support::{fixtures, memctl, ocr_tiny_card};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const TOKEN: &str = "hf_test_token";
@@ -265,6 +265,24 @@ fn start_hub() -> Arc<Hub> {
     hub
 }
 
+/// A Hub lookalike and an empty place for `HF_HOME` and the cache.
+struct Setup {
+    hub: Arc<Hub>,
+    _tmp: tempfile::TempDir,
+    home: std::path::PathBuf,
+    cache: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    Setup {
+        hub: start_hub(),
+        home: tmp.path().join("hf-home"),
+        cache: tmp.path().join("cache"),
+        _tmp: tmp,
+    }
+}
+
 fn pull(hub: &Hub, home: &Path, args: &[&str]) -> std::process::Output {
     memctl()
         .args(["model", "pull"])
@@ -278,10 +296,12 @@ fn pull(hub: &Hub, home: &Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn pull_fetches_resumes_verifies_and_the_folder_reads_a_page() {
-    let hub = start_hub();
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("hf-home");
-    let cache = tmp.path().join("cache");
+    let Setup {
+        hub,
+        home,
+        cache,
+        _tmp,
+    } = setup();
     let cache_arg = cache.to_str().unwrap();
 
     let out = pull(
@@ -334,22 +354,7 @@ fn pull_fetches_resumes_verifies_and_the_folder_reads_a_page() {
 
     // The pulled folder is a model folder: it reads a page as the fixture does.
     let ocr = |model: &Path| {
-        let out = memctl()
-            .arg("ocr")
-            .arg(fx.join("inputs/card_500x400.png"))
-            .arg("--model")
-            .arg(model)
-            .args([
-                "--mode",
-                "tiny",
-                "--prompt",
-                "<image>",
-                "--max-tokens",
-                "6",
-                "--json",
-            ])
-            .output()
-            .unwrap();
+        let out = ocr_tiny_card(model);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["text"].as_str().unwrap().to_string()
     };
@@ -394,10 +399,12 @@ fn pull_fetches_resumes_verifies_and_the_folder_reads_a_page() {
 
 #[test]
 fn pull_errors_name_what_and_where() {
-    let hub = start_hub();
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("hf-home");
-    let cache = tmp.path().join("cache");
+    let Setup {
+        hub,
+        home,
+        cache,
+        _tmp,
+    } = setup();
     let cache_arg = cache.to_str().unwrap();
 
     // A repository the Hub does not have.

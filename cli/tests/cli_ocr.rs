@@ -1,7 +1,7 @@
 //! `memctl ocr` end to end on the tiny fixture checkpoint, and its errors.
 
 mod support;
-use support::{fixtures, memctl};
+use support::{fixtures, memctl, ocr_tiny_card};
 
 #[test]
 fn help_states_the_memory_need() {
@@ -14,22 +14,7 @@ fn help_states_the_memory_need() {
 
 #[test]
 fn tiny_checkpoint_runs_and_reports_the_token_limit() {
-    let out = memctl()
-        .arg("ocr")
-        .arg(fixtures().join("inputs/card_500x400.png"))
-        .arg("--model")
-        .arg(fixtures().join("tiny"))
-        .args([
-            "--mode",
-            "tiny",
-            "--prompt",
-            "<image>",
-            "--max-tokens",
-            "6",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = ocr_tiny_card(&fixtures().join("tiny"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "exit code; stderr: {stderr}");
     assert!(stderr.contains("--max-tokens"), "{stderr}");

@@ -36,12 +36,23 @@ fn a_full_size_checkpoint_loads_and_reads_within_its_weights_memory() {
         .map(|e| e.metadata().unwrap().len())
         .sum::<u64>();
     let params = weights / 2; // bf16
-    // q8_0 first: the peak of the children only grows, so the smaller run is measured alone.
-    for (quant, limit) in [("q8_0", 8_000_000_000u64), ("none", params * 4 + 1_000_000_000)] {
+                              // q8_0 first: the peak of the children only grows, so the smaller run is measured alone.
+    for (quant, limit) in [
+        ("q8_0", 8_000_000_000u64),
+        ("none", params * 4 + 1_000_000_000),
+    ] {
         let out = memctl()
             .arg("ocr")
             .arg(fixtures().join("inputs/doc_900x1400.png"))
-            .args(["--mode", "base", "--max-tokens", "16", "--json", "--quant", quant])
+            .args([
+                "--mode",
+                "base",
+                "--max-tokens",
+                "16",
+                "--json",
+                "--quant",
+                quant,
+            ])
             .arg("--model")
             .arg(&dir)
             .output()

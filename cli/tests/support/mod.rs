@@ -24,6 +24,26 @@ pub fn memctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_memctl"))
 }
 
+/// `memctl ocr` of the card fixture at tiny with a bare prompt and 6 tokens, on `model`, as JSON.
+pub fn ocr_tiny_card(model: &std::path::Path) -> Output {
+    memctl()
+        .arg("ocr")
+        .arg(fixtures().join("inputs/card_500x400.png"))
+        .arg("--model")
+        .arg(model)
+        .args([
+            "--mode",
+            "tiny",
+            "--prompt",
+            "<image>",
+            "--max-tokens",
+            "6",
+            "--json",
+        ])
+        .output()
+        .expect("run memctl ocr")
+}
+
 /// Runs `memctl` with `args` and returns what it did.
 pub fn run(args: &[&str]) -> Output {
     memctl().args(args).output().expect("run memctl")
