@@ -283,39 +283,35 @@ fn setup() -> Setup {
     }
 }
 
-fn pull(hub: &Hub, home: &Path, args: &[&str]) -> std::process::Output {
-    memctl()
-        .args(["model", "pull"])
-        .args(args)
-        .env("HF_ENDPOINT", format!("http://127.0.0.1:{}", hub.port))
-        .env("HF_HOME", home)
-        .env_remove("HF_TOKEN")
-        .output()
-        .expect("run memctl")
+impl Setup {
+    /// `memctl model pull ARGS --dir CACHE` against the lookalike.
+    fn pull(&self, args: &[&str]) -> std::process::Output {
+        memctl()
+            .args(["model", "pull"])
+            .args(args)
+            .arg("--dir")
+            .arg(&self.cache)
+            .env("HF_ENDPOINT", format!("http://127.0.0.1:{}", self.hub.port))
+            .env("HF_HOME", &self.home)
+            .env_remove("HF_TOKEN")
+            .output()
+            .expect("run memctl")
+    }
 }
 
 #[test]
 fn pull_fetches_resumes_verifies_and_the_folder_reads_a_page() {
-    let Setup {
-        hub,
-        home,
-        cache,
-        _tmp,
-    } = setup();
-    let cache_arg = cache.to_str().unwrap();
+    let setup = setup();
+    let (hub, cache) = (&setup.hub, &setup.cache);
 
-    let out = pull(
-        &hub,
-        &home,
-        &["lethe-test/tiny-ocr", "--dir", cache_arg, "--json"],
-    );
+    let out = setup.pull(&["lethe-test/tiny-ocr", "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "pull failed: {stderr}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["commit"], COMMIT);
     assert_eq!(v["skipped"], serde_json::json!(["README.md"]));
     let folder = Path::new(v["folder"].as_str().unwrap()).to_path_buf();
-    assert!(folder.starts_with(&cache), "{}", folder.display());
+    assert!(folder.starts_with(cache), "{}", folder.display());
     let fx = fixtures();
     for (name, fixture) in [
         ("config.json", "tiny/config.json"),
@@ -362,11 +358,7 @@ fn pull_fetches_resumes_verifies_and_the_folder_reads_a_page() {
 
     // A second pull downloads nothing.
     let before = hub.log.lock().unwrap().len();
-    let out = pull(
-        &hub,
-        &home,
-        &["lethe-test/tiny-ocr", "--dir", cache_arg, "--json"],
-    );
+    let out = setup.pull(&["lethe-test/tiny-ocr", "--json"]);
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["files"]
@@ -382,7 +374,8 @@ fn pull_fetches_resumes_verifies_and_the_folder_reads_a_page() {
 
     // `model list` finds it.
     let out = memctl()
-        .args(["model", "list", "--dir", cache_arg, "--json"])
+        .args(["model", "list", "--json", "--dir"])
+        .arg(cache)
         .output()
         .unwrap();
     let known: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -399,20 +392,11 @@ fn pull_fetches_resumes_verifies_and_the_folder_reads_a_page() {
 
 #[test]
 fn pull_errors_name_what_and_where() {
-    let Setup {
-        hub,
-        home,
-        cache,
-        _tmp,
-    } = setup();
-    let cache_arg = cache.to_str().unwrap();
+    let setup = setup();
+    let (home, cache) = (&setup.home, &setup.cache);
 
     // A repository the Hub does not have.
-    let out = pull(
-        &hub,
-        &home,
-        &["lethe-test/nothing-here", "--dir", cache_arg],
-    );
+    let out = setup.pull(&["lethe-test/nothing-here"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -421,7 +405,7 @@ fn pull_errors_name_what_and_where() {
     );
 
     // Bytes that do not match the Hub's sha256 are refused and deleted.
-    let out = pull(&hub, &home, &["lethe-test/corrupt", "--dir", cache_arg]);
+    let out = setup.pull(&["lethe-test/corrupt"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -440,16 +424,16 @@ fn pull_errors_name_what_and_where() {
     );
 
     // A gated repository needs the token file; with it, the pull goes through.
-    let out = pull(&hub, &home, &["lethe-test/gated", "--dir", cache_arg]);
+    let out = setup.pull(&["lethe-test/gated"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("401") && stderr.contains("token"),
         "{stderr}"
     );
-    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(home).unwrap();
     std::fs::write(home.join("token"), TOKEN).unwrap();
-    let out = pull(&hub, &home, &["lethe-test/gated", "--dir", cache_arg]);
+    let out = setup.pull(&["lethe-test/gated"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
