@@ -29,8 +29,12 @@ pub fn compute_dtype(device: &Device) -> DType {
 }
 
 /// The one place that picks the device: CUDA 0 or Metal 0 when built with the `cuda` /
-/// `metal` feature and such a device exists, the CPU otherwise.
+/// `metal` feature and such a device exists, the CPU otherwise. `LETHE_DEVICE=cpu` keeps a GPU
+/// build on the CPU (to compare the two on one machine).
 pub fn default_device() -> Result<Device> {
+    if std::env::var("LETHE_DEVICE").is_ok_and(|d| d.eq_ignore_ascii_case("cpu")) {
+        return Ok(Device::Cpu);
+    }
     #[cfg(feature = "cuda")]
     {
         if let Ok(d) = Device::new_cuda(0) {
