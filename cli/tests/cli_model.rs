@@ -388,6 +388,24 @@ fn pull_fetches_resumes_verifies_and_the_folder_reads_a_page() {
     assert_eq!(kinds, ["embedded", "pulled"]);
     assert_eq!(known[1]["model_arg"], folder.to_str().unwrap());
     assert_eq!(known[1]["missing"], serde_json::json!([]));
+
+    // A folder given is described too, with what `--model` would miss.
+    let out = memctl()
+        .args(["model", "list", "--json", "--dir"])
+        .arg(cache)
+        .arg(fx.join("tiny"))
+        .output()
+        .unwrap();
+    let known: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(known[2]["kind"], "folder");
+    assert_eq!(known[2]["missing"], serde_json::json!(["tokenizer.json"]));
+    assert!(known[2]["weight_bytes"].as_u64().unwrap() > 1_000_000);
+    let out = memctl()
+        .args(["model", "list", "/no/such/folder"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/folder"));
 }
 
 #[test]
