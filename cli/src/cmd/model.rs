@@ -43,6 +43,12 @@ enum ModelCommand {
 }
 
 #[derive(Debug, ClapArgs)]
+#[command(after_help = "\
+Examples:
+  memctl model pull                                   # deepseek-ai/DeepSeek-OCR into the Hub cache
+  memctl model pull --dir /data/hub --revision main   # another cache folder, a pinned revision
+  HF_ENDPOINT=https://mirror.example memctl model pull --json
+  memctl ocr page.png --mode base --model \"$(memctl model pull --json | jq -r .folder)\"")]
 struct PullArgs {
     /// The Hub repository.
     #[arg(default_value = DEFAULT_REPO)]
@@ -62,6 +68,10 @@ struct PullArgs {
 }
 
 #[derive(Debug, ClapArgs)]
+#[command(after_help = "\
+Examples:
+  memctl model list
+  memctl model list --dir /data/hub ./my-checkpoint --json")]
 struct ListArgs {
     /// Model folders to describe besides the embedded reader and the pulled checkpoints.
     folders: Vec<PathBuf>,
