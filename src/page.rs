@@ -172,14 +172,4 @@ impl Lethe {
         let page = pages.swap_remove(0);
         Ok(Some(Relaid { other, page }))
     }
-
-    /// The page's text as laid out on the page (labels, session headers and line breaks
-    /// included); the retained text as it is for a page made without pieces; `None` once the
-    /// text is dropped.
-    pub(crate) fn page_text(&self, record: &PageRecord) -> Result<Option<String>> {
-        Ok(match self.relayout(record)? {
-            Some(relaid) => Some(relaid.page.text),
-            None => record.text.clone(),
-        })
-    }
 }

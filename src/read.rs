@@ -1,7 +1,7 @@
 //! Reading pages back: `Lethe::recall` (the decoder's text beside the retained text) and
 //! `Lethe::context` (recent turns as text plus pages within a budget), and the page image at a mode.
 
-use crate::page::{cost, turn_of};
+use crate::page::{cost, turn_of, Relaid};
 use crate::*;
 
 /// Which pages [`Lethe::recall`] reads.
@@ -96,9 +96,11 @@ impl Lethe {
         let mut pages = Vec::with_capacity(records.len());
         for record in records {
             let turn = self.store.next_turn(&record.scope)?;
+            // Laid out once: it gives both the image the model reads and the text shown.
+            let relaid = self.relayout(&record)?;
             let decoded_text = match (self.model.is_some(), record.tier) {
                 (true, Tier::At(mode)) => {
-                    let image = self.image_at(&record, mode)?;
+                    let image = self.image_from(&record, relaid.as_ref(), mode)?;
                     let cache = self.store.tokens(record.id)?;
                     let Some(model) = &mut self.model else {
                         unreachable!("checked above")
@@ -113,7 +115,11 @@ impl Lethe {
                 }
                 _ => None,
             };
-            let stored_text = self.page_text(&record)?;
+            // The text as laid out on the page; a page made without pieces shows its text as is.
+            let stored_text = match relaid {
+                Some(relaid) => Some(relaid.page.text),
+                None => record.text.clone(),
+            };
             usage.text_tokens += record.layout.text_tokens;
             usage.bytes += stored_text.as_ref().map_or(0, |t| t.len() as u64)
                 + decoded_text.as_ref().map_or(0, |t| t.len() as u64);
@@ -213,7 +219,18 @@ impl Lethe {
     /// retained (exactly the image drawn at page-out: the renderer's golden hashes hold it to
     /// that), else the stored image, resampled when `mode` is not its tier's.
     pub(crate) fn image_at(&self, record: &PageRecord, mode: Mode) -> Result<PageImage> {
-        if let Some(relaid) = self.relayout(record)? {
+        let relaid = self.relayout(record)?;
+        self.image_from(record, relaid.as_ref(), mode)
+    }
+
+    /// [`Lethe::image_at`] for a page already laid out again (`None`: it has no pieces).
+    fn image_from(
+        &self,
+        record: &PageRecord,
+        relaid: Option<&Relaid>,
+        mode: Mode,
+    ) -> Result<PageImage> {
+        if let Some(relaid) = relaid {
             return Ok(relaid.rasterize(&self.renderer, mode));
         }
         let png = self.store.image(record.id)?.ok_or_else(|| {

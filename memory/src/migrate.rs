@@ -86,13 +86,10 @@ fn upgrade_record(rec: &mut Map<String, Value>) -> bool {
                     len: piece_text.len() as u64,
                 });
             }
-            rec.insert("checksum_text".into(), Value::from(crc(own.as_bytes())));
+            if let Some(checksum) = rec.get_mut("checksum").and_then(Value::as_object_mut) {
+                checksum.insert("text".into(), Value::from(crc(own.as_bytes())));
+            }
             rec.insert("text".into(), Value::String(own));
-        }
-    }
-    if let Some(Value::Number(sum)) = rec.remove("checksum_text") {
-        if let Some(checksum) = rec.get_mut("checksum").and_then(Value::as_object_mut) {
-            checksum.insert("text".into(), Value::Number(sum));
         }
     }
     let layout = serde_json::to_value(&layout).unwrap_or(Value::Null);

@@ -125,22 +125,21 @@ fn cache_at(dir: Option<&Path>) -> Cache {
     }
 }
 
-/// Words for a Hub error, naming what was asked for and where.
-fn hub_error(e: ApiError, what: &str, endpoint: &str) -> anyhow::Error {
-    let status = match &e {
+/// The HTTP status behind a Hub error, if it was one (also after retries).
+fn http_status(e: &ApiError) -> Option<u16> {
+    match e {
         ApiError::RequestError(inner) => match inner.as_ref() {
             ureq::Error::StatusCode(code) => Some(*code),
             _ => None,
         },
-        ApiError::TooManyRetries(inner) => match inner.as_ref() {
-            ApiError::RequestError(inner) => match inner.as_ref() {
-                ureq::Error::StatusCode(code) => Some(*code),
-                _ => None,
-            },
-            _ => None,
-        },
+        ApiError::TooManyRetries(inner) => http_status(inner),
         _ => None,
-    };
+    }
+}
+
+/// Words for a Hub error, naming what was asked for and where.
+fn hub_error(e: ApiError, what: &str, endpoint: &str) -> anyhow::Error {
+    let status = http_status(&e);
     match status {
         Some(404) => anyhow::anyhow!("{what}: not found at {endpoint} (HTTP 404)"),
         Some(401 | 403) => anyhow::anyhow!(
