@@ -159,7 +159,7 @@ impl LetheBuilder {
             tokenizer,
             hot_turns: self.hot_turns,
             cache_tokens: self.cache_tokens,
-            touched: None,
+            touched: Mutex::new(None),
         })
     }
 }

@@ -48,6 +48,7 @@ mod report;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -55,7 +56,9 @@ use serde::{Deserialize, Serialize};
 pub use builder::{LetheBuilder, Reader};
 pub use error::{Error, Result};
 pub use lethe_decoder::{Quantization, Sampling};
-pub use lethe_memory::{Compaction, PageId, Scope, Stats as StoreStats, TierChange};
+pub use lethe_memory::{
+    Compaction, Error as StoreError, PageId, PageRecord, Scope, Stats as StoreStats, TierChange,
+};
 pub use lethe_mode::{Mode, Tier};
 pub use lethe_policy::Policy;
 pub use lethe_render::{PageImage, RenderProfile, Turn};
@@ -66,8 +69,8 @@ pub use report::{Report, TierReport};
 
 use lethe_decoder::Tokenizer;
 use lethe_memory::{
-    Due, NewPage, NewTurn, PageId as StorePageId, PageRecord, Stamp, Store, StoreOptions,
-    TokenCache, Transition,
+    Due, NewPage, NewTurn, PageId as StorePageId, Stamp, Store, StoreOptions, TokenCache,
+    Transition,
 };
 use lethe_policy::PageState;
 use lethe_render::{Page, Renderer};
@@ -96,6 +99,15 @@ pub struct Usage {
     pub millis: f64,
 }
 
+/// What [`Lethe::append`] did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Appended {
+    /// The turn indices the appended turns took in their scope: `start..end`.
+    pub turns: (u64, u64),
+    /// Cost of the call.
+    pub usage: Usage,
+}
+
 /// The memory an agent embeds: a store of hot turns and pages, a policy, a renderer and an
 /// optional model. See the crate documentation for the data flow.
 pub struct Lethe {
@@ -110,8 +122,9 @@ pub struct Lethe {
     hot_turns: usize,
     cache_tokens: bool,
     /// Scopes appended to, recalled or pinned since the last maintenance (`None`: every scope,
-    /// as after opening, when another process may have written).
-    touched: Option<BTreeSet<Scope>>,
+    /// as after opening, when another process may have written). Behind a lock so that appends
+    /// and reads share the memory across threads (`&self`).
+    touched: Mutex<Option<BTreeSet<Scope>>>,
 }
 
 impl std::fmt::Debug for Lethe {
@@ -160,8 +173,10 @@ impl Lethe {
         &self.store
     }
 
-    /// Appends turns to `scope`'s hot tier at time `now` (seconds; any monotone clock).
-    pub fn append(&mut self, scope: &Scope, turns: &[Turn], now: u64) -> Result<Usage> {
+    /// Appends turns to `scope`'s hot tier at time `now` (seconds; any monotone clock), in one
+    /// transaction, and says which turn indices they took. Safe from many threads at once: the
+    /// store serialises writers, and each call's turns stay together and in order.
+    pub fn append(&self, scope: &Scope, turns: &[Turn], now: u64) -> Result<Appended> {
         let started = Instant::now();
         let mut usage = self.usage();
         let new: Vec<NewTurn> = turns
@@ -176,21 +191,25 @@ impl Lethe {
             usage.text_tokens += self.count_tokens(&t.text)?;
             usage.bytes += (t.speaker.len() + t.text.len()) as u64;
         }
-        self.store.append(scope, &new)?;
+        let range = self.store.append(scope, &new)?;
         self.touch(scope);
         usage.millis = elapsed_ms(started);
-        Ok(usage)
+        Ok(Appended {
+            turns: (range.start, range.end),
+            usage,
+        })
     }
 
     /// Marks a scope for the next maintenance.
-    fn touch(&mut self, scope: &Scope) {
-        if let Some(touched) = &mut self.touched {
+    fn touch(&self, scope: &Scope) {
+        let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(touched) = touched.as_mut() {
             touched.insert(scope.clone());
         }
     }
 
     /// Pins or unpins a page (a pinned page keeps its tier, or goes to the policy's pin tier).
-    pub fn pin(&mut self, page: PageId, pinned: bool) -> Result<()> {
+    pub fn pin(&self, page: PageId, pinned: bool) -> Result<()> {
         let record = self.store.set_pinned(page, pinned)?;
         self.touch(&record.scope);
         Ok(())
@@ -230,3 +249,10 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 fn elapsed_ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1e3
 }
+
+// A memory is shared across threads (a service's handlers): reads and appends take `&self`.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Lethe>();
+    shared::<OcrModel>();
+};

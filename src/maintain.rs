@@ -44,8 +44,13 @@ impl Lethe {
         };
         // The touched set is cleared only once the call succeeds: after an error, the next call
         // looks at the same scopes again.
-        let scopes = match &self.touched {
-            Some(touched) => touched.iter().cloned().collect(),
+        let touched = self
+            .touched
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let scopes = match touched {
+            Some(touched) => touched.into_iter().collect(),
             None => self.store.scopes()?,
         };
         let mut due: BTreeSet<StorePageId> = BTreeSet::new();
@@ -63,7 +68,7 @@ impl Lethe {
             let record = self.store.page(id)?;
             self.maintain_page(record, now, &mut done)?;
         }
-        self.touched = Some(BTreeSet::new());
+        *self.touched.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(BTreeSet::new());
         done.usage.millis = elapsed_ms(started);
         Ok(done)
     }

@@ -2,6 +2,7 @@
 //! checkpoint folder or embedded in the build, joined the way DeepSeek-OCR's `infer()` joins them.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -114,7 +115,9 @@ impl Reading {
 pub struct OcrModel {
     name: String,
     encoder: Encoder,
-    decoder: DecoderModel,
+    /// The decoder keeps its KV cache between steps: one reading at a time holds it, while
+    /// encoding runs on any number of threads.
+    decoder: Mutex<DecoderModel>,
     tokenizer: Tokenizer,
     image_token_id: u32,
     generation: GenerationConfig,
@@ -277,7 +280,7 @@ impl OcrModel {
         Ok(Self {
             name,
             encoder,
-            decoder,
+            decoder: Mutex::new(decoder),
             tokenizer,
             image_token_id,
             generation,
@@ -341,7 +344,7 @@ impl OcrModel {
 
     /// Reads a page back to text; `tokens` are its cached vision tokens, if any.
     pub fn read(
-        &mut self,
+        &self,
         image: &PageImage,
         mode: Mode,
         tokens: Option<&VisionTokens>,
@@ -352,7 +355,7 @@ impl OcrModel {
     /// As [`OcrModel::read`], calling `on_text` with each piece of text as it is generated;
     /// `on_text` returns false to stop early (the reading is then marked `interrupted`).
     pub fn read_streaming(
-        &mut self,
+        &self,
         image: &PageImage,
         mode: Mode,
         tokens: Option<&VisionTokens>,
@@ -369,7 +372,7 @@ impl OcrModel {
     /// Reads an image file (PNG, JPEG, ...; EXIF orientation applied, as the reference does)
     /// at `mode`, streaming the text to `on_text` as [`OcrModel::read_streaming`] does.
     pub fn read_file(
-        &mut self,
+        &self,
         path: &Path,
         mode: Mode,
         on_text: &mut dyn FnMut(&str) -> bool,
@@ -383,13 +386,16 @@ impl OcrModel {
 
     /// Prompt + vision tokens -> generated text.
     fn generate_from(
-        &mut self,
+        &self,
         embeds: &Tensor,
         encode_secs: f64,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Reading> {
         let positions = embeds.dim(0)?;
-        let cfg = self.decoder.config();
+        // A reading that panicked leaves no state the next one depends on: generation resets
+        // the KV cache before its prefill.
+        let mut decoder = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
+        let cfg = decoder.config();
         let prompt = build_prompt(
             &self.tokenizer,
             &self.options.prompt,
@@ -397,14 +403,12 @@ impl OcrModel {
             cfg.bos(),
             self.image_token_id,
         )?;
-        let input = self
-            .decoder
-            .embed_prompt(&prompt.ids, self.image_token_id, Some(embeds))?;
+        let input = decoder.embed_prompt(&prompt.ids, self.image_token_id, Some(embeds))?;
         let skip = self.options.skip_special_tokens;
         let mut stream = self.tokenizer.stream(skip);
         let mut stream_err = None;
         let out = generate(
-            &mut self.decoder,
+            &mut decoder,
             &prompt.ids,
             &input,
             &self.generation,

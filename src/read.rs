@@ -75,7 +75,7 @@ pub struct Context {
 impl Lethe {
     /// Reads pages back: the decoder's text (when a model is loaded and the page is not evicted)
     /// and the retained text, each labelled. Counts as an access of each page (reinforcement).
-    pub fn recall(&mut self, target: RecallTarget, now: u64) -> Result<Recall> {
+    pub fn recall(&self, target: RecallTarget, now: u64) -> Result<Recall> {
         let started = Instant::now();
         let mut usage = self.usage();
         let records: Vec<PageRecord> = match &target {
@@ -102,7 +102,7 @@ impl Lethe {
                 (true, Tier::At(mode)) => {
                     let image = self.image_from(&record, relaid.as_ref(), mode)?;
                     let cache = self.store.tokens(record.id)?;
-                    let Some(model) = &mut self.model else {
+                    let Some(model) = &self.model else {
                         unreachable!("checked above")
                     };
                     let tokens = match &cache {
@@ -141,7 +141,7 @@ impl Lethe {
     /// is loaded), within `budget` tokens: text tokens of the turns plus decoder positions of the
     /// pages. When the pages do not fit at their stored tiers, the policy's budget fit shows some
     /// at lower modes (rendered on the fly; the store is not changed) or leaves them out.
-    pub fn context(&mut self, scope: &Scope, budget: u64, now: u64) -> Result<Context> {
+    pub fn context(&self, scope: &Scope, budget: u64, now: u64) -> Result<Context> {
         let started = Instant::now();
         let mut usage = self.usage();
         let hot = self.store.hot_turns(scope)?;
@@ -215,6 +215,22 @@ impl Lethe {
         })
     }
 
+    /// A page's image at `mode` (its own tier's when `None`), as [`Lethe::context`] shows it.
+    /// Does not count as an access. Fails for an unknown page, and for an evicted page asked
+    /// for at its own tier.
+    pub fn page_image(&self, page: PageId, mode: Option<Mode>) -> Result<PageImage> {
+        let record = self.store.page(page)?;
+        let mode = match (mode, record.tier) {
+            (Some(mode), _) | (None, Tier::At(mode)) => mode,
+            (None, Tier::Evicted) => {
+                return Err(Error::Invalid(format!(
+                    "page {page} is evicted: ask for its image at a mode"
+                )))
+            }
+        };
+        self.image_at(&record, mode)
+    }
+
     /// The page image at `mode`: a vector re-render of the page's layout when its text is
     /// retained (exactly the image drawn at page-out: the renderer's golden hashes hold it to
     /// that), else the stored image, resampled when `mode` is not its tier's.
@@ -252,12 +268,8 @@ impl Lethe {
         self.model.is_some() && self.cache_tokens
     }
 
-    pub(crate) fn encode_cache(
-        &mut self,
-        image: &PageImage,
-        mode: Mode,
-    ) -> Result<Option<TokenCache>> {
-        match &mut self.model {
+    pub(crate) fn encode_cache(&self, image: &PageImage, mode: Mode) -> Result<Option<TokenCache>> {
+        match &self.model {
             Some(model) if self.cache_tokens => {
                 let tokens = model.encode(image, mode)?;
                 Ok(Some(model::tokens_to_cache(&tokens)?))

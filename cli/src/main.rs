@@ -59,6 +59,10 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Fetch a checkpoint from the Hugging Face Hub (`model pull`) or list known models.
     Model(cmd::model::Args),
+    /// Serve the store over HTTP: a REST API under /v1 and MCP at /mcp.
+    Serve(cmd::serve::ServeArgs),
+    /// Serve the store as an MCP server over stdio.
+    Mcp(cmd::serve::McpArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +89,8 @@ fn main() -> ExitCode {
         Command::Import(args) => cmd::store::import(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Model(args) => cmd::model::run(args),
+        Command::Serve(args) => cmd::serve::serve(args),
+        Command::Mcp(args) => cmd::serve::mcp(args),
     };
     match result {
         Ok(code) => code,

@@ -8,4 +8,5 @@ pub mod encode;
 pub mod model;
 pub mod ocr;
 pub mod render;
+pub mod serve;
 pub mod store;

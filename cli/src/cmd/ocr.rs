@@ -120,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let t_load = Instant::now();
-    let mut model = load_model(&args.model, options)?.expect("--model none was refused above");
+    let model = load_model(&args.model, options)?.expect("--model none was refused above");
     let load_secs = t_load.elapsed().as_secs_f64();
     let mode = args.mode.unwrap_or_else(|| {
         model

@@ -51,7 +51,7 @@ pub fn recall(args: RecallArgs) -> anyhow::Result<ExitCode> {
         }
         _ => bail!("give --page N, or --session NAME with --turns START..END"),
     };
-    let mut lethe = common::open(&args.store, &args.model)?;
+    let lethe = common::open(&args.store, &args.model)?;
     let recall = lethe.recall(target, now_or(args.now))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&recall)?);
@@ -187,7 +187,7 @@ pub struct PinArgs {
 
 /// Runs `memctl pin PAGE`.
 pub fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
-    let mut lethe = common::open(&args.store, &no_model())?;
+    let lethe = common::open(&args.store, &no_model())?;
     lethe.pin(PageId(args.page), !args.unpin)?;
     lethe.flush()?;
     println!(
