@@ -38,6 +38,7 @@ pub struct LetheBuilder {
     retain_text: bool,
     cache_tokens: bool,
     wait: Option<std::time::Duration>,
+    remote: Option<RemoteDecoder>,
 }
 
 impl LetheBuilder {
@@ -52,6 +53,7 @@ impl LetheBuilder {
             retain_text: true,
             cache_tokens: true,
             wait: None,
+            remote: None,
         }
     }
 
@@ -114,6 +116,14 @@ impl LetheBuilder {
         self
     }
 
+    /// Reads pages back on a remote DeepSeek-OCR server ([`RemoteDecoder`]) instead of the
+    /// local model's decoder. Pair it with `reader(Reader::None)` when nothing is encoded here:
+    /// pages are then drawn with the default render profile, the one the real model reads.
+    pub fn remote_decoder(mut self, remote: RemoteDecoder) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
     /// Opens (or creates) the store and loads the model, if any.
     pub fn build(self) -> Result<Lethe> {
         let model = self.reader.load(self.ocr)?;
@@ -156,6 +166,7 @@ impl LetheBuilder {
             profile,
             profile_json,
             model,
+            remote: self.remote,
             tokenizer,
             hot_turns: self.hot_turns,
             cache_tokens: self.cache_tokens,

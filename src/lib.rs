@@ -44,6 +44,7 @@ mod maintain;
 mod model;
 mod page;
 mod read;
+mod remote;
 mod report;
 
 use std::collections::BTreeSet;
@@ -55,7 +56,7 @@ use serde::{Deserialize, Serialize};
 
 pub use builder::{LetheBuilder, Reader};
 pub use error::{Error, Result};
-pub use lethe_decoder::{Quantization, Sampling};
+pub use lethe_decoder::{Quantization, Sampling, DEFAULT_PROMPT};
 pub use lethe_memory::{
     Compaction, Error as StoreError, PageId, PageRecord, Scope, Stats as StoreStats, TierChange,
 };
@@ -65,6 +66,7 @@ pub use lethe_render::{PageImage, RenderProfile, Turn};
 pub use maintain::Maintenance;
 pub use model::{OcrModel, OcrOptions, Reading, VisionTokens, POLICY_FILE, PROFILE_FILE};
 pub use read::{Context, ContextPage, Recall, RecallTarget, RecalledPage};
+pub use remote::{RemoteDecoder, RemoteOptions, RemoteReading};
 pub use report::{Report, TierReport};
 
 use lethe_decoder::Tokenizer;
@@ -118,6 +120,8 @@ pub struct Lethe {
     /// `profile` serialised, as page layouts record it.
     profile_json: String,
     model: Option<OcrModel>,
+    /// Reads pages in place of the model's decoder when set.
+    remote: Option<RemoteDecoder>,
     tokenizer: Tokenizer,
     hot_turns: usize,
     cache_tokens: bool,
@@ -156,6 +160,11 @@ impl Lethe {
     /// The loaded model, if any.
     pub fn model(&self) -> Option<&OcrModel> {
         self.model.as_ref()
+    }
+
+    /// The remote decoder that reads pages back, if one is set.
+    pub fn remote_decoder(&self) -> Option<&RemoteDecoder> {
+        self.remote.as_ref()
     }
 
     /// The name of the tokenizer that counts text tokens.

@@ -29,7 +29,8 @@ pub struct RecalledPage {
     pub turns: (u64, u64),
     /// Its tier (written as the mode's name, or `evicted`).
     pub tier: Tier,
-    /// The text the decoder read from the page image (`None` without a model or when evicted).
+    /// The text the decoder read from the page image (`None` without a model or remote decoder,
+    /// or when evicted).
     pub decoded_text: Option<String>,
     /// The page text the store retained (`None` when the policy dropped it).
     pub stored_text: Option<String>,
@@ -73,8 +74,8 @@ pub struct Context {
 }
 
 impl Lethe {
-    /// Reads pages back: the decoder's text (when a model is loaded and the page is not evicted)
-    /// and the retained text, each labelled. Counts as an access of each page (reinforcement).
+    /// Reads pages back: the decoder's text (the remote decoder's when one is set, else the
+    /// loaded model's; none for an evicted page) and the retained text, each labelled. Counts as an access of each page (reinforcement).
     pub fn recall(&self, target: RecallTarget, now: u64) -> Result<Recall> {
         let started = Instant::now();
         let mut usage = self.usage();
@@ -98,8 +99,14 @@ impl Lethe {
             let turn = self.store.next_turn(&record.scope)?;
             // Laid out once: it gives both the image the model reads and the text shown.
             let relaid = self.relayout(&record)?;
-            let decoded_text = match (self.model.is_some(), record.tier) {
-                (true, Tier::At(mode)) => {
+            let decoded_text = match (&self.remote, self.model.is_some(), record.tier) {
+                (Some(remote), _, Tier::At(mode)) => {
+                    let png = self.image_from(&record, relaid.as_ref(), mode)?.to_png()?;
+                    let reading = remote.read_image(&png, "image/png")?;
+                    usage.decoder_positions += cost(&record.layout, mode).0;
+                    Some(reading.text)
+                }
+                (None, true, Tier::At(mode)) => {
                     let image = self.image_from(&record, relaid.as_ref(), mode)?;
                     let cache = self.store.tokens(record.id)?;
                     let Some(model) = &self.model else {

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use lethe::{OcrModel, OcrOptions};
+use lethe::{OcrModel, OcrOptions, RemoteDecoder};
 use lethe_cli::metrics::{
     BenchReport, BoxError, Keep, PageRecord, Plot, SourcePage, TextTokenizer,
 };
@@ -149,9 +149,22 @@ pub trait PageRenderer {
     fn render(&mut self, page: usize, mode: Mode) -> anyhow::Result<Vec<u8>>;
 }
 
-/// The decoder for this run: the reader `--model` names (the embedded one by default), or `None`
-/// for `--model none` (the command then refuses to run). A remote endpoint plugs in here.
+/// The decoder for this run: a remote server when `--decoder-url` names one, else the reader
+/// `--model` names (the embedded one by default), or `None` for `--model none` (the command then
+/// refuses to run).
 pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
+    if let Some(remote) = args
+        .model
+        .remote
+        .decoder(&args.prompt, args.model.max_tokens)?
+    {
+        return Ok(Some(Box::new(RemoteReader {
+            name: format!("{} at {}", remote.model(), remote.endpoint()),
+            remote,
+            max_tokens: args.model.max_tokens,
+            hit_limit: 0,
+        })));
+    }
     let quantization = common::parse_quant(&args.model.quant)?;
     let options = OcrOptions {
         prompt: args.prompt.clone(),
@@ -188,6 +201,52 @@ pub fn page_renderer(
     })))
 }
 
+/// [`PageReader`] over a remote DeepSeek-OCR server ([`RemoteDecoder`]). It reads pages drawn
+/// with the default render profile, the real model's.
+pub struct RemoteReader {
+    remote: RemoteDecoder,
+    name: String,
+    max_tokens: usize,
+    hit_limit: usize,
+}
+
+impl PageReader for RemoteReader {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn render_profile(&self) -> Option<RenderProfile> {
+        None
+    }
+
+    fn modes(&self) -> Option<Vec<Mode>> {
+        None
+    }
+
+    fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
+        let reading = self
+            .remote
+            .read_image(png, "image/png")
+            .with_context(|| format!("reading the page at {mode} remotely"))?;
+        self.hit_limit += usize::from(reading.hit_limit);
+        Ok(reading.text)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        limit_warning(self.hit_limit, self.max_tokens)
+    }
+}
+
+fn limit_warning(hit_limit: usize, max_tokens: usize) -> Vec<String> {
+    if hit_limit == 0 {
+        return Vec::new();
+    }
+    vec![format!(
+        "{hit_limit} page readings stopped at --max-tokens {max_tokens} before the end of the \
+         page; their recall is cut short (raise --max-tokens)"
+    )]
+}
+
 /// [`PageReader`] over [`OcrModel`]: DeepEncoder + MoE decoder from one checkpoint folder.
 pub struct OcrReader {
     model: OcrModel,
@@ -220,14 +279,7 @@ impl PageReader for OcrReader {
     }
 
     fn warnings(&self) -> Vec<String> {
-        if self.hit_limit == 0 {
-            return Vec::new();
-        }
-        vec![format!(
-            "{} page readings stopped at --max-tokens {} before the end of the page; their \
-             recall is cut short (raise --max-tokens)",
-            self.hit_limit, self.max_tokens
-        )]
+        limit_warning(self.hit_limit, self.max_tokens)
     }
 }
 
@@ -781,6 +833,7 @@ mod tests {
                 quant: "none".to_owned(),
                 max_tokens: 8,
                 cache_tokens: false,
+                remote: Default::default(),
             },
             prompt: "<image>".to_owned(),
             format: FormatArg::Auto,
@@ -850,6 +903,7 @@ mod tests {
                 quant: "none".to_owned(),
                 max_tokens: 4,
                 cache_tokens: false,
+                remote: Default::default(),
             },
             prompt: "<image>".to_owned(),
             format: FormatArg::Auto,

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lethe::{Lethe, OcrModel, OcrOptions, Policy, Reader, RecallTarget, Scope, Tier};
+use lethe::{
+    Lethe, OcrModel, OcrOptions, Policy, Reader, RecallTarget, RemoteDecoder, RemoteOptions, Scope,
+    Tier,
+};
 use lethe_decoder::Quantization;
 use lethe_render::transcript::{parse, Format, ParseOptions, Transcript};
 use lethe_render::Mode;
@@ -50,6 +53,89 @@ pub struct ModelArgs {
     /// a base one on 2 cores.
     #[arg(long)]
     pub cache_tokens: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// A remote DeepSeek-OCR server (vLLM's OpenAI-compatible API) that reads pages back.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// Read pages on a remote DeepSeek-OCR server with an OpenAI-compatible chat-completions API
+    /// (vLLM), e.g. http://gpu-box:8000/v1, instead of a local decoder. Unless --model names a
+    /// checkpoint folder, no model is loaded here and pages use the default render profile.
+    #[arg(long, value_name = "URL")]
+    pub decoder_url: Option<String>,
+    /// The model name the remote server serves.
+    #[arg(long, value_name = "NAME", default_value = "deepseek-ai/DeepSeek-OCR")]
+    pub decoder_model: String,
+    /// A file holding the remote server's API key (sent as a bearer token).
+    #[arg(long, value_name = "FILE")]
+    pub decoder_key_file: Option<PathBuf>,
+    /// Seconds one remote request may take.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub decoder_timeout: f64,
+    /// Retries of a remote request after a connection error, 408, 429 or 5xx.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub decoder_retries: u32,
+    /// The most remote requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub decoder_concurrency: usize,
+    /// Ask the server for DeepSeek-OCR's n-gram repetition guard (vLLM started with its
+    /// NGramPerReqLogitsProcessor; see the README).
+    #[arg(long)]
+    pub decoder_ngram: bool,
+}
+
+impl Default for RemoteArgs {
+    /// No remote decoder; every other field at its command-line default.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            remote: RemoteArgs,
+        }
+        <Only as clap::Parser>::parse_from(["memctl"]).remote
+    }
+}
+
+impl RemoteArgs {
+    /// The remote decoder these arguments name, if any.
+    pub fn decoder(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+    ) -> anyhow::Result<Option<RemoteDecoder>> {
+        let Some(url) = &self.decoder_url else {
+            return Ok(None);
+        };
+        if !(self.decoder_timeout.is_finite() && self.decoder_timeout > 0.0) {
+            bail!("--decoder-timeout must be a positive number of seconds");
+        }
+        let api_key = match &self.decoder_key_file {
+            Some(path) => {
+                let key = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the decoder key file {}", path.display()))?;
+                let key = key.trim().to_string();
+                if key.is_empty() {
+                    bail!("the decoder key file {} is empty", path.display());
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        let options = RemoteOptions {
+            model: self.decoder_model.clone(),
+            api_key,
+            prompt: prompt.to_string(),
+            max_tokens,
+            timeout: std::time::Duration::from_secs_f64(self.decoder_timeout),
+            retries: self.decoder_retries,
+            max_in_flight: self.decoder_concurrency,
+            ngram_guard: self.decoder_ngram,
+            ..RemoteOptions::new(url.clone())
+        };
+        Ok(Some(RemoteDecoder::new(options)?))
+    }
 }
 
 /// Transcript formats on the command line.
@@ -100,7 +186,19 @@ pub fn open(store: &StoreArgs, model: &ModelArgs) -> anyhow::Result<Lethe> {
             .with_context(|| format!("reading policy {}", path.display()))?;
         builder = builder.policy(policy);
     }
-    if model.model != Reader::None {
+    let remote = model
+        .remote
+        .decoder(lethe::DEFAULT_PROMPT, model.max_tokens)?;
+    // A remote decoder reads the pages: the embedded reader is not loaded (pages are drawn
+    // with the default profile, the real model's), a checkpoint folder still is (to encode).
+    let reader = match (&remote, &model.model) {
+        (Some(_), Reader::Embedded) => Reader::None,
+        (_, reader) => reader.clone(),
+    };
+    if let Some(remote) = remote {
+        builder = builder.remote_decoder(remote);
+    }
+    if reader != Reader::None {
         let quantization = parse_quant(&model.quant)?;
         builder = builder.ocr_options(OcrOptions {
             max_new_tokens: model.max_tokens,
@@ -109,7 +207,7 @@ pub fn open(store: &StoreArgs, model: &ModelArgs) -> anyhow::Result<Lethe> {
         });
     }
     builder
-        .reader(model.model.clone())
+        .reader(reader)
         .cache_tokens(model.cache_tokens)
         .build()
         .with_context(|| match &model.model {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use lethe::{Mode, OcrOptions, Reader, Sampling};
 use lethe_decoder::DEFAULT_PROMPT;
 
-use super::common::{load_model, parse_mode, parse_quant, parse_reader};
+use super::common::{load_model, parse_mode, parse_quant, parse_reader, RemoteArgs};
 
 const ABOUT: &str = "\
 Run DeepSeek-OCR (encoder + MoE decoder) on one image and print the text as it is generated.
@@ -71,6 +71,45 @@ pub struct Args {
     /// Print one JSON object (text, token counts, positions, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `memctl ocr --decoder-url`: the image file goes to the remote server as it is (the server
+/// resizes it to its own mode).
+fn run_remote(args: &Args, remote: lethe::RemoteDecoder) -> anyhow::Result<ExitCode> {
+    let bytes =
+        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let mime = if bytes.starts_with(b"\x89PNG") {
+        "image/png"
+    } else if bytes.starts_with(&[0xff, 0xd8]) {
+        "image/jpeg"
+    } else {
+        bail!("{} is neither a PNG nor a JPEG", args.image.display());
+    };
+    let reading = remote
+        .read_image(&bytes, mime)
+        .with_context(|| format!("reading {}", args.image.display()))?;
+    if args.json {
+        let report = serde_json::json!({
+            "text": reading.text,
+            "image": args.image.display().to_string(),
+            "decoder": remote.endpoint(),
+            "model": remote.model(),
+            "generated_tokens": reading.completion_tokens,
+            "hit_limit": reading.hit_limit,
+            "attempts": reading.attempts,
+            "millis": reading.millis,
+        });
+        println!("{report}");
+    } else {
+        println!("{}", reading.text);
+    }
+    Ok(if reading.hit_limit {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs `memctl ocr`.
@@ -81,6 +120,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "image {} does not exist or is not a file",
             args.image.display()
         );
+    }
+    if let Some(remote) = args.remote.decoder(&args.prompt, args.max_tokens)? {
+        return run_remote(&args, remote);
     }
     match &args.model {
         Reader::Folder(dir) => {

@@ -283,6 +283,7 @@ fn no_model() -> ModelArgs {
         quant: "none".into(),
         max_tokens: 0,
         cache_tokens: false,
+        remote: Default::default(),
     }
 }
 
