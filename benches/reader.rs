@@ -13,7 +13,7 @@ use lethe_render::transcript::{parse, ParseOptions};
 use lethe_render::Renderer;
 
 fn bench(c: &mut Criterion) {
-    let mut model = OcrModel::embedded(OcrOptions::default()).expect("embedded reader");
+    let model = OcrModel::embedded(OcrOptions::default()).expect("embedded reader");
     let profile = model
         .render_profile()
         .cloned()

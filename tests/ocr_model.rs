@@ -24,7 +24,7 @@ fn options(max_new_tokens: usize) -> OcrOptions {
 
 #[test]
 fn streamed_pieces_make_the_text_and_greedy_repeats_itself() {
-    let mut model = tiny(options(12)).unwrap();
+    let model = tiny(options(12)).unwrap();
     let page = fixtures().join("inputs/card_500x400.png");
     let mut streamed = String::new();
     let first = model
@@ -47,7 +47,7 @@ fn streamed_pieces_make_the_text_and_greedy_repeats_itself() {
 
 #[test]
 fn the_callback_stops_generation() {
-    let mut model = tiny(options(64)).unwrap();
+    let model = tiny(options(64)).unwrap();
     let page = fixtures().join("inputs/card_500x400.png");
     let mut pieces = 0;
     let reading = model
@@ -69,7 +69,7 @@ fn the_callback_stops_generation() {
 #[test]
 fn sampling_is_reproducible_by_seed() {
     let sampled = |seed| {
-        let mut model = tiny(OcrOptions {
+        let model = tiny(OcrOptions {
             sampling: Sampling::Sample {
                 temperature: 1.0,
                 top_p: 1.0,
@@ -113,7 +113,7 @@ fn bad_options_and_inputs_are_named() {
     .unwrap_err();
     assert!(err.contains("temperature"), "{err}");
 
-    let mut model = tiny(options(4)).unwrap();
+    let model = tiny(options(4)).unwrap();
     let err = model
         .read_file(Path::new("/nonexistent/page.png"), Mode::Tiny, &mut |_| {
             true
@@ -218,7 +218,7 @@ fn a_bad_declared_profile_names_its_file() {
 
 #[test]
 fn vision_tokens_are_lethes_own_type_and_read_as_a_fresh_encode_does() {
-    let mut model = tiny(options(8)).unwrap();
+    let model = tiny(options(8)).unwrap();
     let png = std::fs::read(fixtures().join("inputs/card_500x400.png")).unwrap();
     let image = lethe::PageImage::from_png(&png).unwrap();
     let tokens = model.encode(&image, Mode::Tiny).unwrap();

@@ -40,7 +40,7 @@ fn floors(mode: Mode) -> (f64, f64) {
 
 #[test]
 fn the_embedded_reader_reads_short_rendered_pages() {
-    let mut model = OcrModel::embedded(OcrOptions::default()).expect("the embedded reader loads");
+    let model = OcrModel::embedded(OcrOptions::default()).expect("the embedded reader loads");
     assert!(model.is_embedded());
     let profile = model
         .render_profile()

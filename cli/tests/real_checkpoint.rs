@@ -50,7 +50,7 @@ fn options() -> OcrOptions {
 #[test]
 #[ignore = "needs the real DeepSeek-OCR checkpoint: set LETHE_DEEPSEEK_OCR_DIR"]
 fn the_real_checkpoint_reads_a_known_page_at_base_and_large() {
-    let mut model = OcrModel::load(&checkpoint(), options()).expect("the checkpoint loads");
+    let model = OcrModel::load(&checkpoint(), options()).expect("the checkpoint loads");
     // The real checkpoint reads pages at the default density (it declares no profile).
     let renderer = Renderer::builder()
         .profile(model.render_profile().cloned().unwrap_or_default())

@@ -96,9 +96,9 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The memory failed (at shutdown's flush, or a background task).
-    #[error(transparent)]
-    Memory(#[from] lethe::Error),
+    /// The memory failed (at shutdown's flush).
+    #[error("the memory failed: {0}")]
+    Memory(String),
 }
 
 /// One memory shared by every handler, REST and MCP alike. Cloning is cheap (an `Arc`).
@@ -218,7 +218,7 @@ impl Service {
     pub async fn flush(&self) -> Result<(), ServeError> {
         self.shared(|lethe| Ok(lethe.flush()?))
             .await
-            .map_err(|e| ServeError::Config(format!("flushing the store: {e}")))
+            .map_err(|e| ServeError::Memory(format!("flushing the store: {e}")))
     }
 }
 
