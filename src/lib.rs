@@ -43,6 +43,8 @@ mod error;
 mod maintain;
 mod model;
 mod page;
+mod provider;
+mod provider_context;
 mod read;
 mod remote;
 mod report;
@@ -65,6 +67,10 @@ pub use lethe_policy::Policy;
 pub use lethe_render::{PageImage, RenderProfile, Turn};
 pub use maintain::Maintenance;
 pub use model::{OcrModel, OcrOptions, Reading, VisionTokens, POLICY_FILE, PROFILE_FILE};
+pub use provider::{
+    Billed, ImageRule, PayloadFormat, Provider, Providers, TierSizes, PROVIDERS_TOML,
+};
+pub use provider_context::{ProviderContext, ProviderPage, TextAccounting};
 pub use read::{Context, ContextPage, Recall, RecallTarget, RecalledPage};
 pub use remote::{RemoteDecoder, RemoteOptions, RemoteReading};
 pub use report::{Report, TierReport};

@@ -87,6 +87,20 @@ impl Relaid {
     }
 }
 
+impl Relaid {
+    /// The page drawn at its own aspect with its long edge `px` pixels (a provider's size).
+    pub(crate) fn rasterize_long_edge(&self, own: &Renderer, px: u32) -> PageImage {
+        let long = self.page.width.max(self.page.height).max(1.0);
+        let size = |v: f32| ((v / long) * px as f32).round().max(1.0) as u32;
+        self.other.as_ref().unwrap_or(own).rasterize_px(
+            &self.page,
+            size(self.page.width),
+            size(self.page.height),
+            lethe_render::PixelFormat::Gray,
+        )
+    }
+}
+
 /// A hot turn as the renderer takes it: speaker, text, session and time label.
 pub(crate) fn turn_of(t: &lethe_memory::TurnRecord) -> Turn {
     let mut turn = Turn::new(t.speaker.clone(), t.text.clone());

@@ -247,7 +247,7 @@ impl Lethe {
     }
 
     /// [`Lethe::image_at`] for a page already laid out again (`None`: it has no pieces).
-    fn image_from(
+    pub(crate) fn image_from(
         &self,
         record: &PageRecord,
         relaid: Option<&Relaid>,

@@ -59,6 +59,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Fetch a checkpoint from the Hugging Face Hub (`model pull`) or list known models.
     Model(cmd::model::Args),
+    /// A scope's history as a ready request for Claude, GPT or Gemini, within a token budget.
+    Context(cmd::context::Args),
     /// Serve the store over HTTP: a REST API under /v1 and MCP at /mcp.
     Serve(cmd::serve::ServeArgs),
     /// Serve the store as an MCP server over stdio.
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Import(args) => cmd::store::import(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Model(args) => cmd::model::run(args),
+        Command::Context(args) => cmd::context::run(args),
         Command::Serve(args) => cmd::serve::serve(args),
         Command::Mcp(args) => cmd::serve::mcp(args),
     };

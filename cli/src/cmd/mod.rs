@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod common;
 pub mod compress;
+pub mod context;
 pub mod encode;
 pub mod model;
 pub mod ocr;

@@ -277,7 +277,7 @@ fn transfer(s: &lethe_memory::export::TransferSummary) -> String {
     )
 }
 
-fn no_model() -> ModelArgs {
+pub(crate) fn no_model() -> ModelArgs {
     ModelArgs {
         model: lethe::Reader::None,
         quant: "none".into(),

@@ -1,0 +1,83 @@
+//! `memctl context`: provider request bodies written for a store, within the budget.
+
+mod support;
+
+use support::{run as memctl, sample};
+
+#[test]
+fn context_writes_a_request_for_each_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let sample = sample();
+    let out = memctl(&[
+        "compress",
+        sample.to_str().unwrap(),
+        "--store",
+        store,
+        "--model",
+        "none",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (provider, image_key) in [
+        ("anthropic", "\"type\":\"image\""),
+        ("openai", "\"type\":\"image_url\""),
+        ("gemini", "inline_data"),
+    ] {
+        let folder = dir.path().join(provider);
+        let out = memctl(&[
+            "context",
+            "--store",
+            store,
+            "--scope",
+            "agent-sessions",
+            "--budget",
+            "8000",
+            "--provider",
+            provider,
+            "--out",
+            folder.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let total = report["total_tokens"].as_u64().unwrap();
+        assert!(total <= 8000, "{provider}: {total}");
+        let pages = report["pages"].as_array().unwrap();
+        assert!(!pages.is_empty(), "{provider}");
+        let request = std::fs::read_to_string(folder.join("request.json")).unwrap();
+        assert_eq!(
+            request.matches(image_key).count(),
+            pages.len(),
+            "{provider}"
+        );
+        for p in pages {
+            assert!(folder.join(format!("page-{}.png", p["id"])).is_file());
+        }
+        let acc = &report["accounting"];
+        assert_eq!(acc["tokenizer"], "deepseek-ocr");
+        assert!(acc["truncation_text_tokens"].as_u64().unwrap() <= 8000);
+    }
+    let unknown = memctl(&[
+        "context",
+        "--store",
+        store,
+        "--scope",
+        "agent-sessions",
+        "--budget",
+        "8000",
+        "--provider",
+        "acme",
+    ]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no provider \"acme\""));
+}
