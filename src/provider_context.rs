@@ -82,44 +82,6 @@ pub struct ProviderContext {
     pub accounting: TextAccounting,
 }
 
-/// Keeps what differs from the page's white paper, plus a small margin.
-fn crop_to_text(image: &PageImage) -> PageImage {
-    let (w, h, c) = (
-        image.width as usize,
-        image.height as usize,
-        image.channels as usize,
-    );
-    let ink = |x: usize, y: usize| image.pixels[(y * w + x) * c] < 245;
-    let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
-    for y in 0..h {
-        for x in 0..w {
-            if ink(x, y) {
-                x0 = x0.min(x);
-                x1 = x1.max(x);
-                y0 = y0.min(y);
-                y1 = y1.max(y);
-            }
-        }
-    }
-    if x0 > x1 {
-        return image.clone();
-    }
-    let margin = (w.max(h) / 128).max(2);
-    let (x0, y0) = (x0.saturating_sub(margin), y0.saturating_sub(margin));
-    let (x1, y1) = ((x1 + margin).min(w - 1), (y1 + margin).min(h - 1));
-    let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
-    let mut pixels = Vec::with_capacity(cw * ch * c);
-    for y in y0..=y1 {
-        pixels.extend_from_slice(&image.pixels[(y * w + x0) * c..(y * w + x1 + 1) * c]);
-    }
-    PageImage {
-        width: cw as u32,
-        height: ch as u32,
-        channels: image.channels,
-        pixels,
-    }
-}
-
 /// The turn texts of a page, in order (a continued piece joins the turn before it), with
 /// whether the first continues a turn of the page before.
 fn page_turn_texts(record: &PageRecord) -> Option<Vec<(bool, &str)>> {
@@ -298,7 +260,7 @@ impl Lethe {
             Some(relaid) => relaid.rasterize_long_edge(&self.renderer, px),
             None => self.image_from(record, None, mode)?.resample(px),
         };
-        Ok(crop_to_text(&image))
+        Ok(image.crop_to_ink())
     }
 }
 

@@ -81,3 +81,54 @@ fn context_writes_a_request_for_each_provider() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no provider \"acme\""));
 }
+
+#[test]
+fn bench_costs_provider_sized_pages_in_the_providers_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = std::fs::read_to_string(sample())
+        .unwrap()
+        .lines()
+        .take(12)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let transcript = dir.path().join("small.txt");
+    std::fs::write(&transcript, text).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = memctl(&[
+        "bench",
+        transcript.to_str().unwrap(),
+        "--provider",
+        "openai",
+        "--modes",
+        "tiny",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["reader"]
+            .as_str()
+            .unwrap()
+            .contains("costed for openai gpt-4.1"),
+        "{}",
+        report["reader"]
+    );
+    let optical: Vec<&serde_json::Value> = report["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "optical")
+        .collect();
+    assert!(!optical.is_empty());
+    for page in optical {
+        // OpenAI's tile rule: 85 + 170 per 512 px tile.
+        let tokens = page["positions"].as_u64().unwrap();
+        assert!(tokens >= 255 && (tokens - 85) % 170 == 0, "{tokens}");
+    }
+}

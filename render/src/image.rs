@@ -203,6 +203,46 @@ impl PageImage {
         PageImage::new(info.width, info.height, channels, pixels)
     }
 
+    /// The part of the page that holds ink (any pixel darker than near-white), plus a margin of
+    /// 1/128 of the long side (at least 2 px): what a provider that bills by area is sent. A page
+    /// with no ink is returned whole.
+    pub fn crop_to_ink(&self) -> PageImage {
+        let (w, h, c) = (
+            self.width as usize,
+            self.height as usize,
+            self.channels as usize,
+        );
+        let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+        for y in 0..h {
+            let row = &self.pixels[y * w * c..(y + 1) * w * c];
+            for x in 0..w {
+                if row[x * c] < 245 {
+                    x0 = x0.min(x);
+                    x1 = x1.max(x);
+                    y0 = y0.min(y);
+                    y1 = y1.max(y);
+                }
+            }
+        }
+        if x0 > x1 {
+            return self.clone();
+        }
+        let margin = (w.max(h) / 128).max(2);
+        let (x0, y0) = (x0.saturating_sub(margin), y0.saturating_sub(margin));
+        let (x1, y1) = ((x1 + margin).min(w - 1), (y1 + margin).min(h - 1));
+        let (cw, ch) = (x1 - x0 + 1, y1 - y0 + 1);
+        let mut pixels = Vec::with_capacity(cw * ch * c);
+        for y in y0..=y1 {
+            pixels.extend_from_slice(&self.pixels[(y * w + x0) * c..(y * w + x1 + 1) * c]);
+        }
+        PageImage {
+            width: cw as u32,
+            height: ch as u32,
+            channels: self.channels,
+            pixels,
+        }
+    }
+
     /// Resamples so the longer side is `px` pixels, keeping the aspect ratio (a square page becomes
     /// `px x px`). Each output pixel is the exact area average of the input pixels it covers, which
     /// is the right filter for shrinking a page to a lower tier when its text is no longer kept.

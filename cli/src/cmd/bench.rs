@@ -23,7 +23,7 @@ use lethe::{OcrModel, OcrOptions, RemoteDecoder};
 use lethe_cli::metrics::{
     BenchReport, BoxError, Keep, PageRecord, Plot, SourcePage, TextTokenizer,
 };
-use lethe_render::{Mode, Page, PageImage, RenderProfile, Renderer};
+use lethe_render::{Mode, Page, PageImage, PixelFormat, RenderProfile, Renderer};
 
 use super::common::{self, read_transcript, FormatArg, ModelArgs};
 
@@ -71,6 +71,17 @@ pub struct Args {
 
     #[command(flatten)]
     pub model: ModelArgs,
+
+    /// Score provider-sized pages: each page drawn at this provider's size for the mode (see
+    /// providers/providers.toml), cropped to its text, and costed in the provider's tokens, so
+    /// the curve is ratio against recall in that provider's tokens (anthropic, openai, gemini).
+    /// The local reader (or --decoder-url) stands in for the provider's own reading.
+    #[arg(long, value_name = "P")]
+    pub provider: Option<String>,
+
+    /// The provider's model (default: its first in the table).
+    #[arg(long, value_name = "M", requires = "provider")]
+    pub provider_model: Option<String>,
 
     /// The prompt; `<image>` marks where the page's vision tokens go.
     #[arg(long, default_value = lethe_decoder::DEFAULT_PROMPT)]
@@ -194,8 +205,10 @@ pub fn page_renderer(
         .profile(profile.unwrap_or_default())
         .build()
         .context("loading the renderer's fonts")?;
+    let provider_sizes = provider(args)?.map(|p| p.tiers);
     Ok(Some(Box::new(TranscriptRenderer {
         renderer,
+        provider_sizes,
         format: args.format,
         pages: Vec::new(),
     })))
@@ -287,6 +300,8 @@ impl PageReader for OcrReader {
 /// pages in 8-bit grey.
 pub struct TranscriptRenderer {
     renderer: Renderer,
+    /// Draw at a provider's sizes, cropped to the text, instead of DeepSeek-OCR's modes.
+    provider_sizes: Option<lethe::TierSizes>,
     format: FormatArg,
     pages: Vec<Page>,
 }
@@ -306,8 +321,18 @@ impl PageRenderer for TranscriptRenderer {
             .pages
             .get(page)
             .ok_or_else(|| anyhow!("no page {page} in the last transcript"))?;
-        self.renderer
-            .rasterize(p, mode)
+        let image = match self.provider_sizes {
+            Some(sizes) => {
+                let px = sizes.at(mode) as f32;
+                let long = p.width.max(p.height).max(1.0);
+                let size = |v: f32| ((v / long) * px).round().max(1.0) as u32;
+                self.renderer
+                    .rasterize_px(p, size(p.width), size(p.height), PixelFormat::Gray)
+                    .crop_to_ink()
+            }
+            None => self.renderer.rasterize(p, mode),
+        };
+        image
             .to_png()
             .with_context(|| format!("encoding page {} at {mode} as PNG", page + 1))
     }
@@ -383,7 +408,9 @@ pub fn run_with(
         );
     };
     let tokenizer = text_tokenizer(&args)?;
+    let provider = provider(&args)?;
     let scoring = Scoring {
+        provider,
         tokenizer: &tokenizer,
         bucket_width: args.bucket_width,
         truncation: args.truncate,
@@ -531,6 +558,18 @@ fn progress(total: usize) -> anyhow::Result<ProgressBar> {
     Ok(bar)
 }
 
+/// The provider `--provider` names, from the built-in table.
+fn provider(args: &Args) -> anyhow::Result<Option<lethe::Provider>> {
+    let Some(name) = &args.provider else {
+        return Ok(None);
+    };
+    Ok(Some(
+        lethe::Providers::builtin()
+            .find(name, args.provider_model.as_deref())?
+            .clone(),
+    ))
+}
+
 /// How pages are scored and summarised.
 pub struct Scoring<'a> {
     /// Counts text tokens and truncates the baseline.
@@ -539,6 +578,8 @@ pub struct Scoring<'a> {
     pub bucket_width: u32,
     /// Which end of a page the truncation baseline keeps.
     pub truncation: Keep,
+    /// Cost pages in this provider's tokens instead of decoder positions.
+    pub provider: Option<lethe::Provider>,
 }
 
 impl Scoring<'_> {
@@ -550,7 +591,14 @@ impl Scoring<'_> {
         mode: Mode,
         reader: &mut dyn PageReader,
     ) -> anyhow::Result<[PageRecord; 2]> {
-        let (positions, nominal) = budget(mode, png)?;
+        let (positions, nominal) = match &self.provider {
+            Some(p) => {
+                let (w, h) = png_size(png)?;
+                let tokens = p.rule.bill(w, h).tokens as usize;
+                (tokens, tokens)
+            }
+            None => budget(mode, png)?,
+        };
         let text = reader.read(png, mode)?;
         Ok([
             page.optical(mode.name(), positions, nominal, &text),
@@ -566,7 +614,15 @@ impl Scoring<'_> {
     ) -> anyhow::Result<BenchReport> {
         Ok(BenchReport::builder()
             .tokenizer(self.tokenizer.name())
-            .reader(reader.name())
+            .reader(match &self.provider {
+                Some(p) => format!(
+                    "{} (pages sized and costed for {} {}: positions are its image tokens)",
+                    reader.name(),
+                    p.name,
+                    p.models[0]
+                ),
+                None => reader.name(),
+            })
             .bucket_width(self.bucket_width as usize)
             .truncation(self.truncation)
             .records(records)
@@ -731,6 +787,7 @@ mod tests {
             &mut renderer,
             &mut reader,
             &Scoring {
+                provider: None,
                 tokenizer: &WhitespaceTokenizer,
                 bucket_width: 100,
                 truncation: Keep::First,
@@ -805,6 +862,7 @@ mod tests {
             &[Mode::Base],
             &mut reader,
             &Scoring {
+                provider: None,
                 tokenizer: &WhitespaceTokenizer,
                 bucket_width: 100,
                 truncation: Keep::Last,
