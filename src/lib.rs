@@ -68,7 +68,8 @@ pub use lethe_render::{PageImage, RenderProfile, Turn};
 pub use maintain::Maintenance;
 pub use model::{OcrModel, OcrOptions, Reading, VisionTokens, POLICY_FILE, PROFILE_FILE};
 pub use provider::{
-    Billed, ImageRule, PayloadFormat, Provider, Providers, TierSizes, PROVIDERS_TOML,
+    Billed, ImageRule, PayloadFormat, Provider, ProviderLayout, Providers, TierSizes,
+    PROVIDERS_TOML,
 };
 pub use provider_context::{ProviderContext, ProviderPage, TextAccounting};
 pub use read::{Context, ContextPage, Recall, RecallTarget, RecalledPage};

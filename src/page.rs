@@ -46,7 +46,7 @@ pub(crate) fn cost(layout: &Layout, mode: Mode) -> (u64, u64) {
 
 /// The page's turn pieces as turns a renderer paginates back into that one page; `None` when it
 /// keeps no text or was not made of pieces.
-fn source_turns(record: &PageRecord) -> Option<Vec<Turn>> {
+pub(crate) fn source_turns(record: &PageRecord) -> Option<Vec<Turn>> {
     let text = record.text.as_deref()?;
     if record.layout.pieces.is_empty() {
         return None;
@@ -90,14 +90,7 @@ impl Relaid {
 impl Relaid {
     /// The page drawn at its own aspect with its long edge `px` pixels (a provider's size).
     pub(crate) fn rasterize_long_edge(&self, own: &Renderer, px: u32) -> PageImage {
-        let long = self.page.width.max(self.page.height).max(1.0);
-        let size = |v: f32| ((v / long) * px as f32).round().max(1.0) as u32;
-        self.other.as_ref().unwrap_or(own).rasterize_px(
-            &self.page,
-            size(self.page.width),
-            size(self.page.height),
-            lethe_render::PixelFormat::Gray,
-        )
+        crate::provider_context::long_edge(self.other.as_ref().unwrap_or(own), &self.page, px)
     }
 }
 

@@ -191,6 +191,19 @@ pub enum PayloadFormat {
     Gemini,
 }
 
+/// How a page's text is laid out for a provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderLayout {
+    /// Laid out again with DeepSeek-OCR's default render profile (about 2,900 characters to a
+    /// full page), so that a provider that bills by pixels gets more text per token than the
+    /// store's own layout gives when that is a sparse reader's.
+    #[default]
+    Dense,
+    /// The page exactly as stored.
+    Page,
+}
+
 /// Long edges, in pixels, of a page image at each tier for one provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,8 +247,20 @@ pub struct Provider {
     /// The billing rule.
     #[serde(flatten)]
     pub rule: ImageRule,
-    /// Page long edges per tier.
+    /// How page text is laid out for it (default `dense`).
+    #[serde(default)]
+    pub layout: ProviderLayout,
+    /// The tallest image of stacked pages, in pixels (default 1568): pages share images,
+    /// since each image costs at least the provider's minimum.
+    #[serde(default = "default_sheet_height")]
+    pub sheet_height: u32,
+    /// Page long edges per tier (of a full page in that layout; images are then cropped to
+    /// their text).
     pub tiers: TierSizes,
+}
+
+fn default_sheet_height() -> u32 {
+    1568
 }
 
 /// The provider table.

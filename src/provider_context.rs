@@ -7,11 +7,11 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::page::{turn_of, Relaid};
-use crate::provider::{PayloadFormat, Provider};
+use crate::page::{source_turns, turn_of, Relaid};
+use crate::provider::{PayloadFormat, Provider, ProviderLayout};
 use crate::*;
 
-/// A page as it goes to a provider.
+/// A page as it goes to a provider: a strip of one of the context's images.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProviderPage {
     /// The page.
@@ -20,14 +20,32 @@ pub struct ProviderPage {
     pub turns: (u64, u64),
     /// The tier whose size it is drawn at (its own, or lower when the budget is tight).
     pub shown_at: Mode,
-    /// Image width sent (after cropping to the text).
+    /// Its strip's width (after cropping to the text).
     pub width: u32,
-    /// Image height sent.
+    /// Its strip's height.
     pub height: u32,
-    /// The provider's tokens for it.
+    /// The provider's tokens it added to its image.
     pub tokens: u64,
     /// Text tokens of the page's text ([`TextAccounting::tokenizer`]).
     pub text_tokens: u64,
+    /// Which of [`ProviderContext::images`] holds it.
+    pub image: usize,
+}
+
+/// One image sent: consecutive pages stacked top to bottom, oldest first (a provider bills
+/// every image at least a minimum, so small pages share one).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderImage {
+    /// The pages on it, oldest first.
+    pub pages: Vec<PageId>,
+    /// The turns they hold, `[start, end)`.
+    pub turns: (u64, u64),
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+    /// The provider's tokens for it.
+    pub tokens: u64,
     /// The PNG.
     #[serde(skip)]
     pub png: Vec<u8>,
@@ -66,7 +84,9 @@ pub struct ProviderContext {
     pub format: PayloadFormat,
     /// The budget, in the provider's tokens (images) plus text tokens (turns).
     pub budget: u64,
-    /// Pages, oldest first.
+    /// The images sent, oldest first.
+    pub images: Vec<ProviderImage>,
+    /// The pages on them, oldest first.
     pub pages: Vec<ProviderPage>,
     /// Hot turns, oldest first.
     pub turns: Vec<Turn>,
@@ -80,6 +100,74 @@ pub struct ProviderContext {
     pub total_tokens: u64,
     /// Against plain text and truncation.
     pub accounting: TextAccounting,
+}
+
+/// Gap between stacked pages, in pixels.
+const GAP: u32 = 6;
+
+/// An image being filled: page strips, newest first (drawn oldest at the top).
+#[derive(Default)]
+struct Sheet {
+    strips: Vec<(usize, PageImage)>,
+    width: u32,
+    height: u32,
+    tokens: u64,
+}
+
+impl Sheet {
+    fn size_with(&self, strip: &PageImage) -> (u32, u32) {
+        let gap = if self.strips.is_empty() { 0 } else { GAP };
+        (
+            self.width.max(strip.width),
+            self.height + gap + strip.height,
+        )
+    }
+
+    fn push(&mut self, index: usize, strip: PageImage, tokens: u64) {
+        let (w, h) = self.size_with(&strip);
+        self.width = w;
+        self.height = h;
+        self.tokens += tokens;
+        self.strips.push((index, strip));
+    }
+
+    /// The strips stacked, oldest at the top, on white.
+    fn compose(&self) -> PageImage {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let mut pixels = vec![255u8; w * h];
+        let mut y0 = 0usize;
+        for (_, strip) in self.strips.iter().rev() {
+            let gray = if strip.channels == 1 {
+                strip.clone()
+            } else {
+                strip.to_gray()
+            };
+            let sw = gray.width as usize;
+            for y in 0..gray.height as usize {
+                pixels[(y0 + y) * w..(y0 + y) * w + sw]
+                    .copy_from_slice(&gray.pixels[y * sw..(y + 1) * sw]);
+            }
+            y0 += gray.height as usize + GAP as usize;
+        }
+        PageImage {
+            width: self.width,
+            height: self.height,
+            channels: 1,
+            pixels,
+        }
+    }
+}
+
+/// `page` drawn at its own aspect with its long edge `px` pixels.
+pub(crate) fn long_edge(renderer: &Renderer, page: &lethe_render::Page, px: u32) -> PageImage {
+    let long = page.width.max(page.height).max(1.0);
+    let size = |v: f32| ((v / long) * px as f32).round().max(1.0) as u32;
+    renderer.rasterize_px(
+        page,
+        size(page.width),
+        size(page.height),
+        lethe_render::PixelFormat::Gray,
+    )
 }
 
 /// The turn texts of a page, in order (a continued piece joins the turn before it), with
@@ -168,48 +256,127 @@ impl Lethe {
         }
         history.extend(&turn_tokens);
 
+        // The dense layout: every page's text laid out with DeepSeek-OCR's default profile
+        // (pages already drawn with it lay out the same).
+        let own_is_dense = self.profile == RenderProfile::default();
+        let other_dense = match provider.layout {
+            ProviderLayout::Dense if !own_is_dense => Some(
+                Renderer::builder()
+                    .profile(RenderProfile::default())
+                    .build()?,
+            ),
+            _ => None,
+        };
+        let dense = match provider.layout {
+            ProviderLayout::Dense => Some(other_dense.as_ref().unwrap_or(&self.renderer)),
+            ProviderLayout::Page => None,
+        };
         let mut left = budget - text_tokens;
-        let mut pages = Vec::new();
+        // Newest first: each page is drawn at its tier's size (lower ones when it does not fit)
+        // and either stacked onto the image being filled or starts a new one, whichever costs
+        // less of what is left.
+        let mut sheets: Vec<Sheet> = Vec::new();
+        let mut placed: Vec<(usize, Mode, u64)> = Vec::new(); // (record index, shown at, tokens)
         let mut dropped_pages = Vec::new();
-        for (record, &page_tokens) in records.iter().zip(&page_text_tokens).rev() {
+        for (index, record) in records.iter().enumerate().rev() {
             let Tier::At(mode) = record.tier else {
                 dropped_pages.push(record.id);
                 continue;
             };
             let relaid = self.relayout(record)?;
-            let mut placed = None;
+            let dense_page = match (dense, source_turns(record)) {
+                (Some(renderer), Some(turns)) => {
+                    let mut pages = renderer.paginate(&turns)?;
+                    // A page fits one dense page (a split last turn may add a page holding only
+                    // a running header); anything else is sent as stored.
+                    let rest_empty = pages[1..]
+                        .iter()
+                        .flat_map(|p| &p.segments)
+                        .all(|s| s.start == s.end);
+                    rest_empty.then(|| (renderer, pages.swap_remove(0)))
+                }
+                _ => None,
+            };
             // Its own tier's size first, then each lower tier's.
             let mut sizes: Vec<Mode> = Mode::ALL
                 .into_iter()
                 .filter(|m| *m != Mode::Gundam && m.page_px() <= mode.page_px())
                 .collect();
             sizes.sort_by_key(|m| std::cmp::Reverse(m.page_px()));
+            let mut done = false;
             for shown_at in sizes {
-                let image = self.provider_image(record, relaid.as_ref(), provider, shown_at)?;
-                let billed = provider.rule.bill(image.width, image.height);
-                if billed.tokens <= left {
-                    placed = Some((shown_at, image, billed));
-                    break;
+                let px = provider.tiers.at(shown_at);
+                let strip = match &dense_page {
+                    Some((renderer, page)) => long_edge(renderer, page, px).crop_to_ink(),
+                    None => self.provider_image(record, relaid.as_ref(), px, shown_at)?,
+                };
+                let alone = provider.rule.bill(strip.width, strip.height).tokens;
+                let stacked = sheets.last().and_then(|sheet| {
+                    let (w, h) = sheet.size_with(&strip);
+                    (h <= provider.sheet_height)
+                        .then(|| provider.rule.bill(w, h).tokens.saturating_sub(sheet.tokens))
+                });
+                // Stacking is preferred up to a tenth more than sending the page alone: fewer
+                // images (Anthropic takes at most 100 in a request) and fewer labels.
+                let choice = match stacked {
+                    Some(more) if more * 10 <= alone * 11 && more <= left => Some((true, more)),
+                    _ if alone <= left => Some((false, alone)),
+                    Some(more) if more <= left => Some((true, more)),
+                    _ => None,
+                };
+                let Some((stack, tokens)) = choice else {
+                    continue;
+                };
+                if !stack {
+                    sheets.push(Sheet::default());
                 }
+                let sheet = sheets.last_mut().expect("a sheet");
+                sheet.push(index, strip, tokens);
+                left -= tokens;
+                placed.push((index, shown_at, tokens));
+                done = true;
+                break;
             }
-            let Some((shown_at, image, billed)) = placed else {
+            if !done {
                 dropped_pages.push(record.id);
-                continue;
-            };
-            left -= billed.tokens;
-            pages.push(ProviderPage {
-                id: record.id,
-                turns: (record.turns.start, record.turns.end),
-                shown_at,
+            }
+        }
+        // Oldest first, each image's strips top to bottom.
+        sheets.reverse();
+        let mut images = Vec::with_capacity(sheets.len());
+        let mut pages = Vec::with_capacity(placed.len());
+        for (n, sheet) in sheets.iter().enumerate() {
+            let image = sheet.compose();
+            let billed = provider.rule.bill(image.width, image.height);
+            let ids: Vec<usize> = sheet.strips.iter().rev().map(|(i, _)| *i).collect();
+            for &i in &ids {
+                let (_, shown_at, tokens) =
+                    placed.iter().find(|p| p.0 == i).copied().expect("placed");
+                let strip = &sheet.strips.iter().find(|s| s.0 == i).expect("strip").1;
+                pages.push(ProviderPage {
+                    id: records[i].id,
+                    turns: (records[i].turns.start, records[i].turns.end),
+                    shown_at,
+                    width: strip.width,
+                    height: strip.height,
+                    tokens,
+                    text_tokens: page_text_tokens[i],
+                    image: n,
+                });
+            }
+            images.push(ProviderImage {
+                pages: ids.iter().map(|&i| records[i].id).collect(),
+                turns: (
+                    records[ids[0]].turns.start,
+                    records[*ids.last().expect("a page")].turns.end,
+                ),
                 width: image.width,
                 height: image.height,
                 tokens: billed.tokens,
-                text_tokens: page_tokens,
                 png: image.to_png()?,
             });
         }
-        pages.reverse();
-        let image_tokens: u64 = pages.iter().map(|p| p.tokens).sum();
+        let image_tokens: u64 = images.iter().map(|i| i.tokens).sum();
         let total_tokens = image_tokens + text_tokens;
 
         let included_text_tokens = text_tokens + pages.iter().map(|p| p.text_tokens).sum::<u64>();
@@ -237,6 +404,7 @@ impl Lethe {
             model,
             format: provider.format,
             budget,
+            images,
             pages,
             turns,
             dropped_pages,
@@ -247,15 +415,15 @@ impl Lethe {
         })
     }
 
-    /// A page drawn with its long edge at the provider's size for `mode`, cropped to its text.
+    /// A page as stored, drawn with its long edge `px` pixels (`mode`'s image resampled when it
+    /// keeps no text), cropped to its text.
     fn provider_image(
         &self,
         record: &PageRecord,
         relaid: Option<&Relaid>,
-        provider: &Provider,
+        px: u32,
         mode: Mode,
     ) -> Result<PageImage> {
-        let px = provider.tiers.at(mode);
         let image = match relaid {
             Some(relaid) => relaid.rasterize_long_edge(&self.renderer, px),
             None => self.image_from(record, None, mode)?.resample(px),
@@ -270,11 +438,12 @@ impl ProviderContext {
     pub fn payload(&self, question: &str, max_tokens: u64) -> Value {
         let b64 = |png: &[u8]| base64::engine::general_purpose::STANDARD.encode(png);
         let intro = format!(
-            "Earlier conversation, as {} page images (oldest first; older pages are smaller):",
+            "Earlier conversation, as {} images of {} pages (oldest first, top to bottom; older \
+             pages are smaller):",
+            self.images.len(),
             self.pages.len()
         );
-        let label =
-            |p: &ProviderPage| format!("Page {} (turns {}..{}):", p.id, p.turns.0, p.turns.1);
+        let label = |i: &ProviderImage| format!("Turns {}..{}:", i.turns.0, i.turns.1);
         let mut recent = String::from("Recent turns:\n");
         for t in &self.turns {
             recent.push_str(&format!("{}: {}\n", t.speaker, t.text));
@@ -282,7 +451,7 @@ impl ProviderContext {
         match self.format {
             PayloadFormat::Anthropic => {
                 let mut content = vec![json!({"type": "text", "text": intro})];
-                for p in &self.pages {
+                for p in &self.images {
                     content.push(json!({"type": "text", "text": label(p)}));
                     content.push(json!({"type": "image", "source": {
                         "type": "base64", "media_type": "image/png", "data": b64(&p.png)}}));
@@ -294,7 +463,7 @@ impl ProviderContext {
             }
             PayloadFormat::Openai => {
                 let mut content = vec![json!({"type": "text", "text": intro})];
-                for p in &self.pages {
+                for p in &self.images {
                     content.push(json!({"type": "text", "text": label(p)}));
                     content.push(json!({"type": "image_url", "image_url": {
                         "url": format!("data:image/png;base64,{}", b64(&p.png)), "detail": "high"}}));
@@ -306,7 +475,7 @@ impl ProviderContext {
             }
             PayloadFormat::Gemini => {
                 let mut parts = vec![json!({"text": intro})];
-                for p in &self.pages {
+                for p in &self.images {
                     parts.push(json!({"text": label(p)}));
                     parts.push(
                         json!({"inline_data": {"mime_type": "image/png", "data": b64(&p.png)}}),

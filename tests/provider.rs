@@ -152,15 +152,37 @@ fn provider_contexts_fit_the_budget_newest_first_and_account_honestly() {
         assert_eq!(roomy.total_tokens, roomy.image_tokens + roomy.text_tokens);
         assert_eq!(roomy.accounting.turns_included, 120, "{name}");
         assert_eq!(roomy.accounting.history_turns, 120, "{name}");
-        for p in &roomy.pages {
-            assert_eq!(provider.rule.bill(p.width, p.height).tokens, p.tokens);
-            let decoded = lethe::PageImage::from_png(&p.png).unwrap();
-            assert_eq!((decoded.width, decoded.height), (p.width, p.height));
+        for (n, image) in roomy.images.iter().enumerate() {
+            assert_eq!(
+                provider.rule.bill(image.width, image.height).tokens,
+                image.tokens
+            );
+            let decoded = lethe::PageImage::from_png(&image.png).unwrap();
+            assert_eq!((decoded.width, decoded.height), (image.width, image.height));
             assert!(
-                p.width.max(p.height) <= provider.tiers.large,
-                "{name}: cropped, never larger"
+                image.height <= provider.sheet_height,
+                "{name}: {}",
+                image.height
+            );
+            let on_it: Vec<_> = roomy.pages.iter().filter(|p| p.image == n).collect();
+            assert_eq!(on_it.iter().map(|p| p.id).collect::<Vec<_>>(), image.pages);
+            assert_eq!(
+                on_it.iter().map(|p| p.tokens).sum::<u64>(),
+                image.tokens,
+                "{name}"
             );
         }
+        for p in &roomy.pages {
+            assert!(
+                p.width <= provider.tiers.large,
+                "{name}: cropped, never wider than a page"
+            );
+        }
+        let ids: Vec<_> = roomy.pages.iter().map(|p| p.id).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{name}: pages oldest first"
+        );
 
         // A budget for about half the pages: the newest are kept, the oldest dropped.
         let half = roomy.text_tokens + roomy.image_tokens / 2;
@@ -193,8 +215,9 @@ fn provider_contexts_fit_the_budget_newest_first_and_account_honestly() {
         assert_eq!(acc.tokenizer, "deepseek-ocr");
         assert!(acc.ratio > 0.0);
         println!(
-            "{name}: budget {half}: {} pages + {} turns = {} tokens; {} turns covered; as text {} tokens (ratio {:.2}); truncation keeps {} turns",
-            tight.pages.len(), tight.turns.len(), tight.total_tokens, acc.turns_included,
+            "{name}: budget {half}: {} pages on {} images + {} turns = {} tokens; {} turns covered; as text {} tokens (ratio {:.2}); truncation keeps {} turns",
+            tight.pages.len(),
+            tight.images.len(), tight.turns.len(), tight.total_tokens, acc.turns_included,
             acc.included_text_tokens, acc.ratio, acc.truncation_turns
         );
     }
@@ -248,6 +271,6 @@ fn payloads_are_in_each_providers_format() {
                 .filter(|p| p.get("inline_data").is_some())
                 .count(),
         };
-        assert_eq!(images, context.pages.len(), "{name}");
+        assert_eq!(images, context.images.len(), "{name}");
     }
 }

@@ -51,7 +51,7 @@ pub struct Args {
     /// The most tokens the provider may answer with.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_output: u64,
-    /// Write request.json, context.json and the page PNGs here.
+    /// Write request.json, context.json and the images sent (image-N.png) here.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Print the report as JSON.
@@ -93,8 +93,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "context.json",
             serde_json::to_string_pretty(&report)?.as_bytes(),
         )?;
-        for page in &context.pages {
-            write(&format!("page-{}.png", page.id), &page.png)?;
+        for (n, image) in context.images.iter().enumerate() {
+            write(&format!("image-{n}.png"), &image.png)?;
         }
     }
     if args.json {
@@ -103,10 +103,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let acc = &context.accounting;
     println!(
-        "{} {}: {} pages + {} turns = {} tokens of a {} budget ({} image, {} text)",
+        "{} {}: {} pages on {} images + {} turns = {} tokens of a {} budget ({} image, {} text)",
         context.provider,
         context.model,
         context.pages.len(),
+        context.images.len(),
         context.turns.len(),
         context.total_tokens,
         context.budget,
