@@ -268,6 +268,13 @@ struct ScopeQuery {
     user: Option<String>,
     agent: Option<String>,
     budget: Option<u64>,
+    /// A hosted model's provider (`anthropic`, `openai`, `gemini`): the context in its tokens,
+    /// with the request body in its format.
+    provider: Option<String>,
+    /// The provider's model.
+    model: Option<String>,
+    /// The question that ends the provider request.
+    question: Option<String>,
 }
 
 fn scope_of(session: &str, q: &ScopeQuery) -> ApiResult<lethe::Scope> {
@@ -309,20 +316,37 @@ async fn context(
     State(service): State<Service>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ScopeQuery>, QueryRejection>,
-) -> ApiResult<Json<ContextView>> {
+) -> ApiResult<Json<serde_json::Value>> {
     let Path(session) = path?;
     let Query(query) = query?;
     let scope = scope_of(&session, &query)?;
     let budget = query
         .budget
         .ok_or_else(|| ApiError::invalid("context needs `budget` (tokens), e.g. ?budget=4000"))?;
+    if let Some(provider) = query.provider {
+        let table = lethe::Providers::builtin();
+        let entry = table.find(&provider, query.model.as_deref())?.clone();
+        let question = query
+            .question
+            .unwrap_or_else(|| "Using the conversation above, continue where it left off.".into());
+        return service
+            .shared(move |lethe| {
+                let context =
+                    lethe.provider_context(&scope, budget, &entry, query.model.as_deref())?;
+                let mut report = serde_json::to_value(&context)
+                    .map_err(|e| ApiError::invalid(format!("context report: {e}")))?;
+                report["request"] = context.payload(&question, 1024);
+                Ok(Json(report))
+            })
+            .await;
+    }
     service
         .shared(move |lethe| {
-            Ok(Json(ContextView::of(&lethe.context(
-                &scope,
-                budget,
-                now(),
-            )?)))
+            let view = ContextView::of(&lethe.context(&scope, budget, now())?);
+            Ok(Json(
+                serde_json::to_value(view)
+                    .map_err(|e| ApiError::invalid(format!("context: {e}")))?,
+            ))
         })
         .await
 }

@@ -124,7 +124,11 @@ fn tools() -> Vec<Tool> {
             "The scope's history within a token budget: recent turns as text, older pages as \
              images (lower tiers are smaller, blurrier images).",
             schema(with_scope(
-                json!({"budget": {"type": "integer", "minimum": 1, "description": "Tokens: text tokens of the turns plus decoder positions of the pages"}}),
+                json!({
+                    "budget": {"type": "integer", "minimum": 1, "description": "Tokens: text tokens of the turns plus the pages' cost (DeepSeek-OCR decoder positions, or the provider's image tokens)"},
+                    "provider": {"type": "string", "description": "Size and cost the pages for this provider's vision model: anthropic, openai or gemini (default: DeepSeek-OCR's tiers)"},
+                    "model": {"type": "string", "description": "The provider's model (default: its first in Lethe's table)"}
+                }),
                 &["scope", "budget"],
             )),
         )
@@ -175,6 +179,8 @@ struct ContextArgs {
     user: Option<String>,
     agent: Option<String>,
     budget: u64,
+    provider: Option<String>,
+    model: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,7 +221,10 @@ impl LetheMcp {
             "context" => {
                 let a: ContextArgs = args(name, arguments)?;
                 let scope = views::scope(&a.scope, a.user.as_deref(), a.agent.as_deref())?;
-                self.context(scope, a.budget).await
+                match a.provider {
+                    Some(p) => self.provider_context(scope, a.budget, p, a.model).await,
+                    None => self.context(scope, a.budget).await,
+                }
             }
             "recall" => {
                 let a: RecallIn = args(name, arguments)?;
@@ -317,6 +326,55 @@ impl LetheMcp {
         recent.push_str(&format!(
             "Cost: {} text tokens + {} page positions.",
             context.usage.text_tokens, context.usage.decoder_positions
+        ));
+        blocks.push(ContentBlock::text(recent));
+        Ok(blocks)
+    }
+}
+
+impl LetheMcp {
+    /// Images sized, stacked and costed for a provider, oldest first, then the recent turns.
+    async fn provider_context(
+        &self,
+        scope: lethe::Scope,
+        budget: u64,
+        provider: String,
+        model: Option<String>,
+    ) -> Result<Vec<ContentBlock>, ApiError> {
+        let table = lethe::Providers::builtin();
+        let entry = table.find(&provider, model.as_deref())?.clone();
+        let context = self
+            .service
+            .shared(move |lethe| {
+                Ok(lethe.provider_context(&scope, budget, &entry, model.as_deref())?)
+            })
+            .await?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut blocks = Vec::with_capacity(2 * context.images.len() + 1);
+        for image in &context.images {
+            blocks.push(ContentBlock::text(format!(
+                "Turns {}..{} ({} pages, {} {} tokens): older history, as an image.",
+                image.turns.0,
+                image.turns.1,
+                image.pages.len(),
+                image.tokens,
+                context.provider
+            )));
+            blocks.push(ContentBlock::image(b64.encode(&image.png), "image/png"));
+        }
+        let mut recent = String::from("Recent turns:\n");
+        for t in &context.turns {
+            recent.push_str(&format!("{}: {}\n", t.speaker, t.text));
+        }
+        let acc = &context.accounting;
+        recent.push_str(&format!(
+            "Cost: {} {} image tokens + {} text tokens; the same history as text: {} tokens \
+             ({:.2}x).",
+            context.image_tokens,
+            context.provider,
+            context.text_tokens,
+            acc.included_text_tokens,
+            acc.ratio
         ));
         blocks.push(ContentBlock::text(recent));
         Ok(blocks)

@@ -112,6 +112,17 @@ fn an_mcp_client_uses_every_tool_over_http() {
         "{last}"
     );
 
+    // For a hosted model: pages stacked into images costed in its tokens.
+    let sized = client.call(
+        "context",
+        json!({"scope": "chat", "budget": 100000, "provider": "openai"}),
+    );
+    assert_eq!(sized["isError"], false, "{sized}");
+    let blocks = sized["content"].as_array().unwrap();
+    assert!(blocks.iter().any(|c| c["type"] == "image"));
+    let cost = blocks.last().unwrap()["text"].as_str().unwrap();
+    assert!(cost.contains("openai image tokens"), "{cost}");
+
     let recall = client.call("recall", json!({"page": 0}));
     assert!(texts(&recall).contains("client 0 message 0:"), "{recall}");
     let by_turns = client.call("recall", json!({"scope": "chat", "start": 0, "end": 2}));

@@ -96,6 +96,31 @@ fn endpoints_answer_as_documented() {
         + small["usage"]["decoder_positions"].as_u64().unwrap();
     assert!(used <= tight, "{used} > budget {tight}");
 
+    // The same history for a hosted model: images in its tokens and a ready request body.
+    let (status, gemini) = get(
+        &a,
+        &server.url("/v1/scopes/demo/context?budget=100000&provider=gemini"),
+    );
+    assert_eq!(status, 200, "{gemini}");
+    let images = gemini["images"].as_array().unwrap().len();
+    assert!(images >= 1);
+    let parts = gemini["request"]["contents"][0]["parts"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        parts
+            .iter()
+            .filter(|p| p.get("inline_data").is_some())
+            .count(),
+        images
+    );
+    assert!(gemini["total_tokens"].as_u64().unwrap() <= 100_000);
+    let (status, unknown) = get(
+        &a,
+        &server.url("/v1/scopes/demo/context?budget=100&provider=acme"),
+    );
+    assert_eq!(status, 400, "{unknown}");
+
     // Recall by page and by turn range (no model: the retained text).
     let (status, recalled) = post(&a, &server.url("/v1/recall"), json!({"page": id}));
     assert_eq!(status, 200, "{recalled}");
