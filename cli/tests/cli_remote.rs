@@ -5,19 +5,8 @@ mod support;
 #[path = "../../tests/support/vllm.rs"]
 mod vllm;
 
-use std::process::Output;
-
-use support::{fixtures, run as memctl};
+use support::{fixtures, json, run as memctl};
 use vllm::{Vllm, KEY};
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "memctl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON value")
-}
 
 #[test]
 fn ocr_recall_and_bench_read_on_a_remote_server() {

@@ -33,31 +33,10 @@ fn turn(client: usize, seq: usize) -> Value {
     json!({"speaker": format!("agent-{client}"), "text": text})
 }
 
-/// `memctl serve` on a free loopback port without a model; returns the child and its address.
+/// `memctl serve` on a free loopback port without a model, 2 hot turns, no background
+/// maintenance.
 fn spawn_serve(dir: &std::path::Path) -> (Child, String) {
-    let mut child = memctl()
-        .args([
-            "serve",
-            "--model",
-            "none",
-            "--addr",
-            "127.0.0.1:0",
-            "--json",
-        ])
-        .args(["--hot-turns", "2", "--maintain-every", "0", "--store"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn memctl serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("the listening line");
-    let listening: Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("memctl serve printed {line:?}: {e}"));
-    let addr = listening["listening"].as_str().unwrap().to_string();
-    (child, format!("http://{addr}"))
+    support::spawn_serve(dir, "2", "0", Stdio::piped())
 }
 
 fn agent() -> ureq::Agent {

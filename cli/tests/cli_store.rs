@@ -4,7 +4,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use support::run as memctl;
+use support::{json, run as memctl};
 
 /// `memctl compress` with no reader, 4 hot turns and JSON output.
 fn compress(transcript: &str, store: &str) -> Output {
@@ -19,15 +19,6 @@ fn compress(transcript: &str, store: &str) -> Output {
         "none",
         "--json",
     ])
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "memctl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON value")
 }
 
 fn write_transcript(dir: &Path, turns: usize) -> String {

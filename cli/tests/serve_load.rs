@@ -10,7 +10,6 @@ mod support;
 #[path = "../../serve/tests/common/turns.rs"]
 mod turns;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -37,27 +36,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn load_loses_nothing_and_reports_latency() {
     let (clients, appends) = size();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = support::memctl()
-        .args([
-            "serve",
-            "--model",
-            "none",
-            "--addr",
-            "127.0.0.1:0",
-            "--json",
-        ])
-        .args(["--hot-turns", "8", "--maintain-every", "1", "--store"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let listening: Value = serde_json::from_str(&line).unwrap();
-    let url = format!("http://{}", listening["listening"].as_str().unwrap());
+    let (mut child, url) = support::spawn_serve(dir.path(), "8", "1", Stdio::null());
     let agent = || {
         ureq::Agent::new_with_config(
             ureq::Agent::config_builder()

@@ -48,3 +48,48 @@ pub fn ocr_tiny_card(model: &std::path::Path) -> Output {
 pub fn run(args: &[&str]) -> Output {
     memctl().args(args).output().expect("run memctl")
 }
+
+/// The JSON a successful `memctl ... --json` printed (fails the test with its stderr otherwise).
+pub fn json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "memctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON value")
+}
+
+/// `memctl serve` on a free loopback port with no model, the given hot turns and maintenance
+/// interval, over `store`; returns the child and the base URL it printed.
+pub fn spawn_serve(
+    store: &std::path::Path,
+    hot_turns: &str,
+    maintain_every: &str,
+    stderr: std::process::Stdio,
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = memctl()
+        .args([
+            "serve",
+            "--model",
+            "none",
+            "--addr",
+            "127.0.0.1:0",
+            "--json",
+        ])
+        .args(["--hot-turns", hot_turns, "--maintain-every", maintain_every])
+        .arg("--store")
+        .arg(store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn memctl serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let listening: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("memctl serve printed {line:?}: {e}"));
+    let addr = listening["listening"].as_str().expect("an address");
+    (child, format!("http://{addr}"))
+}
