@@ -250,6 +250,10 @@ pub struct Provider {
     /// How page text is laid out for it (default `dense`).
     #[serde(default)]
     pub layout: ProviderLayout,
+    /// The tokenizer of the provider's family that counts text, when one ships (`o200k_base`);
+    /// otherwise the memory's own (DeepSeek-OCR's) stands in, and the accounting names it.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
     /// The tallest image of stacked pages, in pixels (default 1568): pages share images,
     /// since each image costs at least the provider's minimum.
     #[serde(default = "default_sheet_height")]
@@ -257,6 +261,27 @@ pub struct Provider {
     /// Page long edges per tier (of a full page in that layout; images are then cropped to
     /// their text).
     pub tiers: TierSizes,
+}
+
+/// OpenAI's o200k_base as a `tokenizers` file (`assets/tokenizers/README.md`).
+const O200K_BASE: &[u8] = include_bytes!("../assets/tokenizers/o200k_base.json");
+
+/// The tokenizer a provider entry names, loaded once.
+pub(crate) fn family_tokenizer(name: &str) -> Result<&'static lethe_decoder::Tokenizer> {
+    static O200K: std::sync::OnceLock<std::result::Result<lethe_decoder::Tokenizer, String>> =
+        std::sync::OnceLock::new();
+    match name {
+        "o200k_base" => O200K
+            .get_or_init(|| {
+                lethe_decoder::Tokenizer::from_bytes("o200k_base", O200K_BASE)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Invalid(format!("the o200k_base tokenizer: {e}"))),
+        other => Err(Error::Invalid(format!(
+            "no tokenizer {other:?} ships with Lethe (o200k_base does)"
+        ))),
+    }
 }
 
 fn default_sheet_height() -> u32 {
@@ -325,5 +350,35 @@ impl Providers {
                     ))
                 }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::family_tokenizer;
+
+    /// Ids from tiktoken 0.9.0's own encoder over the same ranks (assets/tokenizers/README.md).
+    #[test]
+    fn o200k_base_matches_tiktoken() {
+        let t = family_tokenizer("o200k_base").unwrap();
+        let cases: [(&str, &[u32]); 4] = [
+            ("Hello, world!", &[13225, 11, 2375, 0]),
+            (
+                "Héllo wörld — 日本語 😀",
+                &[39, 377, 72807, 286, 2877, 582, 2733, 17428, 40909, 88038],
+            ),
+            ("IT'S DON'T we'll", &[1468, 31233, 153384, 22782]),
+            ("    fn main() {}\n", &[271, 9784, 2758, 416, 11421]),
+        ];
+        for (text, ids) in cases {
+            assert_eq!(t.encode(text).unwrap(), ids, "{text:?}");
+        }
+        let sample = include_str!("../samples/agent-sessions.txt");
+        let total: usize = sample.split("\n\n").map(|p| t.count(p).unwrap()).sum();
+        assert_eq!(
+            total, 41_276,
+            "the sample's paragraphs, as tiktoken counts them"
+        );
+        assert!(family_tokenizer("cl100k_base").is_err());
     }
 }

@@ -54,8 +54,8 @@ pub struct ProviderImage {
 /// The same history as plain text, beside the optical context.
 #[derive(Debug, Clone, Serialize)]
 pub struct TextAccounting {
-    /// The tokenizer that counted the text (no provider tokenizer ships offline; the
-    /// DeepSeek-OCR tokenizer stands in, and says so).
+    /// The tokenizer that counted the text: the provider family's where one ships (OpenAI:
+    /// `o200k_base`), else the memory's (`deepseek-ocr`), which stands in and says so.
     pub tokenizer: String,
     /// The scope's whole history (pages' text and hot turns) as text tokens.
     pub history_text_tokens: u64,
@@ -213,11 +213,26 @@ impl Lethe {
         model: Option<&str>,
     ) -> Result<ProviderContext> {
         let model = model.unwrap_or(&provider.models[0]).to_string();
+        // Text is counted with the provider family's tokenizer where one ships.
+        let family = provider
+            .tokenizer
+            .as_deref()
+            .map(crate::provider::family_tokenizer)
+            .transpose()?;
+        let count = |text: &str| -> Result<u64> {
+            Ok(match family {
+                Some(t) => t.count(text)? as u64,
+                None => self.count_tokens(text)?,
+            })
+        };
+        let tokenizer_name = family
+            .map_or(self.tokenizer_name(), |t| t.name())
+            .to_string();
         let hot = self.store.hot_turns(scope)?;
         let mut turns = Vec::with_capacity(hot.len());
         let mut turn_tokens = Vec::with_capacity(hot.len());
         for t in &hot {
-            turn_tokens.push(self.count_tokens(&t.text)?);
+            turn_tokens.push(count(&t.text)?);
             turns.push(turn_of(t));
         }
         let text_tokens: u64 = turn_tokens.iter().sum();
@@ -239,7 +254,7 @@ impl Lethe {
             match page_turn_texts(record) {
                 Some(pieces) => {
                     for (continued, words) in pieces {
-                        let n = self.count_tokens(words)?;
+                        let n = count(words)?;
                         page_tokens += n;
                         match history.last_mut() {
                             Some(last) if continued => *last += n,
@@ -248,6 +263,7 @@ impl Lethe {
                     }
                 }
                 None => {
+                    // Its text was dropped: the count made when it was written stands in.
                     page_tokens = record.layout.text_tokens;
                     history.push(page_tokens);
                 }
@@ -390,7 +406,7 @@ impl Lethe {
             truncation_turns += 1;
         }
         let accounting = TextAccounting {
-            tokenizer: self.tokenizer_name().to_string(),
+            tokenizer: tokenizer_name,
             history_text_tokens: history.iter().sum(),
             included_text_tokens,
             ratio: included_text_tokens as f64 / total_tokens.max(1) as f64,

@@ -65,7 +65,12 @@ fn context_writes_a_request_for_each_provider() {
             assert!(folder.join(format!("image-{n}.png")).is_file());
         }
         let acc = &report["accounting"];
-        assert_eq!(acc["tokenizer"], "deepseek-ocr");
+        let family = if provider == "openai" {
+            "o200k_base"
+        } else {
+            "deepseek-ocr"
+        };
+        assert_eq!(acc["tokenizer"], family);
         assert!(acc["truncation_text_tokens"].as_u64().unwrap() <= 8000);
     }
     let unknown = memctl(&[

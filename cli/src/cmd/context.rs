@@ -22,8 +22,9 @@ Examples:
        -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' -d @ctx/request.json
 
 The report (--json, and context.json in --out) gives each page's provider tokens, the total, the
-same history's cost as plain text (counted with the DeepSeek-OCR tokenizer: no provider tokenizer
-ships offline) and what truncation to the same budget would keep.")]
+same history's cost as plain text (counted with the provider family's tokenizer where one ships,
+OpenAI's o200k_base; else the DeepSeek-OCR tokenizer, named as such) and what truncation to the
+same budget would keep.")]
 pub struct Args {
     #[command(flatten)]
     pub store: StoreArgs,
