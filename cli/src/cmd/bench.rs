@@ -72,8 +72,9 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
 
-    /// Score provider-sized pages: each page drawn at this provider's size for the mode (see
-    /// providers/providers.toml), cropped to its text, and costed in the provider's tokens, so
+    /// Score provider-sized pages: each page laid out densely (DeepSeek-OCR's default profile),
+    /// drawn at this provider's size for the mode (see providers/providers.toml), cropped to its
+    /// text, and costed in the provider's tokens, as `memctl context` sends them, so
     /// the curve is ratio against recall in that provider's tokens (anthropic, openai, gemini).
     /// The local reader (or --decoder-url) stands in for the provider's own reading.
     #[arg(long, value_name = "P")]
@@ -383,7 +384,21 @@ fn text_tokenizer(args: &Args) -> anyhow::Result<DecoderTokenizer> {
 /// Runs `memctl bench`.
 pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let reader = page_reader(&args)?;
-    let profile = reader.as_ref().and_then(|r| r.render_profile());
+    // Provider-sized pages are laid out densely (DeepSeek-OCR's default profile), as
+    // `memctl context` sends them; otherwise pages are drawn the way the reader reads them.
+    let profile = match args.provider {
+        Some(_) => {
+            if reader.as_ref().and_then(|r| r.render_profile()).is_some() {
+                eprintln!(
+                    "memctl: note: --provider lays pages out densely (DeepSeek-OCR's default \
+                     profile), which this reader was not trained to read; its recall here says \
+                     little about a provider's (use a DeepSeek-OCR folder or --decoder-url)"
+                );
+            }
+            None
+        }
+        None => reader.as_ref().and_then(|r| r.render_profile()),
+    };
     if args.modes.is_empty() {
         args.modes = reader
             .as_ref()
