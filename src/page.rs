@@ -90,7 +90,10 @@ impl Relaid {
 impl Relaid {
     /// The page drawn at its own aspect with its long edge `px` pixels (a provider's size).
     pub(crate) fn rasterize_long_edge(&self, own: &Renderer, px: u32) -> PageImage {
-        crate::provider_context::long_edge(self.other.as_ref().unwrap_or(own), &self.page, px)
+        self.other
+            .as_ref()
+            .unwrap_or(own)
+            .rasterize_long_edge(&self.page, px)
     }
 }
 

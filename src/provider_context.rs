@@ -105,10 +105,20 @@ pub struct ProviderContext {
 /// Gap between stacked pages, in pixels.
 const GAP: u32 = 6;
 
+/// One page's strip on an image.
+struct Strip {
+    /// The page's index in the scope's records.
+    index: usize,
+    shown_at: Mode,
+    /// The provider tokens it added to its image.
+    tokens: u64,
+    image: PageImage,
+}
+
 /// An image being filled: page strips, newest first (drawn oldest at the top).
 #[derive(Default)]
 struct Sheet {
-    strips: Vec<(usize, PageImage)>,
+    strips: Vec<Strip>,
     width: u32,
     height: u32,
     tokens: u64,
@@ -123,12 +133,12 @@ impl Sheet {
         )
     }
 
-    fn push(&mut self, index: usize, strip: PageImage, tokens: u64) {
-        let (w, h) = self.size_with(&strip);
+    fn push(&mut self, strip: Strip) {
+        let (w, h) = self.size_with(&strip.image);
         self.width = w;
         self.height = h;
-        self.tokens += tokens;
-        self.strips.push((index, strip));
+        self.tokens += strip.tokens;
+        self.strips.push(strip);
     }
 
     /// The strips stacked, oldest at the top, on white.
@@ -136,11 +146,13 @@ impl Sheet {
         let (w, h) = (self.width as usize, self.height as usize);
         let mut pixels = vec![255u8; w * h];
         let mut y0 = 0usize;
-        for (_, strip) in self.strips.iter().rev() {
-            let gray = if strip.channels == 1 {
-                strip.clone()
+        for strip in self.strips.iter().rev() {
+            let converted;
+            let gray = if strip.image.channels == 1 {
+                &strip.image
             } else {
-                strip.to_gray()
+                converted = strip.image.to_gray();
+                &converted
             };
             let sw = gray.width as usize;
             for y in 0..gray.height as usize {
@@ -156,32 +168,6 @@ impl Sheet {
             pixels,
         }
     }
-}
-
-/// `page` drawn at its own aspect with its long edge `px` pixels.
-pub(crate) fn long_edge(renderer: &Renderer, page: &lethe_render::Page, px: u32) -> PageImage {
-    let long = page.width.max(page.height).max(1.0);
-    let size = |v: f32| ((v / long) * px as f32).round().max(1.0) as u32;
-    renderer.rasterize_px(
-        page,
-        size(page.width),
-        size(page.height),
-        lethe_render::PixelFormat::Gray,
-    )
-}
-
-/// The turn texts of a page, in order (a continued piece joins the turn before it), with
-/// whether the first continues a turn of the page before.
-fn page_turn_texts(record: &PageRecord) -> Option<Vec<(bool, &str)>> {
-    let text = record.text.as_deref()?;
-    let mut at = 0usize;
-    let mut out = Vec::new();
-    for piece in &record.layout.pieces {
-        let end = (at + piece.len as usize).min(text.len());
-        out.push((piece.continued, text.get(at..end).unwrap_or("")));
-        at = end;
-    }
-    Some(out)
 }
 
 /// Turns in the union of `[start, end)` ranges given in ascending order of start (pages chained
@@ -247,17 +233,19 @@ impl Lethe {
         records.sort_by_key(|r| r.turns.start);
 
         // Every turn of the history as text tokens, oldest first (truncation's view).
+        // Each page's turn pieces, kept for laying the page out again below.
+        let sources: Vec<Option<Vec<Turn>>> = records.iter().map(source_turns).collect();
         let mut history: Vec<u64> = Vec::new();
         let mut page_text_tokens = Vec::with_capacity(records.len());
-        for record in &records {
+        for (record, source) in records.iter().zip(&sources) {
             let mut page_tokens = 0;
-            match page_turn_texts(record) {
+            match source {
                 Some(pieces) => {
-                    for (continued, words) in pieces {
-                        let n = count(words)?;
+                    for piece in pieces {
+                        let n = count(&piece.text)?;
                         page_tokens += n;
                         match history.last_mut() {
-                            Some(last) if continued => *last += n,
+                            Some(last) if piece.continued => *last += n,
                             _ => history.push(n),
                         }
                     }
@@ -292,17 +280,15 @@ impl Lethe {
         // and either stacked onto the image being filled or starts a new one, whichever costs
         // less of what is left.
         let mut sheets: Vec<Sheet> = Vec::new();
-        let mut placed: Vec<(usize, Mode, u64)> = Vec::new(); // (record index, shown at, tokens)
         let mut dropped_pages = Vec::new();
         for (index, record) in records.iter().enumerate().rev() {
             let Tier::At(mode) = record.tier else {
                 dropped_pages.push(record.id);
                 continue;
             };
-            let relaid = self.relayout(record)?;
-            let dense_page = match (dense, source_turns(record)) {
+            let dense_page = match (dense, &sources[index]) {
                 (Some(renderer), Some(turns)) => {
-                    let mut pages = renderer.paginate(&turns)?;
+                    let mut pages = renderer.paginate(turns)?;
                     // A page fits one dense page (a split last turn may add a page holding only
                     // a running header); anything else is sent as stored.
                     let rest_empty = pages[1..]
@@ -312,6 +298,11 @@ impl Lethe {
                     rest_empty.then(|| (renderer, pages.swap_remove(0)))
                 }
                 _ => None,
+            };
+            // The stored layout is needed only when the page is not laid out densely.
+            let relaid = match dense_page {
+                Some(_) => None,
+                None => self.relayout(record)?,
             };
             // Its own tier's size first, then each lower tier's.
             let mut sizes: Vec<Mode> = Mode::ALL
@@ -323,7 +314,7 @@ impl Lethe {
             for shown_at in sizes {
                 let px = provider.tiers.at(shown_at);
                 let strip = match &dense_page {
-                    Some((renderer, page)) => long_edge(renderer, page, px).crop_to_ink(),
+                    Some((renderer, page)) => renderer.rasterize_long_edge(page, px).crop_to_ink(),
                     None => self.provider_image(record, relaid.as_ref(), px, shown_at)?,
                 };
                 let alone = provider.rule.bill(strip.width, strip.height).tokens;
@@ -346,10 +337,13 @@ impl Lethe {
                 if !stack {
                     sheets.push(Sheet::default());
                 }
-                let sheet = sheets.last_mut().expect("a sheet");
-                sheet.push(index, strip, tokens);
+                sheets.last_mut().expect("a sheet").push(Strip {
+                    index,
+                    shown_at,
+                    tokens,
+                    image: strip,
+                });
                 left -= tokens;
-                placed.push((index, shown_at, tokens));
                 done = true;
                 break;
             }
@@ -360,32 +354,28 @@ impl Lethe {
         // Oldest first, each image's strips top to bottom.
         sheets.reverse();
         let mut images = Vec::with_capacity(sheets.len());
-        let mut pages = Vec::with_capacity(placed.len());
+        let mut pages = Vec::new();
         for (n, sheet) in sheets.iter().enumerate() {
             let image = sheet.compose();
             let billed = provider.rule.bill(image.width, image.height);
-            let ids: Vec<usize> = sheet.strips.iter().rev().map(|(i, _)| *i).collect();
-            for &i in &ids {
-                let (_, shown_at, tokens) =
-                    placed.iter().find(|p| p.0 == i).copied().expect("placed");
-                let strip = &sheet.strips.iter().find(|s| s.0 == i).expect("strip").1;
+            // Oldest first, as the image shows them.
+            for strip in sheet.strips.iter().rev() {
+                let record = &records[strip.index];
                 pages.push(ProviderPage {
-                    id: records[i].id,
-                    turns: (records[i].turns.start, records[i].turns.end),
-                    shown_at,
-                    width: strip.width,
-                    height: strip.height,
-                    tokens,
-                    text_tokens: page_text_tokens[i],
+                    id: record.id,
+                    turns: (record.turns.start, record.turns.end),
+                    shown_at: strip.shown_at,
+                    width: strip.image.width,
+                    height: strip.image.height,
+                    tokens: strip.tokens,
+                    text_tokens: page_text_tokens[strip.index],
                     image: n,
                 });
             }
+            let on_it = &pages[pages.len() - sheet.strips.len()..];
             images.push(ProviderImage {
-                pages: ids.iter().map(|&i| records[i].id).collect(),
-                turns: (
-                    records[ids[0]].turns.start,
-                    records[*ids.last().expect("a page")].turns.end,
-                ),
+                pages: on_it.iter().map(|p| p.id).collect(),
+                turns: (on_it[0].turns.0, on_it[on_it.len() - 1].turns.1),
                 width: image.width,
                 height: image.height,
                 tokens: billed.tokens,

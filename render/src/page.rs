@@ -145,16 +145,16 @@ impl Page {
     pub fn pixel_size(&self, mode: Mode) -> (u32, u32) {
         match self.tile_grid(mode) {
             Some(grid) => grid.pixel_size(),
-            None if mode == Mode::Gundam => {
-                let long = self.width.max(self.height).max(1.0);
-                let px = mode.page_px() as f32;
-                (
-                    ((self.width / long) * px).round().max(1.0) as u32,
-                    ((self.height / long) * px).round().max(1.0) as u32,
-                )
-            }
+            None if mode == Mode::Gundam => self.size_at_long_edge(mode.page_px()),
             None => (mode.page_px(), mode.page_px()),
         }
+    }
+
+    /// Pixel size `(width, height)` of the page at its own aspect with its longer side `px`.
+    pub fn size_at_long_edge(&self, px: u32) -> (u32, u32) {
+        let long = self.width.max(self.height).max(1.0);
+        let side = |v: f32| ((v / long) * px as f32).round().max(1.0) as u32;
+        (side(self.width), side(self.height))
     }
 
     /// How the layout maps onto an image of `width x height` pixels: `(scale, x offset)`, pixels

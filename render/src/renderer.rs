@@ -176,6 +176,13 @@ impl Renderer {
         self.rasterize_px(page, w, h, format)
     }
 
+    /// Rasterises a page in 8-bit gray at its own aspect with its longer side `px` pixels (the
+    /// size a hosted model is sent, rather than one of DeepSeek-OCR's modes).
+    pub fn rasterize_long_edge(&self, page: &Page, px: u32) -> PageImage {
+        let (w, h) = page.size_at_long_edge(px);
+        self.rasterize_px(page, w, h, PixelFormat::Gray)
+    }
+
     /// Rasterises a page at any pixel size: the layout is scaled uniformly to fit, centred across,
     /// top-aligned, on white. Text is black; missing glyphs are drawn as boxes.
     pub fn rasterize_px(

@@ -23,7 +23,7 @@ use lethe::{OcrModel, OcrOptions, RemoteDecoder};
 use lethe_cli::metrics::{
     BenchReport, BoxError, Keep, PageRecord, Plot, SourcePage, TextTokenizer,
 };
-use lethe_render::{Mode, Page, PageImage, PixelFormat, RenderProfile, Renderer};
+use lethe_render::{Mode, Page, PageImage, RenderProfile, Renderer};
 
 use super::common::{self, read_transcript, FormatArg, ModelArgs};
 
@@ -323,14 +323,10 @@ impl PageRenderer for TranscriptRenderer {
             .get(page)
             .ok_or_else(|| anyhow!("no page {page} in the last transcript"))?;
         let image = match self.provider_sizes {
-            Some(sizes) => {
-                let px = sizes.at(mode) as f32;
-                let long = p.width.max(p.height).max(1.0);
-                let size = |v: f32| ((v / long) * px).round().max(1.0) as u32;
-                self.renderer
-                    .rasterize_px(p, size(p.width), size(p.height), PixelFormat::Gray)
-                    .crop_to_ink()
-            }
+            Some(sizes) => self
+                .renderer
+                .rasterize_long_edge(p, sizes.at(mode))
+                .crop_to_ink(),
             None => self.renderer.rasterize(p, mode),
         };
         image
