@@ -277,8 +277,15 @@ struct ScopeQuery {
     question: Option<String>,
 }
 
-fn scope_of(session: &str, q: &ScopeQuery) -> ApiResult<lethe::Scope> {
-    views::scope(session, q.user.as_deref(), q.agent.as_deref())
+/// The validated scope a `/v1/scopes/{scope}/...` request names, with its query.
+fn scoped(
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ScopeQuery>, QueryRejection>,
+) -> ApiResult<(lethe::Scope, ScopeQuery)> {
+    let Path(session) = path?;
+    let Query(query) = query?;
+    let scope = views::scope(&session, query.user.as_deref(), query.agent.as_deref())?;
+    Ok((scope, query))
 }
 
 async fn append(
@@ -287,10 +294,8 @@ async fn append(
     query: Result<Query<ScopeQuery>, QueryRejection>,
     body: Result<Json<AppendIn>, JsonRejection>,
 ) -> ApiResult<Json<lethe::Appended>> {
-    let Path(session) = path?;
-    let Query(query) = query?;
+    let (scope, _) = scoped(path, query)?;
     let Json(body) = body?;
-    let scope = scope_of(&session, &query)?;
     views::check_turns(&body.turns)?;
     service.append(scope, body.turns).await.map(Json)
 }
@@ -317,9 +322,7 @@ async fn context(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ScopeQuery>, QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Path(session) = path?;
-    let Query(query) = query?;
-    let scope = scope_of(&session, &query)?;
+    let (scope, query) = scoped(path, query)?;
     let budget = query
         .budget
         .ok_or_else(|| ApiError::invalid("context needs `budget` (tokens), e.g. ?budget=4000"))?;
@@ -356,9 +359,7 @@ async fn pages(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ScopeQuery>, QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let Path(session) = path?;
-    let Query(query) = query?;
-    let scope = scope_of(&session, &query)?;
+    let (scope, _) = scoped(path, query)?;
     service
         .shared(move |lethe| {
             let listed = lethe

@@ -71,6 +71,16 @@ pub(crate) async fn serve_stdio(service: Service) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// The tools, in the order `tools/list` gives them.
+const TOOL_NAMES: [&str; 5] = ["remember", "context", "recall", "stats", "pin"];
+
+fn unknown_tool(name: &str) -> String {
+    format!(
+        "no tool named {name:?}; the tools are {}",
+        TOOL_NAMES.join(", ")
+    )
+}
+
 fn schema(value: Value) -> Arc<JsonObject> {
     match value {
         Value::Object(map) => Arc::new(map),
@@ -277,9 +287,7 @@ impl LetheMcp {
                     if a.pinned { "pinned" } else { "unpinned" }
                 ))])
             }
-            other => Err(ApiError::invalid(format!(
-                "no tool named {other:?}; the tools are remember, context, recall, stats, pin"
-            ))),
+            other => Err(ApiError::invalid(unknown_tool(other))),
         }
     }
 
@@ -401,14 +409,8 @@ impl ServerHandler for LetheMcp {
         request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if !tools().iter().any(|t| t.name == request.name) {
-            return Err(ErrorData::invalid_params(
-                format!(
-                    "no tool named {:?}; the tools are remember, context, recall, stats, pin",
-                    request.name
-                ),
-                None,
-            ));
+        if !TOOL_NAMES.contains(&request.name.as_ref()) {
+            return Err(ErrorData::invalid_params(unknown_tool(&request.name), None));
         }
         // Errors of the call itself (a bad scope, an unknown page) go back as a tool result
         // marked as an error, which the model can read and correct.
@@ -420,5 +422,14 @@ impl ServerHandler for LetheMcp {
             ))]),
         };
         Ok(result.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_tool_names_are_the_tools_listed() {
+        let listed: Vec<String> = super::tools().iter().map(|t| t.name.to_string()).collect();
+        assert_eq!(listed, super::TOOL_NAMES);
     }
 }
