@@ -227,20 +227,20 @@ impl DecoderConfig {
         pos("num_hidden_layers", self.num_hidden_layers)?;
         pos("num_attention_heads", self.num_attention_heads)?;
         pos("moe_layer_freq", self.moe_layer_freq)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::InvalidConfig(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             )));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::InvalidConfig(format!(
                 "head dimension {} must be even for RoPE",
                 self.head_dim()
             )));
         }
         let kv = self.num_kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
             return Err(Error::InvalidConfig(format!(
                 "num_key_value_heads {kv} must divide num_attention_heads {}",
                 self.num_attention_heads
@@ -278,7 +278,7 @@ impl DecoderConfig {
     pub fn is_moe_layer(&self, idx: usize) -> bool {
         self.n_routed_experts.unwrap_or(0) > 0
             && idx >= self.first_k_dense_replace
-            && idx % self.moe_layer_freq == 0
+            && idx.is_multiple_of(self.moe_layer_freq)
     }
 
     /// The `<image>` placeholder id: the config's `image_token_id`, else 128815.

@@ -134,9 +134,11 @@ impl Moe {
         let active: Vec<usize> = (0..groups.len())
             .filter(|&e| !groups[e].0.is_empty())
             .collect();
-        // A decode step's few experts run side by side on rayon's workers, each expert's
-        // products on one thread (their weights are below the split threshold of the products).
-        let outputs: Vec<Result<Tensor>> = if tokens <= 4 && device.is_cpu() {
+        // On the CPU the experts run side by side on rayon's workers: a decode step's few
+        // experts each on one thread (their weights are below the products' split threshold),
+        // a prefill's experts (a few dozen rows each) as whole tasks rather than each product
+        // split thinly over the threads.
+        let outputs: Vec<Result<Tensor>> = if device.is_cpu() {
             use rayon::prelude::*;
             active
                 .par_iter()

@@ -1,9 +1,12 @@
 //! Tensor helpers shared by the decoder's blocks: linear layers (plain or quantised), RMSNorm,
 //! rotary position tables, the causal mask.
 
+use std::sync::Arc;
+
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Shape, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::VarBuilder;
+use lethe_kernels::{Act, MatRef, PackedB};
 
 use crate::error::{Error, Result};
 use crate::q8::Q8Matrix;
@@ -44,9 +47,9 @@ impl Quantization {
     fn ggml_type(self, in_dim: usize) -> Option<GgmlDType> {
         match self {
             Self::None => None,
-            Self::Q8_0 if in_dim % 32 == 0 => Some(GgmlDType::Q8_0),
-            Self::Q4K if in_dim % 256 == 0 => Some(GgmlDType::Q4K),
-            Self::Q4K if in_dim % 32 == 0 => Some(GgmlDType::Q8_0),
+            Self::Q8_0 if in_dim.is_multiple_of(32) => Some(GgmlDType::Q8_0),
+            Self::Q4K if in_dim.is_multiple_of(256) => Some(GgmlDType::Q4K),
+            Self::Q4K if in_dim.is_multiple_of(32) => Some(GgmlDType::Q8_0),
             _ => None,
         }
     }
@@ -77,6 +80,10 @@ impl std::fmt::Display for Quantization {
 
 #[derive(Debug, Clone)]
 enum LinearWeight {
+    /// f32 on the CPU: packed once at load for Lethe's GEMM (`lethe-kernels`), the checkpoint's
+    /// tensor dropped, so the weight is held once.
+    Packed(Arc<PackedB>),
+    /// Any other device or dtype: candle's matmul.
     Dense(Tensor),
     /// `q8_0` on the CPU: Lethe's own kernel (see `q8`).
     Q8(Q8Matrix),
@@ -115,6 +122,11 @@ impl Linear {
                 let q = QTensor::quantize(&w.to_dtype(DType::F32)?, t)?;
                 LinearWeight::Quant(QMatMul::from_qtensor(q)?)
             }
+            _ if w.device().is_cpu() && w.dtype() == DType::F32 => {
+                let values = w.flatten_all()?.to_vec1::<f32>()?;
+                drop(w);
+                LinearWeight::Packed(Arc::new(PackedB::from_rows(&values, out_dim, in_dim)))
+            }
             _ => LinearWeight::Dense(w),
         };
         Ok(Self { weight, out_dim })
@@ -128,6 +140,7 @@ impl Linear {
     /// Bytes held by the weight.
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
+            LinearWeight::Packed(p) => p.k() * p.n() * 4,
             LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
             LinearWeight::Q8(q) => q.bytes(),
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
@@ -144,13 +157,14 @@ impl Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
-            LinearWeight::Dense(w)
-                if rows <= GEMV_MAX_ROWS && w.device().is_cpu() && w.dtype() == DType::F32 =>
-            {
-                x2.to_dtype(DType::F32)?
-                    .contiguous()?
-                    .apply_op2_no_bwd(w, &ParallelGemv)?
-                    .to_dtype(x2.dtype())?
+            LinearWeight::Packed(p) => {
+                let x = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(
+                    packed_product(p, &x, rows),
+                    (rows, self.out_dim),
+                    x2.device(),
+                )?
+                .to_dtype(x2.dtype())?
             }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             LinearWeight::Q8(q) => {
@@ -161,9 +175,10 @@ impl Linear {
                     let x = xf.flatten_all()?.to_vec1::<f32>()?;
                     Tensor::from_vec(q.gemv(&x, rows), (rows, q.out_dim()), device)?
                 } else {
-                    // Prefill: one f32 copy of this weight at a time, then the general matmul.
-                    let w = Tensor::from_vec(q.dequantize(), (q.out_dim(), in_dim), device)?;
-                    xf.matmul(&w.t()?)?
+                    // Prefill: one f32 copy of this weight at a time, packed, then the GEMM.
+                    let p = PackedB::from_rows(&q.dequantize(), q.out_dim(), in_dim);
+                    let x = xf.flatten_all()?.to_vec1::<f32>()?;
+                    Tensor::from_vec(packed_product(&p, &x, rows), (rows, q.out_dim()), device)?
                 }
                 .to_dtype(dt)?
             }
@@ -180,13 +195,20 @@ impl Linear {
     }
 }
 
+/// `x W^T` for `rows` rows of `x` (row-major), with `W` packed.
+fn packed_product(w: &PackedB, x: &[f32], rows: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * w.n()];
+    w.matmul(rows, MatRef::rows(x, w.k()), None, Act::None, &mut y);
+    y
+}
+
 /// Weights with fewer elements than this are multiplied on one thread: splitting costs a thread
 /// start (some microseconds), worth it from the attention projections (1.6 M weights) up. The
 /// routed experts (1.1 M) stay on one thread each; the MoE layer runs experts side by side.
 const PARALLEL_MIN_WEIGHTS: usize = 1_500_000;
 
-/// Up to this many rows, CPU products use the matrix-vector kernels instead of the general
-/// matmul.
+/// Up to this many rows, `q8_0` products use the matrix-vector kernel instead of dequantising the
+/// weight for the GEMM.
 const GEMV_MAX_ROWS: usize = 4;
 
 /// Computes a `[rows, out_dim]` product by output columns: `f(j0, j1, block)` fills the
@@ -236,43 +258,6 @@ pub(crate) fn for_column_blocks(
     out
 }
 
-/// `y = x W^T` for a few rows of `x`, split over the CPU threads by output column.
-///
-/// The general CPU matmul runs matrix-vector products (one decode step) on one thread; a decode
-/// step is bound by reading the weights from memory, so spreading the weight rows over every core
-/// is what makes cached decoding fast. Each output is a plain dot product over the input width,
-/// accumulated in f32 in eight interleaved partial sums.
-#[derive(Debug, Clone, Copy)]
-pub struct ParallelGemv;
-
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { dot_f32_avx2(a, b) };
-        }
-    }
-    dot_f32_portable(a, b)
-}
-
-fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    sum8(acc) + tail
-}
-
 /// Sums eight partial sums pairwise (the portable kernels' reduction).
 pub(crate) fn sum8(acc: [f32; 8]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
@@ -298,80 +283,6 @@ pub(crate) unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s)
-}
-
-/// Four independent FMA chains of eight lanes, 32 products an iteration.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    // SAFETY: the caller checked AVX2 and FMA; every read is below `n`, the shorter slice's length.
-    unsafe {
-        use std::arch::x86_64::*;
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (c, v) in acc.iter_mut().enumerate() {
-                // SAFETY: `i + 32 <= n` for both slices.
-                let x = _mm256_loadu_ps(pa.add(i + 8 * c));
-                let y = _mm256_loadu_ps(pb.add(i + 8 * c));
-                *v = _mm256_fmadd_ps(x, y, *v);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            );
-            i += 8;
-        }
-        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut total = hsum256(v);
-        while i < n {
-            total += a[i] * b[i];
-            i += 1;
-        }
-        total
-    }
-}
-
-impl CustomOp2 for ParallelGemv {
-    fn name(&self) -> &'static str {
-        "lethe-parallel-gemv"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, in_dim) = xl.shape().dims2()?;
-        let (out_dim, w_in) = wl.shape().dims2()?;
-        if w_in != in_dim {
-            candle_core::bail!("gemv: x is [{rows}, {in_dim}] but W is [{out_dim}, {w_in}]");
-        }
-        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
-        else {
-            candle_core::bail!("gemv: x and W must be contiguous");
-        };
-        let x = &xs.as_slice::<f32>()?[xa..xb];
-        let w = &ws.as_slice::<f32>()?[wa..wb];
-        let out = for_column_blocks(out_dim, out_dim * in_dim, rows, |j0, j1, out| {
-            let n = j1 - j0;
-            for j in j0..j1 {
-                let wr = &w[j * in_dim..(j + 1) * in_dim];
-                for r in 0..rows {
-                    out[r * n + (j - j0)] = dot_f32(&x[r * in_dim..(r + 1) * in_dim], wr);
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
-    }
 }
 
 /// RMSNorm as the reference: normalise in f32, cast back, then multiply by the weight.
@@ -497,19 +408,28 @@ mod tests {
     }
 
     #[test]
-    fn parallel_gemv_equals_matmul() {
+    fn packed_linear_equals_candle_matmul() {
         let dev = Device::Cpu;
-        // One thread (300 K weights) and split over threads (2 M weights).
-        for (rows, out, k) in (1..=GEMV_MAX_ROWS)
-            .map(|r| (r, 1001, 300))
-            .chain([(1, 2000, 1000), (3, 2000, 1000)])
+        // A decode step's rows (one thread below 2 M products, columns split above), an expert's
+        // share of a prefill, a whole prefill; widths not multiples of the 32-column panels.
+        for (rows, out, k) in [
+            (1, 1001, 300),
+            (3, 2000, 1000),
+            (4, 2000, 1000),
+            (26, 900, 1280),
+        ]
+        .into_iter()
+        .chain([(279, 330, 256)])
         {
-            let xs = seeded(7 + rows as u64, rows * k);
-            let ws = seeded(11 + out as u64, out * k);
-            let x = Tensor::from_vec(xs, (rows, k), &dev).unwrap();
-            let w = Tensor::from_vec(ws, (out, k), &dev).unwrap();
+            let seed = (rows * 31 + out) as u64;
+            let x = Tensor::from_vec(seeded(seed, rows * k), (rows, k), &dev).unwrap();
+            let w = Tensor::from_vec(seeded(seed + 1, out * k), (out, k), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
-            let got = x.apply_op2_no_bwd(&w, &ParallelGemv).unwrap();
+            let linear = Linear::from_weight(w, Quantization::None).unwrap();
+            assert!(matches!(linear.weight, LinearWeight::Packed(_)));
+            assert_eq!(linear.weight_bytes(), out * k * 4);
+            let got = linear.forward(&x).unwrap();
+            assert_eq!(got.dims(), &[rows, out]);
             let d = (want - got)
                 .unwrap()
                 .abs()
@@ -521,7 +441,7 @@ mod tests {
             // Two summation orders of k products, each at most 1 in size, differ by at most about
             // 2 k eps (the classic bound); the reorderings here stay far inside it.
             let bound = 2.0 * k as f32 * f32::EPSILON;
-            assert!(d <= bound, "rows {rows}, k {k}: {d} > {bound}");
+            assert!(d <= bound, "rows {rows}, out {out}, k {k}: {d} > {bound}");
         }
     }
 

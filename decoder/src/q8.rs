@@ -33,7 +33,7 @@ impl Q8Matrix {
     /// If `in_dim` is not a multiple of 32 or `w` is not `out_dim * in_dim` long.
     pub(crate) fn quantize(w: &[f32], out_dim: usize, in_dim: usize) -> Self {
         assert!(
-            in_dim % BLOCK == 0,
+            in_dim.is_multiple_of(BLOCK),
             "q8_0 needs an input width divisible by 32"
         );
         assert_eq!(w.len(), out_dim * in_dim, "weight length");

@@ -159,13 +159,13 @@ impl Config {
                 s.downsample_channels.len()
             ));
         }
-        if s.heads == 0 || s.width % s.heads != 0 {
+        if s.heads == 0 || !s.width.is_multiple_of(s.heads) {
             return bad(format!(
                 "sam_vit_b.width {} is not a multiple of heads {}",
                 s.width, s.heads
             ));
         }
-        if c.heads == 0 || c.width % c.heads != 0 {
+        if c.heads == 0 || !c.width.is_multiple_of(c.heads) {
             return bad(format!(
                 "clip width {} is not a multiple of heads {}",
                 c.width, c.heads
@@ -177,7 +177,7 @@ impl Config {
                 s.layers
             ));
         }
-        if s.patch_size == 0 || self.vision_config.image_size % s.patch_size != 0 {
+        if s.patch_size == 0 || !self.vision_config.image_size.is_multiple_of(s.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of the SAM patch size {}",
                 self.vision_config.image_size, s.patch_size
@@ -186,7 +186,7 @@ impl Config {
         if s.window_size == 0 {
             return bad("sam_vit_b.window_size must be positive".into());
         }
-        if c.patch_size == 0 || c.image_size % c.patch_size != 0 {
+        if c.patch_size == 0 || !c.image_size.is_multiple_of(c.patch_size) {
             return bad(format!(
                 "clip image_size {} is not a multiple of its patch size {}",
                 c.image_size, c.patch_size

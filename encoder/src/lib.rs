@@ -30,7 +30,7 @@
 
 pub mod clip;
 pub mod config;
-mod cpu;
+use lethe_kernels as cpu;
 mod error;
 pub mod layout;
 mod model;

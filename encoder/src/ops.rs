@@ -5,7 +5,9 @@
 use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::cpu::{self, Act, MatRef};
+use std::sync::Arc;
+
+use crate::cpu::{self, Act, MatRef, PackedB};
 use crate::error::{Error, Result};
 
 /// Read access to the f32 values of a contiguous CPU tensor.
@@ -65,8 +67,18 @@ pub(crate) fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor
 /// A linear layer `y = x W^T + b` over the last dimension.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// A linear layer's weight as it is kept.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// f32 in CPU memory: packed once at load for the CPU kernels (the `[out, in]` tensor is
+    /// dropped, so the weights are held once).
+    Packed(Arc<PackedB>),
+    /// Any other dtype or device: the `[out, in]` tensor, for candle's matmul.
+    Tensor(Tensor),
 }
 
 impl Linear {
@@ -78,12 +90,30 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Self::from_weight(weight, bias)
     }
 
     /// From an already shaped `[out, in]` weight.
-    pub(crate) fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+    pub(crate) fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        let packed =
+            host_view(&weight).map(|w| Arc::new(PackedB::from_rows(w.slice(), out_dim, in_dim)));
+        let weight = match packed {
+            Some(p) => Weight::Packed(p),
+            None => Weight::Tensor(weight),
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// `(out, in)`.
+    fn dims(&self) -> (usize, usize) {
+        match &self.weight {
+            Weight::Packed(p) => (p.n(), p.k()),
+            Weight::Tensor(t) => {
+                let d = t.dims();
+                (d[0], d[1])
+            }
+        }
     }
 
     /// Applies the layer to `x` of shape `[.., in]`.
@@ -95,7 +125,7 @@ impl Linear {
     pub(crate) fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
-        let (out_dim, w_in) = self.weight.dims2()?;
+        let (out_dim, w_in) = self.dims();
         if in_dim != w_in {
             return Err(Error::BadInput(format!(
                 "linear layer expects width {w_in}, got {in_dim}"
@@ -106,23 +136,23 @@ impl Linear {
         let last = out_dims.len() - 1;
         out_dims[last] = out_dim;
         let x = x.contiguous()?;
-        if let (Some(xv), Some(wv)) = (host_view(&x), host_view(&self.weight)) {
-            let bv = self.bias.as_ref().and_then(host_view);
-            if self.bias.is_none() || bv.is_some() {
+        let weight = match &self.weight {
+            Weight::Packed(packed) => {
+                let xv = host_view(&x).ok_or_else(|| {
+                    Error::BadInput(format!(
+                        "a CPU f32 layer was given a {:?} tensor on {:?}",
+                        x.dtype(),
+                        x.device()
+                    ))
+                })?;
+                let bv = self.bias.as_ref().and_then(host_view);
                 let mut out = vec![0f32; rows * out_dim];
-                cpu::sgemm(
+                packed.matmul(
                     rows,
-                    out_dim,
-                    in_dim,
                     MatRef {
                         data: xv.slice(),
                         rs: in_dim,
                         cs: 1,
-                    },
-                    MatRef {
-                        data: wv.slice(),
-                        rs: 1,
-                        cs: in_dim,
                     },
                     bv.as_ref().map(|b| b.slice()),
                     act,
@@ -130,8 +160,9 @@ impl Linear {
                 );
                 return Ok(Tensor::from_vec(out, out_dims, x.device())?);
             }
-        }
-        let mut y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+            Weight::Tensor(w) => w,
+        };
+        let mut y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -143,9 +174,18 @@ impl Linear {
         Ok(y.reshape(out_dims)?)
     }
 
+    /// The bias `[out]`, or zeros for a layer without one: what the layer gives a zero row.
+    pub(crate) fn bias_or_zeros(&self, device: &candle_core::Device) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => Ok(b.clone()),
+            None => Ok(Tensor::zeros(self.dims().0, DType::F32, device)?),
+        }
+    }
+
     /// Multiply-accumulates of one row.
     pub(crate) fn macs_per_row(&self) -> usize {
-        self.weight.elem_count()
+        let (out_dim, in_dim) = self.dims();
+        out_dim * in_dim
     }
 }
 
@@ -195,8 +235,8 @@ impl LayerNorm {
 #[derive(Debug, Clone)]
 pub(crate) struct Conv3x3 {
     /// `[out, 3 * 3 * in]`, taps ordered (kh, kw, in).
-    weight: Tensor,
     linear: Linear,
+    out_ch: usize,
     stride: usize,
 }
 
@@ -214,8 +254,8 @@ impl Conv3x3 {
             .contiguous()?
             .reshape((out_ch, 9 * in_ch))?;
         Ok(Self {
-            linear: Linear::from_weight(weight.clone(), None),
-            weight,
+            linear: Linear::from_weight(weight, None)?,
+            out_ch,
             stride,
         })
     }
@@ -254,12 +294,12 @@ impl Conv3x3 {
         }
         let col = Tensor::cat(&taps, 2)?.reshape((ho * wo, 9 * c))?;
         let out = self.linear.forward(&col)?;
-        Ok(out.reshape((ho, wo, self.weight.dim(0)?))?)
+        Ok(out.reshape((ho, wo, self.out_ch))?)
     }
 
     /// Multiply-accumulates per output pixel.
     pub(crate) fn macs_per_pixel(&self) -> usize {
-        self.weight.elem_count()
+        self.linear.macs_per_row()
     }
 }
 

@@ -102,7 +102,7 @@ fn life(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
                 )?;
                 let hot = store.hot_turns(&scope)?;
                 let range = (hot[0].index..hot[hot.len() - 1].index + 1).into();
-                let with_image = id.0 % 2 == 0;
+                let with_image = id.0.is_multiple_of(2);
                 let page = NewPage {
                     layout: Layout::default(),
                     tier: data::LADDER[0],

@@ -1,0 +1,1254 @@
+//! Lethe's CPU kernels for f32, shared by the encoder and the decoder: a packed, cache-blocked
+//! SGEMM with a 6x32 micro-kernel in AVX-512 or AVX2/FMA (a portable fallback elsewhere), fused
+//! bias and activation epilogues, and multi-head attention with SAM's relative-position bias.
+//! They work on plain slices; the model crates wrap them for tensors.
+//!
+//! The blocking follows the BLIS design: `KC` deep panels of B (`NR` columns) stay in L1
+//! while `MR`-row panels of A stream from L2. A weight is packed once ([`PackedB`]) and every
+//! product after that reads it in the kernel's order. Short products (a decode step, CLIP at
+//! tiny, one expert's tokens) split their columns between the rayon threads, tall ones their
+//! rows. `LETHE_CPU_KERNEL=avx2` forces the AVX2 kernel on an AVX-512 machine.
+//!
+//! ```
+//! use lethe_kernels::{Act, MatRef, PackedB};
+//!
+//! // A linear layer's weight, `[out = 3, in = 2]` row-major, packed once.
+//! let w = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+//! let packed = PackedB::from_rows(&w, 3, 2);
+//! // Two input rows: y = x W^T + bias.
+//! let x = [2.0, 3.0, -1.0, 4.0];
+//! let mut y = [0.0f32; 6];
+//! packed.matmul(2, MatRef::rows(&x, 2), Some(&[0.5, 0.5, 0.5]), Act::None, &mut y);
+//! assert_eq!(y, [2.5, 3.5, 5.5, -0.5, 4.5, 3.5]);
+//! ```
+
+use rayon::prelude::*;
+
+const MR: usize = 6;
+const NR: usize = 32;
+const KC: usize = 256;
+const MC: usize = 144;
+const NC: usize = 3072;
+
+/// A strided read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Distance between consecutive rows.
+    pub rs: usize,
+    /// Distance between consecutive columns.
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with rows of `cols` contiguous values.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+}
+
+/// What is applied to `A B (+ bias)` when it is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Nothing.
+    None,
+    /// Exact-erf GELU.
+    Gelu,
+    /// `x * sigmoid(1.702 x)`.
+    QuickGelu,
+}
+
+#[cfg(test)]
+/// `c[m, n] = act(a[m, k] b[k, n] + bias)` (c row-major, contiguous). B is packed once and
+/// shared; the work is spread over the rayon threads when the product is large.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    bias: Option<&[f32]>,
+    act: Act,
+    c: &mut [f32],
+) {
+    let mut bp = Vec::new();
+    pack_b_full(k, n, &b, &mut bp);
+    sgemm_prepacked(m, n, k, a, &bp, bias, act, c);
+}
+
+/// A weight matrix packed once for [`PackedB::matmul`]: `B = W^T` for a `[n, k]` row-major
+/// `W` (a linear layer's `[out, in]` weight), laid out as [`pack_b_full`] lays it out. Keeping
+/// weights packed saves re-reading and re-laying-out every weight on every call, which costs
+/// as much as the product itself when `m` is small (CLIP at tiny has 65 rows).
+#[derive(Clone)]
+pub struct PackedB {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB({} x {})", self.k, self.n)
+    }
+}
+
+impl PackedB {
+    /// Packs the transpose of row-major `w` (`n` rows of `k`).
+    pub fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
+        let mut data = Vec::new();
+        pack_b_full(
+            k,
+            n,
+            &MatRef {
+                data: w,
+                rs: 1,
+                cs: k,
+            },
+            &mut data,
+        );
+        Self { data, k, n }
+    }
+
+    /// Inner dimension (the layer's input width).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Output columns (the layer's output width).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// `c[m, n] = act(a[m, k] B + bias)`.
+    pub fn matmul(&self, m: usize, a: MatRef, bias: Option<&[f32]>, act: Act, c: &mut [f32]) {
+        if (1..=GEMV_MAX_ROWS).contains(&m) && self.k > 0 {
+            gemv_packed(m, self.n, self.k, a, &self.data, bias, act, c);
+        } else {
+            sgemm_prepacked(m, self.n, self.k, a, &self.data, bias, act, c);
+        }
+    }
+}
+
+/// Up to this many rows, [`PackedB::matmul`] is a matrix-vector product: each panel of B is
+/// streamed once with every row's accumulators in registers, where the GEMM would pad A to `MR`
+/// rows (six times the work for a decode step's one row). Such products are bound by reading B.
+const GEMV_MAX_ROWS: usize = 4;
+
+/// Matrix-vector products over at least this many weights split their panels over rayon's
+/// workers; smaller ones (a routed expert) stay on one thread, since their callers run several
+/// side by side.
+const GEMV_PARALLEL_MIN: usize = 1_500_000;
+
+/// One panel's accumulators: `R` rows of `NR` columns.
+type PanelAcc = [[f32; NR]; GEMV_MAX_ROWS];
+
+/// [`PackedB::matmul`] for `m <= GEMV_MAX_ROWS` rows.
+#[allow(clippy::too_many_arguments)]
+fn gemv_packed(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    bp: &[f32],
+    bias: Option<&[f32]>,
+    act: Act,
+    c: &mut [f32],
+) {
+    let npad = n.div_ceil(NR) * NR;
+    let panels = npad / NR;
+    let mut x = vec![0f32; m * k];
+    for (r, row) in x.chunks_exact_mut(k).enumerate() {
+        for (p, v) in row.iter_mut().enumerate() {
+            *v = a.at(r, p);
+        }
+    }
+    let isa = Isa::detect();
+    let threads = rayon::current_num_threads().max(1);
+    let chunks = if threads > 1 && n * k >= GEMV_PARALLEL_MIN {
+        (threads * 4).min(panels)
+    } else {
+        1
+    };
+    let per = panels.div_ceil(chunks);
+    let run = |i: usize| -> Vec<PanelAcc> {
+        (i * per..((i + 1) * per).min(panels))
+            .map(|panel| {
+                let mut acc = [[0f32; NR]; GEMV_MAX_ROWS];
+                gemv_panel(isa, m, k, &x, bp, npad, panel, &mut acc);
+                acc
+            })
+            .collect()
+    };
+    let parts: Vec<Vec<PanelAcc>> = if chunks > 1 {
+        (0..panels.div_ceil(per)).into_par_iter().map(run).collect()
+    } else {
+        vec![run(0)]
+    };
+    for (panel, acc) in parts.iter().flatten().enumerate() {
+        let j0 = panel * NR;
+        let nr = NR.min(n - j0);
+        for (r, acc_row) in acc.iter().enumerate().take(m) {
+            let dst = &mut c[r * n + j0..r * n + j0 + nr];
+            for (j, (d, &v)) in dst.iter_mut().zip(acc_row).enumerate() {
+                *d = apply(act, v + bias.map_or(0.0, |b| b[j0 + j]));
+            }
+        }
+    }
+}
+
+/// Accumulates rows `0..m` of `x` (rows of `k`) times panel `panel` of B, packed in `bp` by
+/// [`pack_b_full`] (in block `pc` of `kc` rows, the panel's `kc` x `NR` values start at
+/// `pc * npad + panel * NR * kc`), into `acc`.
+#[allow(clippy::too_many_arguments)]
+fn gemv_panel(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    x: &[f32],
+    bp: &[f32],
+    npad: usize,
+    panel: usize,
+    acc: &mut PanelAcc,
+) {
+    match isa {
+        // SAFETY: `isa` was detected on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { gemv_panel_avx512(m, k, x, bp, npad, panel, acc) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { gemv_panel_avx2(m, k, x, bp, npad, panel, acc) },
+        _ => gemv_panel_rows(m, k, x, bp, npad, panel, acc),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemv_panel_avx512(
+    m: usize,
+    k: usize,
+    x: &[f32],
+    bp: &[f32],
+    npad: usize,
+    panel: usize,
+    acc: &mut PanelAcc,
+) {
+    gemv_panel_rows(m, k, x, bp, npad, panel, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_panel_avx2(
+    m: usize,
+    k: usize,
+    x: &[f32],
+    bp: &[f32],
+    npad: usize,
+    panel: usize,
+    acc: &mut PanelAcc,
+) {
+    gemv_panel_rows(m, k, x, bp, npad, panel, acc)
+}
+
+/// Dispatches on the row count, so each count's loop keeps its accumulators in registers.
+#[inline(always)]
+fn gemv_panel_rows(
+    m: usize,
+    k: usize,
+    x: &[f32],
+    bp: &[f32],
+    npad: usize,
+    panel: usize,
+    acc: &mut PanelAcc,
+) {
+    match m {
+        1 => gemv_panel_body::<1>(k, x, bp, npad, panel, acc),
+        2 => gemv_panel_body::<2>(k, x, bp, npad, panel, acc),
+        3 => gemv_panel_body::<3>(k, x, bp, npad, panel, acc),
+        _ => gemv_panel_body::<4>(k, x, bp, npad, panel, acc),
+    }
+}
+
+/// The loop the vectoriser compiles for the instruction set of the function it is inlined into.
+#[inline(always)]
+fn gemv_panel_body<const R: usize>(
+    k: usize,
+    x: &[f32],
+    bp: &[f32],
+    npad: usize,
+    panel: usize,
+    acc: &mut PanelAcc,
+) {
+    let mut sums = [[0f32; NR]; R];
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &x[r * k..(r + 1) * k]);
+    let mut pc = 0;
+    while pc < k {
+        let kc = KC.min(k - pc);
+        let block = &bp[pc * npad + panel * NR * kc..][..kc * NR];
+        for (p, bv) in block.chunks_exact(NR).enumerate() {
+            let bv: &[f32; NR] = bv.try_into().expect("NR values");
+            for (sum, row) in sums.iter_mut().zip(&rows) {
+                let xv = row[pc + p];
+                for (s, &bj) in sum.iter_mut().zip(bv) {
+                    *s += xv * bj;
+                }
+            }
+        }
+        pc += kc;
+    }
+    acc[..R].copy_from_slice(&sums);
+}
+
+/// Products with fewer rows than this split their columns between threads (each thread reads
+/// its share of B once); taller ones split their rows.
+const SPLIT_COLUMNS_BELOW: usize = 4 * MC;
+
+/// [`sgemm`] with B packed by [`pack_b_full`], parallel when the product is large.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_prepacked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    bp: &[f32],
+    bias: Option<&[f32]>,
+    act: Act,
+    c: &mut [f32],
+) {
+    let threads = rayon::current_num_threads().max(1);
+    let npad = n.div_ceil(NR) * NR;
+    let isa = Isa::detect();
+    if threads == 1 || m * n * k < (1 << 21) {
+        gemm_block(isa, m, k, a, bp, npad, 0, n, bias, act, c, n);
+        return;
+    }
+    if m < SPLIT_COLUMNS_BELOW {
+        // Column ranges of whole panels, one or two per thread; each computes into its own
+        // buffer, copied into C after.
+        let panels = npad / NR;
+        if panels < 2 {
+            gemm_block(isa, m, k, a, bp, npad, 0, n, bias, act, c, n);
+            return;
+        }
+        let per = panels.div_ceil(threads * 2).max(1) * NR;
+        let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(per))
+            .into_par_iter()
+            .map(|i| {
+                let j0 = i * per;
+                let len = per.min(n - j0);
+                let mut buf = vec![0f32; m * len];
+                gemm_block(isa, m, k, a, bp, npad, j0, len, bias, act, &mut buf, len);
+                (j0, buf)
+            })
+            .collect();
+        for (j0, buf) in parts {
+            let len = buf.len() / m;
+            for (dst, src) in c.chunks_exact_mut(n).zip(buf.chunks_exact(len)) {
+                dst[j0..j0 + len].copy_from_slice(src);
+            }
+        }
+        return;
+    }
+    if m < 2 * MR {
+        gemm_block(isa, m, k, a, bp, npad, 0, n, bias, act, c, n);
+        return;
+    }
+    // Near-equal row ranges, multiples of MR, a few per thread for balance.
+    let per = m.div_ceil(threads * 2).div_ceil(MR) * MR;
+    c[..m * n]
+        .par_chunks_mut(per * n)
+        .enumerate()
+        .for_each(|(t, cc)| {
+            let r0 = t * per;
+            let rows = cc.len() / n;
+            let a_sub = MatRef {
+                data: &a.data[r0 * a.rs..],
+                rs: a.rs,
+                cs: a.cs,
+            };
+            gemm_block(isa, rows, k, a_sub, bp, npad, 0, n, bias, act, cc, n);
+        });
+}
+
+/// Packs all of B (`k` x `n`) into `bp`: for each `KC` block of rows, `NR`-column panels of
+/// `kc` x `NR` values, zero-padded to a multiple of `NR` columns.
+fn pack_b_full(k: usize, n: usize, b: &MatRef, bp: &mut Vec<f32>) {
+    let npad = n.div_ceil(NR) * NR;
+    bp.clear();
+    bp.resize(k * npad, 0.0);
+    let mut pc = 0;
+    while pc < k {
+        let kc = KC.min(k - pc);
+        pack_b(b, pc, kc, 0, n, &mut bp[pc * npad..(pc + kc) * npad]);
+        pc += kc;
+    }
+}
+
+/// Single-threaded [`sgemm`] with B already packed by [`pack_b_full`].
+#[allow(clippy::too_many_arguments)]
+fn sgemm_packed(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    bp: &[f32],
+    bias: Option<&[f32]>,
+    act: Act,
+    c: &mut [f32],
+) {
+    gemm_block(
+        Isa::detect(),
+        m,
+        k,
+        a,
+        bp,
+        n.div_ceil(NR) * NR,
+        0,
+        n,
+        bias,
+        act,
+        c,
+        n,
+    );
+}
+
+/// `c[.., ..len] = act(a B[:, j0..j0 + len] + bias[j0..])` on one thread, where `bp` holds all
+/// of B packed with `npad` columns, `j0` is a multiple of `NR` and C's rows are `ldc` apart.
+/// `isa` must come from [`Isa::detect`] (or name less than it).
+#[allow(clippy::too_many_arguments)]
+fn gemm_block(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    a: MatRef,
+    bp: &[f32],
+    npad: usize,
+    j0: usize,
+    len: usize,
+    bias: Option<&[f32]>,
+    act: Act,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    debug_assert_eq!(j0 % NR, 0);
+    if m == 0 || len == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..len {
+                c[i * ldc + j] = apply(act, bias.map_or(0.0, |b| b[j0 + j]));
+            }
+        }
+        return;
+    }
+    AP.with(|ap| {
+        let mut ap = ap.borrow_mut();
+        if ap.len() < KC * MC {
+            ap.resize(KC * MC, 0.0);
+        }
+        let mut jc = 0;
+        while jc < len {
+            let nc = NC.min(len - jc);
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                let first = pc == 0;
+                let last = pc + kc == k;
+                let block = &bp[pc * npad..(pc + kc) * npad];
+                let mut ic = 0;
+                while ic < m {
+                    let mc = MC.min(m - ic);
+                    pack_a(&a, ic, mc, pc, kc, &mut ap);
+                    let mut jr = 0;
+                    while jr < nc {
+                        let nr = NR.min(nc - jr);
+                        let panel = (j0 + jc + jr) / NR;
+                        let bpanel = &block[panel * NR * kc..(panel + 1) * NR * kc];
+                        let mut ir = 0;
+                        while ir < mc {
+                            let mr = MR.min(mc - ir);
+                            let apanel = &ap[ir * kc..(ir + MR) * kc];
+                            let c0 = (ic + ir) * ldc + jc + jr;
+                            let col = j0 + jc + jr;
+                            let tile = Tile {
+                                mr,
+                                nr,
+                                ldc,
+                                first,
+                                last,
+                                bias: bias.map(|b| &b[col..col + nr]),
+                                act,
+                            };
+                            // SAFETY: `isa` was detected on this CPU; the panels hold
+                            // `kc * MR` / `kc * NR` values and the tile stays inside `c`
+                            // (`mr`/`nr` clip the edges).
+                            unsafe { kernel(isa, kc, apanel, bpanel, &mut c[c0..], &tile) };
+                            ir += MR;
+                        }
+                        jr += NR;
+                    }
+                    ic += mc;
+                }
+                pc += kc;
+            }
+            jc += nc;
+        }
+    });
+}
+
+thread_local! {
+    /// Per-thread buffer for packed A blocks.
+    static AP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Packs rows `ic..ic+mc`, columns `pc..pc+kc` of A into `MR`-row panels (`kc` x `MR` each,
+/// zero-padded).
+fn pack_a(a: &MatRef, ic: usize, mc: usize, pc: usize, kc: usize, ap: &mut [f32]) {
+    pack_panels::<MR>(a, ic, mc, pc, kc, ap);
+}
+
+/// Packs rows `pc..pc+kc`, columns `jc..jc+nc` of B into `NR`-column panels (`kc` x `NR`
+/// each, zero-padded).
+fn pack_b(b: &MatRef, pc: usize, kc: usize, jc: usize, nc: usize, bp: &mut [f32]) {
+    // B's columns are the panels' lanes: pack its transpose as A is packed.
+    let bt = MatRef {
+        data: b.data,
+        rs: b.cs,
+        cs: b.rs,
+    };
+    pack_panels::<NR>(&bt, jc, nc, pc, kc, bp);
+}
+
+/// Packs rows `o0..o0+olen` (the lanes), columns `i0..i0+ilen` of `src` into `W`-lane panels:
+/// in panel `q`, element `(o0 + q W + l, i0 + p)` lands at `p * W + l`; lanes past `olen` are 0.
+fn pack_panels<const W: usize>(
+    src: &MatRef,
+    o0: usize,
+    olen: usize,
+    i0: usize,
+    ilen: usize,
+    dst: &mut [f32],
+) {
+    for (panel, q) in (0..olen).step_by(W).enumerate() {
+        let dst = &mut dst[panel * W * ilen..(panel + 1) * W * ilen];
+        let lanes = W.min(olen - q);
+        if src.rs == 1 && lanes == W {
+            // Lanes contiguous in memory: one copy per column.
+            for p in 0..ilen {
+                let from = &src.data[(i0 + p) * src.cs + o0 + q..][..W];
+                dst[p * W..(p + 1) * W].copy_from_slice(from);
+            }
+        } else if src.cs == 1 {
+            // Rows contiguous: read each lane's row once.
+            for l in 0..W {
+                if l < lanes {
+                    let row = &src.data[(o0 + q + l) * src.rs + i0..][..ilen];
+                    for (p, &v) in row.iter().enumerate() {
+                        dst[p * W + l] = v;
+                    }
+                } else {
+                    for p in 0..ilen {
+                        dst[p * W + l] = 0.0;
+                    }
+                }
+            }
+        } else {
+            for p in 0..ilen {
+                for l in 0..W {
+                    dst[p * W + l] = if l < lanes {
+                        src.at(o0 + q + l, i0 + p)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Where and how one micro-tile is stored.
+struct Tile<'a> {
+    mr: usize,
+    nr: usize,
+    ldc: usize,
+    /// First k-block: overwrite C (plus bias) instead of accumulating.
+    first: bool,
+    /// Last k-block: apply the activation.
+    last: bool,
+    bias: Option<&'a [f32]>,
+    act: Act,
+}
+
+/// Stores an `MR` x `NR` accumulator block into C.
+#[inline(always)]
+fn store_tile(acc: &[[f32; NR]; MR], c: &mut [f32], t: &Tile) {
+    for (r, acc_row) in acc.iter().enumerate().take(t.mr) {
+        let dst = &mut c[r * t.ldc..r * t.ldc + t.nr];
+        let mut row = *acc_row;
+        if t.first {
+            if let Some(b) = t.bias {
+                for (x, &bv) in row.iter_mut().zip(b) {
+                    *x += bv;
+                }
+            }
+        } else {
+            for (x, &d) in row.iter_mut().zip(dst.iter()) {
+                *x += d;
+            }
+        }
+        if t.last {
+            match t.act {
+                Act::None => {}
+                Act::Gelu => row.iter_mut().for_each(|x| *x = apply(Act::Gelu, *x)),
+                Act::QuickGelu => row.iter_mut().for_each(|x| *x = apply(Act::QuickGelu, *x)),
+            }
+        }
+        dst.copy_from_slice(&row[..t.nr]);
+    }
+}
+
+fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
+    let mut acc = [[0f32; NR]; MR];
+    for (ap, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for (row, &av) in acc.iter_mut().zip(ap) {
+            for (x, &bj) in row.iter_mut().zip(bv) {
+                *x += av * bj;
+            }
+        }
+    }
+    store_tile(&acc, c, t);
+}
+
+/// The instruction set the micro-kernel uses, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// AVX-512F: each row of the tile is two 16-lane registers, 12 accumulators.
+    Avx512,
+    /// AVX2 + FMA: the tile in two halves of 16 columns, 12 accumulators each.
+    Avx2,
+    /// Plain Rust.
+    Portable,
+}
+
+impl Isa {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && !force_avx2() {
+                return Self::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+}
+
+/// `LETHE_CPU_KERNEL=avx2` keeps the AVX2 micro-kernel on an AVX-512 machine (to compare or
+/// to test both paths); read once.
+#[cfg(target_arch = "x86_64")]
+fn force_avx2() -> bool {
+    static FORCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCE.get_or_init(|| std::env::var("LETHE_CPU_KERNEL").is_ok_and(|v| v == "avx2"))
+}
+
+/// One `MR` x `NR` tile: `a` holds `kc * MR` packed values, `b` `kc * NR`.
+///
+/// # Safety
+/// `isa` must be supported by this CPU (from [`Isa::detect`]).
+#[inline(always)]
+unsafe fn kernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    match isa {
+        // SAFETY: the caller guarantees the CPU has the instructions of `isa`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { kernel_avx512(kc, a, b, c, t) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { kernel_avx2(kc, a, b, c, t) },
+        _ => kernel_portable(kc, a, b, c, t),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
+    // SAFETY: the caller checked AVX-512F; every load reads within `a` (`kc * MR` values) and
+    // `b` (`kc * NR`), and every store writes within the tile of `c` that `t` describes.
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let ap = a.as_ptr();
+        let bp = b.as_ptr();
+        for p in 0..kc {
+            let b0 = _mm512_loadu_ps(bp.add(p * NR));
+            let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(p * MR + r));
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            }
+        }
+        if t.mr == MR && t.nr == NR && t.act == Act::None {
+            let bias = t.bias.map(|b| {
+                (
+                    _mm512_loadu_ps(b.as_ptr()),
+                    _mm512_loadu_ps(b.as_ptr().add(16)),
+                )
+            });
+            for (r, row) in acc.iter().enumerate() {
+                let cp = c.as_mut_ptr().add(r * t.ldc);
+                let (mut v0, mut v1) = (row[0], row[1]);
+                if t.first {
+                    if let Some((x0, x1)) = bias {
+                        v0 = _mm512_add_ps(v0, x0);
+                        v1 = _mm512_add_ps(v1, x1);
+                    }
+                } else {
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(cp));
+                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(cp.add(16)));
+                }
+                _mm512_storeu_ps(cp, v0);
+                _mm512_storeu_ps(cp.add(16), v1);
+            }
+            return;
+        }
+        let mut tmp = [[0f32; NR]; MR];
+        for (r, row) in acc.iter().enumerate() {
+            _mm512_storeu_ps(tmp[r].as_mut_ptr(), row[0]);
+            _mm512_storeu_ps(tmp[r].as_mut_ptr().add(16), row[1]);
+        }
+        store_tile(&tmp, c, t);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
+    // SAFETY: the caller checked AVX2 and FMA; every load reads within `a` (`kc * MR` values)
+    // and `b` (`kc * NR`); the tile is stored by `store_tile`, within `t`'s bounds.
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut tmp = [[0f32; NR]; MR];
+        let ap = a.as_ptr();
+        for half in 0..2 {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let bp = b.as_ptr().add(half * 16);
+            for p in 0..kc {
+                let b0 = _mm256_loadu_ps(bp.add(p * NR));
+                let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(p * MR + r));
+                    row[0] = _mm256_fmadd_ps(av, b0, row[0]);
+                    row[1] = _mm256_fmadd_ps(av, b1, row[1]);
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                _mm256_storeu_ps(tmp[r].as_mut_ptr().add(half * 16), row[0]);
+                _mm256_storeu_ps(tmp[r].as_mut_ptr().add(half * 16 + 8), row[1]);
+            }
+        }
+        store_tile(&tmp, c, t);
+    }
+}
+
+/// Whether the AVX2 + FMA code paths (softmax) can run.
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline(always)]
+fn apply(act: Act, x: f32) -> f32 {
+    match act {
+        Act::None => x,
+        Act::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Act::QuickGelu => x / (1.0 + exp(-1.702 * x)),
+    }
+}
+
+/// Scales each `t`-long row of `s`, adds the decomposed relative bias (rows of `h` and `w`
+/// of length `side`), and applies softmax.
+#[inline(always)]
+fn bias_softmax(s: &mut [f32], t: usize, scale: f32, bias: Option<(&[f32], &[f32], usize)>) {
+    for (i, row) in s.chunks_exact_mut(t).enumerate() {
+        match bias {
+            Some((h, w, side)) => {
+                let rh = &h[i * side..(i + 1) * side];
+                let rw = &w[i * side..(i + 1) * side];
+                for (seg, &hv) in row.chunks_exact_mut(side).zip(rh) {
+                    for (x, &wv) in seg.iter_mut().zip(rw) {
+                        *x = *x * scale + hv + wv;
+                    }
+                }
+            }
+            None => row.iter_mut().for_each(|x| *x *= scale),
+        }
+        softmax_row(row);
+    }
+}
+
+/// [`bias_softmax`] compiled for AVX2 + FMA so that `exp` vectorises.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bias_softmax_avx2(
+    s: &mut [f32],
+    t: usize,
+    scale: f32,
+    bias: Option<(&[f32], &[f32], usize)>,
+) {
+    bias_softmax(s, t, scale, bias)
+}
+
+/// `exp` in f32 (Cephes range reduction and polynomial; relative error about 1e-7), written
+/// so that loops over it vectorise.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.336_55, 88.376_26);
+    let fx = (x * LOG2E + 0.5).floor();
+    let r = x - fx * C1 - fx * C2;
+    let z = r * r;
+    let mut y = 1.987_569_1e-4_f32;
+    y = y * r + 1.398_199_9e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 1.666_666_5e-1;
+    y = y * r + 0.5;
+    y = y * z + r + 1.0;
+    let bits = ((fx as i32 + 127) as u32) << 23;
+    y * f32::from_bits(bits)
+}
+
+/// `erf` in f32: a Taylor series below |x| = 0.8, Abramowitz & Stegun 7.1.26 above
+/// (absolute error below 3e-7 everywhere); branch-free so that loops vectorise.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let s = x.signum();
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    let far = s * (1.0 - poly * exp(-a * a));
+    // 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1)), n = 0..=8.
+    let z = x * x;
+    let mut series: f32 = 1.0 / (40_320.0 * 17.0);
+    series = series * -z + 1.0 / (5_040.0 * 15.0);
+    series = series * -z + 1.0 / (720.0 * 13.0);
+    series = series * -z + 1.0 / (120.0 * 11.0);
+    series = series * -z + 1.0 / (24.0 * 9.0);
+    series = series * -z + 1.0 / (6.0 * 7.0);
+    series = series * -z + 1.0 / (2.0 * 5.0);
+    series = series * -z + 1.0 / 3.0;
+    series = series * -z + 1.0;
+    let near = x * series * std::f32::consts::FRAC_2_SQRT_PI;
+    if a < 0.8 {
+        near
+    } else {
+        far
+    }
+}
+
+/// Numerically stable softmax of one row, in place.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    // Eight independent lanes so that the reductions vectorise.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(lanes.iter())
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let mut sums = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in sums.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let sum: f32 = chunks.remainder().iter().sum::<f32>() + sums.iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Decomposed relative-position bias of SAM attention: for query `i = (y, x)` and key
+/// `(ky, kx)` the score gains `h[(b, i), ky] + w[(b, i), kx]`.
+#[derive(Clone, Copy)]
+pub struct RelPos<'a> {
+    /// `[bh, t, side]`.
+    pub h: &'a [f32],
+    /// `[bh, t, side]`.
+    pub w: &'a [f32],
+    /// Key grid side (`t = side * side`).
+    pub side: usize,
+}
+
+/// Multi-head attention over `bh` independent `[t, hd]` query/key/value blocks:
+/// `out = softmax(q k^T * scale + bias) v`, in blocks of query rows so that the scores stay
+/// small, parallel over heads and windows.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    bh: usize,
+    t: usize,
+    hd: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    rel: Option<RelPos>,
+    out: &mut [f32],
+) {
+    const RB: usize = 256;
+    let rb_max = RB.min(t);
+    let simd = has_fma();
+    out[..bh * t * hd]
+        .par_chunks_mut(t * hd)
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; rb_max * t], Vec::new(), Vec::new()),
+            |(buf, kp, vp), (b, ob)| {
+                let qb = &q[b * t * hd..(b + 1) * t * hd];
+                let kb = &k[b * t * hd..(b + 1) * t * hd];
+                let vb = &v[b * t * hd..(b + 1) * t * hd];
+                pack_b_full(
+                    hd,
+                    t,
+                    &MatRef {
+                        data: kb,
+                        rs: 1,
+                        cs: hd,
+                    },
+                    kp,
+                );
+                pack_b_full(
+                    t,
+                    hd,
+                    &MatRef {
+                        data: vb,
+                        rs: hd,
+                        cs: 1,
+                    },
+                    vp,
+                );
+                let mut r0 = 0;
+                while r0 < t {
+                    let rb = RB.min(t - r0);
+                    let s = &mut buf[..rb * t];
+                    let qm = MatRef {
+                        data: &qb[r0 * hd..],
+                        rs: hd,
+                        cs: 1,
+                    };
+                    sgemm_packed(rb, t, hd, qm, kp, None, Act::None, s);
+                    let bias = rel.map(|rel| {
+                        let at = (b * t + r0) * rel.side;
+                        let len = rb * rel.side;
+                        (&rel.h[at..at + len], &rel.w[at..at + len], rel.side)
+                    });
+                    if simd {
+                        // SAFETY: `has_fma()` checked the CPU supports AVX2 and FMA.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            bias_softmax_avx2(s, t, scale, bias)
+                        };
+                    } else {
+                        bias_softmax(s, t, scale, bias);
+                    }
+                    let pm = MatRef {
+                        data: s,
+                        rs: t,
+                        cs: 1,
+                    };
+                    let out_rows = &mut ob[r0 * hd..(r0 + rb) * hd];
+                    sgemm_packed(rb, hd, t, pm, vp, None, Act::None, out_rows);
+                    r0 += rb;
+                }
+            },
+        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn sgemm_matches_naive_on_ragged_sizes() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 17, 3),
+            (13, 33, 300),
+            (150, 40, 513),
+            (64, 3100, 20),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
+                .collect();
+            let want = naive(m, n, k, &a, &b);
+            let mut c = vec![0f32; m * n];
+            let am = MatRef {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            let bm = MatRef {
+                data: &b,
+                rs: n,
+                cs: 1,
+            };
+            sgemm(m, n, k, am, bm, None, Act::None, &mut c);
+            for (x, y) in c.iter().zip(&want) {
+                assert!(
+                    (x - y).abs() <= 1e-3 * (1.0 + y.abs()),
+                    "{m}x{n}x{k}: {x} vs {y}"
+                );
+            }
+            // B read transposed from a row-major [n, k] copy, with bias.
+            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32).collect();
+            let btm = MatRef {
+                data: &bt,
+                rs: 1,
+                cs: k,
+            };
+            sgemm(m, n, k, am, btm, Some(&bias), Act::None, &mut c);
+            for (idx, (x, y)) in c.iter().zip(&want).enumerate() {
+                let y = y + (idx % n) as f32;
+                assert!(
+                    (x - y).abs() <= 1e-3 * (1.0 + y.abs()),
+                    "{m}x{n}x{k} t: {x} vs {y}"
+                );
+            }
+        }
+    }
+
+    /// `act(a b^T + bias)` in f64 for a row-major `[n, k]` weight `w`.
+    fn naive_linear(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        act: Act,
+    ) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| a[i * k + p] as f64 * w[j * k + p] as f64)
+                    .sum();
+                c[i * n + j] = apply(act, (s + bias[j] as f64) as f32);
+            }
+        }
+        c
+    }
+
+    fn seeded(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_and_split_matches_the_naive_product() {
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        eprintln!("kernels tested: {isas:?}");
+        // Ragged edges in every dimension, more than one KC block, and (65 x 1000 x 64) a
+        // product that the threads split by columns.
+        for (case, &(m, n, k)) in [(7, 45, 300), (13, 64, 17), (150, 33, 513), (65, 1000, 64)]
+            .iter()
+            .enumerate()
+        {
+            let a = seeded(m * k, 1 + case as u32);
+            let w = seeded(n * k, 100 + case as u32);
+            let bias = seeded(n, 200 + case as u32);
+            let packed = PackedB::from_rows(&w, n, k);
+            let am = MatRef {
+                data: &a,
+                rs: k,
+                cs: 1,
+            };
+            for act in [Act::None, Act::Gelu, Act::QuickGelu] {
+                let want = naive_linear(m, n, k, &a, &w, &bias, act);
+                let check = |c: &[f32], what: &str| {
+                    for (idx, (x, y)) in c.iter().zip(&want).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + y.abs()),
+                            "{what} {m}x{n}x{k} {act:?} at {idx}: {x} vs {y}"
+                        );
+                    }
+                };
+                for &isa in &isas {
+                    let mut c = vec![0f32; m * n];
+                    let npad = n.div_ceil(NR) * NR;
+                    gemm_block(
+                        isa,
+                        m,
+                        k,
+                        am,
+                        &packed.data,
+                        npad,
+                        0,
+                        n,
+                        Some(&bias),
+                        act,
+                        &mut c,
+                        n,
+                    );
+                    check(&c, &format!("{isa:?}"));
+                }
+                let mut c = vec![0f32; m * n];
+                packed.matmul(m, am, Some(&bias), act, &mut c);
+                check(&c, "threaded");
+            }
+        }
+    }
+
+    #[test]
+    fn matrix_vector_path_matches_the_naive_product() {
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        // 1 to GEMV_MAX_ROWS rows; a ragged last panel and KC block (45 x 300); a product split
+        // over the threads (1,600 x 1,000 weights, above GEMV_PARALLEL_MIN).
+        for (case, &(n, k)) in [(45, 300), (32, 17), (1600, 1000)].iter().enumerate() {
+            let w = seeded(n * k, 300 + case as u32);
+            let bias = seeded(n, 400 + case as u32);
+            let packed = PackedB::from_rows(&w, n, k);
+            let npad = n.div_ceil(NR) * NR;
+            for m in 1..=GEMV_MAX_ROWS {
+                let a = seeded(m * k, 500 + (case * 10 + m) as u32);
+                for act in [Act::None, Act::Gelu] {
+                    let want = naive_linear(m, n, k, &a, &w, &bias, act);
+                    for &isa in &isas {
+                        for panel in 0..npad / NR {
+                            let mut acc = [[0f32; NR]; GEMV_MAX_ROWS];
+                            gemv_panel(isa, m, k, &a, &packed.data, npad, panel, &mut acc);
+                            for (r, row) in acc.iter().enumerate().take(m) {
+                                let cols = NR.min(n - panel * NR);
+                                for (j, &v) in row.iter().enumerate().take(cols) {
+                                    let col = panel * NR + j;
+                                    let got = apply(act, v + bias[col]);
+                                    check_one(got, want[r * n + col], k, &format!("{isa:?}"));
+                                }
+                            }
+                        }
+                    }
+                    let mut c = vec![0f32; m * n];
+                    packed.matmul(m, MatRef::rows(&a, k), Some(&bias), act, &mut c);
+                    for (x, y) in c.iter().zip(&want) {
+                        check_one(*x, *y, k, "matmul");
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_one(x: f32, y: f32, k: usize, what: &str) {
+        assert!(
+            (x - y).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + y.abs()),
+            "{what}: {x} vs {y}"
+        );
+    }
+
+    #[test]
+    fn exp_and_erf_are_accurate() {
+        for i in -2000..2000 {
+            let x = i as f32 / 50.0;
+            let e = exp(x);
+            let want = (x as f64).exp();
+            assert!(((e as f64 - want) / want).abs() < 3e-7, "exp({x})");
+        }
+        for i in -175..175 {
+            let x = i as f32 / 50.0;
+            let want = libm_erf(x as f64);
+            assert!((erf(x) as f64 - want).abs() < 3e-7, "erf({x})");
+        }
+    }
+
+    /// erf by its Taylor series in f64, good to 1e-10 on |x| < 3.5.
+    fn libm_erf(x: f64) -> f64 {
+        // erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1))
+        let mut sum = 0.0;
+        let mut term = x;
+        let mut n = 0.0;
+        while term.abs() > 1e-17 || n < 5.0 {
+            sum += term / (2.0 * n + 1.0);
+            n += 1.0;
+            term *= -x * x / n;
+            if n > 400.0 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+}
