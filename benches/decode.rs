@@ -14,7 +14,8 @@
 //!
 //! Benches: `prefill/279` (one prompt of 279 positions, logits for the last one, as generation
 //! does) and `decode/step` (one cached step at positions 279..343), for f32, q8_0 and q4k.
-//! Peer (reference PyTorch f32, 2 threads, this machine): prefill 7.4 s, decode 5.1 tok/s.
+//! Ratios against PyTorch come from `scripts/side_by_side.py --decoder`, which runs the
+//! project's PyTorch mirror and `memctl ocr` on one full-size folder in one invocation.
 //!
 //! `LETHE_BENCH_QUANT=none,q8_0,q4k` picks the variants (default all three);
 //! `LETHE_BENCH_DECODE_ONLY=1` skips the prefill bench.
@@ -108,7 +109,7 @@ fn active_bytes(cfg: &DecoderConfig, q: Quantization) -> f64 {
     let per = |in_dim: usize| -> f64 {
         match q {
             Quantization::Q8_0 => 34.0 / 32.0,
-            Quantization::Q4K if in_dim % 256 == 0 => 144.0 / 256.0,
+            Quantization::Q4K if in_dim.is_multiple_of(256) => 144.0 / 256.0,
             Quantization::Q4K => 34.0 / 32.0,
             _ => 4.0,
         }
@@ -271,15 +272,13 @@ fn bench_decode(c: &mut Criterion) {
         let bytes = active_bytes(&cfg, quant);
         let flops = prefill_flops(&cfg, PREFILL);
         eprintln!(
-            "[{}] prefill {PREFILL}: median {p:.3} s ({:.1} GFLOP/s; {:.2}x the reference's 7.4 s) | decode: median {:.1} ms/step = {:.2} tok/s ({:.1} GB/s of {:.2} GB active weights; {:.2}x the reference's 5.1 tok/s) | peak RSS so far {:.2} GB",
+            "[{}] prefill {PREFILL}: median {p:.3} s ({:.1} GFLOP/s) | decode: median {:.1} ms/step = {:.2} tok/s ({:.1} GB/s of {:.2} GB active weights) | peak RSS so far {:.2} GB",
             quant.name(),
             flops / p / 1e9,
-            7.4 / p,
             s * 1e3,
             1.0 / s,
             bytes / s / 1e9,
             bytes / 1e9,
-            (1.0 / s) / 5.1,
             peak_rss_gb(),
         );
         drop(model);
@@ -324,7 +323,7 @@ fn full_model_bytes(cfg: &DecoderConfig, q: Quantization) -> f64 {
     let per = |in_dim: usize| -> f64 {
         match q {
             Quantization::Q8_0 => 34.0 / 32.0,
-            Quantization::Q4K if in_dim % 256 == 0 => 144.0 / 256.0,
+            Quantization::Q4K if in_dim.is_multiple_of(256) => 144.0 / 256.0,
             Quantization::Q4K => 34.0 / 32.0,
             _ => 4.0,
         }

@@ -2,12 +2,15 @@
 //! projector) with random weights made here, so no checkpoint is needed.
 //!
 //! First a direct measurement per mode (median of `LETHE_BENCH_REPS` runs, default 3): seconds
-//! per page, pages/s, GFLOP and GFLOP/s per stage, the ratio against the reference PyTorch
-//! implementation measured on the same 2-core machine, and the process's peak RSS. Then a
+//! per page, pages/s, GFLOP and GFLOP/s per stage, and the process's peak RSS. Then a
 //! criterion group over the modes in `LETHE_BENCH_CRITERION` (default `tiny`; a page of
 //! `large` takes tens of seconds, and criterion wants ten samples).
 //!
 //! `cargo bench --bench encode`; `LETHE_BENCH_MODES=tiny,base` limits the direct table.
+//!
+//! Ratios against PyTorch come from `scripts/side_by_side.py`, which runs the project's PyTorch
+//! mirror and `memctl encode` on the same weights and image in one invocation: figures taken on
+//! other days or machines are never compared with these.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,17 +19,6 @@ use candle_core::{DType, Device, Tensor};
 use criterion::{Criterion, Throughput};
 use lethe_encoder::image;
 use lethe_encoder::{preprocess, Config, Encoder, Mode};
-
-/// Reference PyTorch seconds per page on this machine (f32, 2 threads, median of 3).
-fn peer_seconds(mode: Mode) -> Option<f64> {
-    match mode {
-        Mode::Tiny => Some(5.0),
-        Mode::Small => Some(7.1),
-        Mode::Base => Some(19.1),
-        Mode::Large => Some(35.4),
-        _ => None,
-    }
-}
 
 fn real_config() -> Config {
     let path = concat!(
@@ -108,18 +100,8 @@ fn main() {
         .unwrap_or(3)
         .max(1);
     println!(
-        "{:<7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>8} {:>7} {:>9}",
-        "mode",
-        "s/page",
-        "pages/s",
-        "GFLOP",
-        "GFLOP/s",
-        "SAM s",
-        "SAM GF/s",
-        "CLIP s",
-        "peer s",
-        "ratio",
-        "peak MiB"
+        "{:<7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>9}",
+        "mode", "s/page", "pages/s", "GFLOP", "GFLOP/s", "SAM s", "SAM GF/s", "CLIP s", "peak MiB"
     );
     for mode in modes_from_env("LETHE_BENCH_MODES", "tiny,small,base,large,gundam") {
         let views = preprocess(&image, mode).expect("preprocess");
@@ -134,9 +116,8 @@ fn main() {
         }
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (wall, tm) = runs[runs.len() / 2];
-        let peer = peer_seconds(mode);
         println!(
-            "{:<7} {:>9.2} {:>8.3} {:>8.0} {:>9.1} {:>8.2} {:>9.1} {:>8.2} {:>8} {:>7} {:>9.0}",
+            "{:<7} {:>9.2} {:>8.3} {:>8.0} {:>9.1} {:>8.2} {:>9.1} {:>8.2} {:>9.0}",
             mode.name(),
             wall,
             1.0 / wall,
@@ -145,8 +126,6 @@ fn main() {
             tm.sam,
             flops.sam.total() / 1e9 / tm.sam,
             tm.clip,
-            peer.map_or("-".into(), |p| format!("{p:.1}")),
-            peer.map_or("-".into(), |p| format!("{:.2}", p / wall)),
             peak_rss_mib().unwrap_or(f64::NAN),
         );
         let s = flops.sam;

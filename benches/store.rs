@@ -108,7 +108,7 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     step += 1;
-                    let small = step % 2 == 0;
+                    let small = step.is_multiple_of(2);
                     Transition {
                         tier: if small {
                             Tier::At(Mode::Small)

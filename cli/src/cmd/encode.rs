@@ -56,10 +56,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let preprocess_s = t1.elapsed().as_secs_f64();
 
     let t2 = Instant::now();
-    let tokens = encoder
-        .encode(&views)
+    let stages = encoder
+        .encode_stages(&views)
         .with_context(|| format!("encoding {}", args.image.display()))?;
     let encode_s = t2.elapsed().as_secs_f64();
+    let (timings, flops) = (stages.timings, encoder.flops(&views));
+    let tokens = stages.image_embeds;
     let shape = tokens.dims().to_vec();
 
     if let Some(out) = &args.out {
@@ -76,7 +78,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "shape": shape,
             "tiles": views.tiles.len(),
             "tile_grid": [views.tile_grid.0, views.tile_grid.1],
-            "timing_s": {"load": load_s, "preprocess": preprocess_s, "encode": encode_s},
+            "timing_s": {
+                "load": load_s,
+                "preprocess": preprocess_s,
+                "encode": encode_s,
+                "sam": timings.sam,
+                "clip": timings.clip,
+                "projector": timings.projector,
+            },
+            "gflop": {
+                "sam": flops.sam.total() / 1e9,
+                "clip": flops.clip / 1e9,
+                "projector": flops.projector / 1e9,
+            },
             "out": args.out,
         });
         println!("{v}");
@@ -95,6 +109,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("shape      {shape:?}");
         println!(
             "timing     load {load_s:.3} s, preprocess {preprocess_s:.3} s, encode {encode_s:.3} s"
+        );
+        println!(
+            "stages     sam {:.3} s ({:.1} GFLOP/s), clip {:.3} s ({:.1} GFLOP/s), projector {:.3} s",
+            timings.sam,
+            flops.sam.total() / 1e9 / timings.sam.max(1e-9),
+            timings.clip,
+            flops.clip / 1e9 / timings.clip.max(1e-9),
+            timings.projector
         );
         if let Some(out) = &args.out {
             println!("written    {}", out.display());
