@@ -1,17 +1,31 @@
-"""The encoder side by side in one invocation: the PyTorch mirror (`training/lethe_model.py`,
-bit-exact with the reference on the fixtures) and `memctl encode`, on the same weights folder and
-the same image, per mode. Issue 19's harness.
+"""Issue 19's harness: Lethe and the PyTorch mirror (`training/lethe_model.py`, bit-exact with
+the reference on the fixtures) side by side in one invocation, on the same weights folder and the
+same image, so no ratio depends on the day.
 
-    python scripts/side_by_side.py --model /work/scratch/standin-3l \
-        --image tests/fixtures/deepseek-ocr/inputs/doc_900x1400.png --modes tiny,small,base,large
+    python scripts/side_by_side.py --image tests/fixtures/deepseek-ocr/inputs/doc_900x1400.png \
+        --model /work/scratch/standin-1l --modes tiny,small,base,large \
+        --decoder /work/scratch/standin --quants none,q8_0
 
-Each side runs in its own child process (so each peak RSS is its own: `ru_maxrss` of the child,
-which counts mmap-backed weight pages once, as they are touched). The mirror loads the weights,
-encodes once to warm up, then `--runs` times; `memctl encode --json` is run `--runs` times and its
-own `encode` timing (load excluded) is taken. Medians are printed with the ratio (PyTorch /
-Rust: above 1 means Lethe is faster) and the load average before the runs, which should be near
-0: pause other work first. `--json` prints the table as JSON. The mirror's RSS includes the
-whole folder's weights in f32 (decoder layers too); ours is the encoder's alone.
+Encoder rows (`--model`, a folder with the real-size towers): per mode, the mirror's
+`image_embeddings` against `memctl encode --json`'s `encode` timing (load excluded), and SAM's
+and CLIP's GFLOP/s on each side: the FLOP count `memctl encode` reports (the same count for both,
+with the reference's padded windows) over each side's own stage time.
+
+Decoder rows (`--decoder`, a full-size folder such as `training/make_standin.py`'s): the prompt
+`<image>\nFree OCR.` with the image's base-mode embeddings (278 positions with the fixture
+tokenizer; both sides are checked to agree on the count), prefilled with
+logits for the last position, then `--steps` greedy steps with a KV cache. The mirror runs its
+own layers in f32 with a cache added (`cached_forward`); memctl runs `ocr --json --mode base
+--no-repeat-ngram 0` once per `--quants` entry and reports its `prefill_secs` and
+`decode_tokens_per_sec`.
+
+Each side runs in its own child process, one at a time, so each peak RSS is its own (`ru_maxrss`
+of the child, which counts mmap-backed weight pages once, as they are touched; the mirror's
+includes every weight of the folder in f32, ours only what the command loads). Each side warms up
+(the mirror runs once untimed; memctl's figures are from separate runs) and the median of
+`--runs` is printed with the ratio (PyTorch / Lethe for times, Lethe / PyTorch for tokens/s:
+above 1 means Lethe is faster) and the load average before the runs, which should be near 0:
+pause other work first. `--json` prints the tables as JSON.
 """
 
 from __future__ import annotations
@@ -45,19 +59,109 @@ def torch_worker(a) -> None:
     model.load_safetensors(weights[0])
     model.eval()
     pixels = to_tensor(global_view(Image.open(a.image), a.mode)).unsqueeze(0)
-    times = []
+    m = model.model
+    times, sam_times, clip_times = [], [], []
     with torch.inference_mode():
         model.image_embeddings(pixels)  # warm-up
         for _ in range(a.runs):
             t = time.perf_counter()
             model.image_embeddings(pixels)
             times.append(time.perf_counter() - t)
+            # The towers alone, timed as `memctl encode` times its stages.
+            t = time.perf_counter()
+            sam = m.sam_model(pixels)
+            sam_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            m.vision_model(sam)
+            clip_times.append(time.perf_counter() - t)
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"times": times, "rss_kb": rss_kb}))
+    print(json.dumps({"times": times, "sam": sam_times, "clip": clip_times, "rss_kb": rss_kb}))
 
 
-def rusage_child(cmd: list[str], env: dict) -> tuple[str, int]:
-    """Runs `cmd` (stderr dropped) and returns its stdout and its own peak RSS in KB."""
+def cached_forward(model, x, cache, start: int):
+    """The mirror's decoder layers over `x` [1, s, hidden] at positions `start..start + s` with a
+    KV cache (a list of per-layer (k, v), grown in place); logits of the last position only, as
+    `memctl ocr` computes them. The layers' own modules and weights, only the cache added."""
+    import torch
+    import torch.nn.functional as F
+    from lethe_model import rope_cos_sin, rotate_half
+
+    cfg = model.cfg
+    s = x.shape[1]
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    cos, sin = rope_cos_sin(torch.arange(start, start + s), hd, cfg.rope_theta, x.dtype)
+    for i, layer in enumerate(model.model.layers):
+        at = layer.self_attn
+        h = layer.input_layernorm(x)
+        q = at.q_proj(h).view(1, s, at.heads, at.head_dim).transpose(1, 2)
+        k = at.k_proj(h).view(1, s, at.kv_heads, at.head_dim).transpose(1, 2)
+        v = at.v_proj(h).view(1, s, at.kv_heads, at.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if len(cache) > i:
+            k = torch.cat([cache[i][0], k], 2)
+            v = torch.cat([cache[i][1], v], 2)
+            cache[i] = (k, v)
+        else:
+            cache.append((k, v))
+        if at.kv_heads != at.heads:
+            rep = at.heads // at.kv_heads
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=s > 1)
+        x = x + at.o_proj(out.transpose(1, 2).reshape(1, s, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return model.lm_head(model.model.norm(x[:, -1:]))[:, -1]
+
+
+def torch_decoder_worker(a) -> None:
+    """Child: the mirror's decoder on `a.model` in f32: prefill of the reference prompt with the
+    image's base-mode embeddings (`runs` times after a warm-up), then `a.steps` cached greedy
+    decode steps. Prints JSON."""
+    import resource
+
+    import torch
+    from PIL import Image
+    from tokenizers import Tokenizer
+
+    sys.path.insert(0, str(ROOT / "training"))
+    from lethe_model import LetheConfig, LetheOCR, global_view, to_tensor
+
+    torch.set_num_threads(a.threads)
+    folder = Path(a.model)
+    cfg = LetheConfig.from_json(folder / "config.json")
+    model = LetheOCR(cfg)
+    model.load_safetensors(sorted(folder.glob("*.safetensors"))[0])
+    model.eval()
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    pixels = to_tensor(global_view(Image.open(a.image), "base")).unsqueeze(0)
+    with torch.inference_mode():
+        emb = model.image_embeddings(pixels)
+        # The reference prompt `<image>\nFree OCR.`: BOS, the image slots, the text.
+        text = tok.encode("\nFree OCR.", add_special_tokens=False).ids
+        ids = [cfg.bos_token_id] + [cfg.image_token_id] * emb.shape[1] + text
+        x = model.embed(torch.tensor([ids]), emb)
+        prefill = []
+        for r in range(a.runs + 1):
+            cache = []
+            t = time.perf_counter()
+            logits = cached_forward(model, x, cache, 0)
+            if r > 0:  # the first is the warm-up
+                prefill.append(time.perf_counter() - t)
+        nxt = logits.argmax(-1)
+        t = time.perf_counter()
+        for step in range(a.steps):
+            e = model.model.embed_tokens(nxt.view(1, 1))
+            nxt = cached_forward(model, e, cache, len(ids) + step).argmax(-1)
+        decode_s = time.perf_counter() - t
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"positions": len(ids), "prefill": prefill,
+                      "decode_tokens_per_sec": a.steps / decode_s, "rss_kb": rss_kb}))
+
+
+def rusage_child(cmd: list[str], env: dict, ok=(0,)) -> tuple[str, int]:
+    """Runs `cmd` (stderr dropped) and returns its stdout and its own peak RSS in KB; an exit
+    status outside `ok` stops the bench."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -75,56 +179,131 @@ def rusage_child(cmd: list[str], env: dict) -> tuple[str, int]:
         chunks.append(b)
     os.close(r)
     _, status, usage = os.wait4(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    if os.waitstatus_to_exitcode(status) not in ok:
         raise SystemExit(f"{' '.join(cmd)} failed ({os.waitstatus_to_exitcode(status)})")
     return b"".join(chunks).decode(), usage.ru_maxrss
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="weights folder (config.json, *.safetensors)")
-    ap.add_argument("--image", required=True)
-    ap.add_argument("--modes", default="tiny,small,base,large")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="threads of each side")
-    ap.add_argument("--memctl", default=str(ROOT / "target/release/memctl"))
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    if a.torch_worker:
-        return torch_worker(a)
+def median(xs):
+    return statistics.median(xs)
 
-    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
-    load_before = os.getloadavg()[0]
+
+def encoder_rows(a, env) -> list[dict]:
     rows = []
     for mode in a.modes.split(","):
         out, torch_rss = rusage_child(
             [sys.executable, __file__, "--torch-worker", "--model", a.model, "--image", a.image,
              "--mode", mode, "--runs", str(a.runs), "--threads", str(a.threads)], env)
-        torch_times = json.loads(out)["times"]
-        rust_times, rust_rss = [], 0
-        for _ in range(a.runs):
+        py = json.loads(out)
+        rust, rust_rss = [], 0
+        for run in range(a.runs + 1):
             out, rss = rusage_child(
                 [a.memctl, "encode", a.image, "--mode", mode, "--model", a.model, "--json"], env)
-            report = json.loads(out)
-            rust_times.append(report["timing_s"]["encode"])
+            if run > 0:  # the first is the warm-up (page cache, the allocator after the mirror)
+                rust.append(json.loads(out))
             rust_rss = max(rust_rss, rss)
-        t, r = statistics.median(torch_times), statistics.median(rust_times)
-        rows.append({"mode": mode, "pytorch_s": round(t, 3), "lethe_s": round(r, 3),
-                     "ratio": round(t / r, 2), "pytorch_rss_mb": round(torch_rss / 1024),
-                     "lethe_rss_mb": round(rust_rss / 1024)})
+        t = median(py["times"])
+        r = median([x["timing_s"]["encode"] for x in rust])
+        # The same FLOP counts (Lethe's, the reference's padded windows included) for both sides.
+        gflop = rust[0]["gflop"]
+        row = {"mode": mode, "pytorch_s": round(t, 3), "lethe_s": round(r, 3),
+               "ratio": round(t / r, 2), "pytorch_rss_mb": round(torch_rss / 1024),
+               "lethe_rss_mb": round(rust_rss / 1024)}
+        for stage in ("sam", "clip"):
+            row[f"{stage}_gflops_pytorch"] = round(gflop[stage] / median(py[stage]), 1)
+            row[f"{stage}_gflops_lethe"] = round(
+                gflop[stage] / median([x["timing_s"][stage] for x in rust]), 1)
+        rows.append(row)
+    return rows
+
+
+def decoder_rows(a, env) -> list[dict]:
+    out, torch_rss = rusage_child(
+        [sys.executable, __file__, "--torch-decoder-worker", "--model", a.decoder, "--image",
+         a.image, "--runs", str(a.runs), "--steps", str(a.steps), "--threads", str(a.threads)],
+        env)
+    py = json.loads(out)
+    rows = []
+    for quant in a.quants.split(","):
+        runs, rss_max = [], 0
+        for _ in range(a.runs):
+            # Exit 3: stopped at --max-tokens, which is what a bench of fixed length wants.
+            out, rss = rusage_child(
+                [a.memctl, "ocr", a.image, "--model", a.decoder, "--mode", "base", "--quant",
+                 quant, "--max-tokens", str(a.steps + 1), "--no-repeat-ngram", "0", "--json"],
+                env, ok=(0, 3))
+            runs.append(json.loads(out))
+            rss_max = max(rss_max, rss)
+        positions = runs[0]["prompt_positions"]
+        if positions != py["positions"]:
+            raise SystemExit(f"prompt lengths differ: mirror {py['positions']}, memctl {positions}")
+        prefill = median([x["timings"]["prefill_secs"] for x in runs])
+        tps = median([x["timings"]["decode_tokens_per_sec"] for x in runs])
+        p_prefill, p_tps = median(py["prefill"]), py["decode_tokens_per_sec"]
+        rows.append({"quant": quant, "positions": positions,
+                     "prefill_pytorch_s": round(p_prefill, 3), "prefill_lethe_s": round(prefill, 3),
+                     "prefill_ratio": round(p_prefill / prefill, 2),
+                     "decode_pytorch_tps": round(p_tps, 2), "decode_lethe_tps": round(tps, 2),
+                     "decode_ratio": round(tps / p_tps, 2),
+                     "pytorch_rss_mb": round(torch_rss / 1024), "lethe_rss_mb": round(rss_max / 1024)})
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="weights folder for the encoder (config.json, *.safetensors)")
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--modes", default="tiny,small,base,large")
+    ap.add_argument("--decoder", help="full-size weights folder for the decoder rows (f32 on "
+                    "both sides; the mirror needs ~14 GB, memctl ~13.5 GB, one at a time)")
+    ap.add_argument("--quants", default="none,q8_0", help="memctl's decoder weights to run")
+    ap.add_argument("--steps", type=int, default=32, help="decode steps after the prefill")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="threads of each side")
+    ap.add_argument("--memctl", default=str(ROOT / "target/release/memctl"))
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--torch-decoder-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.torch_worker:
+        return torch_worker(a)
+    if a.torch_decoder_worker:
+        return torch_decoder_worker(a)
+    if not a.model and not a.decoder:
+        ap.error("give --model (encoder rows), --decoder (decoder rows) or both")
+
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    load_before = os.getloadavg()[0]
+    enc = encoder_rows(a, env) if a.model else []
+    dec = decoder_rows(a, env) if a.decoder else []
     if a.json:
         print(json.dumps({"load_average_before": load_before, "threads": a.threads,
-                          "runs": a.runs, "rows": rows}))
+                          "runs": a.runs, "steps": a.steps, "encoder": enc, "decoder": dec}))
         return
-    print(f"encoder side by side: {a.model}, {Path(a.image).name}, median of {a.runs}, "
-          f"{a.threads} threads each, load average {load_before:.2f} before the runs")
-    print("| mode | PyTorch mirror | memctl encode | ratio (PyTorch / ours) | peak RSS PyTorch | peak RSS ours |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['mode']} | {row['pytorch_s']} s | {row['lethe_s']} s | {row['ratio']} | "
-              f"{row['pytorch_rss_mb']} MB | {row['lethe_rss_mb']} MB |")
+    print(f"side by side: {Path(a.image).name}, median of {a.runs}, {a.threads} threads each, "
+          f"load average {load_before:.2f} before the runs")
+    if enc:
+        print(f"\nencoder ({a.model}); GFLOP/s = the same FLOP count over each side's time")
+        print("| mode | PyTorch mirror | memctl encode | ratio (PyTorch / ours) | SAM GFLOP/s PyTorch / ours "
+              "| CLIP GFLOP/s PyTorch / ours | peak RSS PyTorch | peak RSS ours |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in enc:
+            print(f"| {r['mode']} | {r['pytorch_s']} s | {r['lethe_s']} s | {r['ratio']} | "
+                  f"{r['sam_gflops_pytorch']} / {r['sam_gflops_lethe']} | "
+                  f"{r['clip_gflops_pytorch']} / {r['clip_gflops_lethe']} | "
+                  f"{r['pytorch_rss_mb']} MB | {r['lethe_rss_mb']} MB |")
+    if dec:
+        print(f"\ndecoder ({a.decoder}); prefill with logits for the last position, then "
+              f"{a.steps} greedy steps with a KV cache; the mirror in f32")
+        print("| memctl weights | positions | prefill PyTorch | prefill ours | ratio | decode PyTorch "
+              "| decode ours | ratio | peak RSS PyTorch | peak RSS ours |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in dec:
+            print(f"| {r['quant']} | {r['positions']} | {r['prefill_pytorch_s']} s | "
+                  f"{r['prefill_lethe_s']} s | {r['prefill_ratio']} | {r['decode_pytorch_tps']} tok/s | "
+                  f"{r['decode_lethe_tps']} tok/s | {r['decode_ratio']} | {r['pytorch_rss_mb']} MB | "
+                  f"{r['lethe_rss_mb']} MB |")
 
 
 if __name__ == "__main__":
