@@ -111,9 +111,12 @@ fn ocr_recall_and_bench_read_on_a_remote_server() {
 
     // bench: every page at every mode asked is read remotely.
     let before = server.count("ok");
+    let bench_out = dir.path().join("bench-out");
     let bench = memctl(&[
         "bench",
         transcript.to_str().unwrap(),
+        "--out",
+        bench_out.to_str().unwrap(),
         "--modes",
         "tiny,base",
         "--decoder-url",
