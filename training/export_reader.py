@@ -77,6 +77,9 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f16")
     ap.add_argument("--check-mode", default="tiny")
     ap.add_argument("--history", default="", help="earlier stages' run folders, oldest first (TRAINING.md)")
+    ap.add_argument("--previous", default=None,
+                    help="the TRAINING.md of the model the first run started from (reader.py --init "
+                         "MODEL_DIR): kept whole, as the history before these runs")
     a = ap.parse_args(argv)
     run, out = Path(a.run), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +145,11 @@ first. The last run ended at step {ck['step']} of stage {ck.get('stage', 1)}; co
         cmd = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else "(not recorded)"
         parts.append(f"## {run.name}\n\n```\n{cmd}\n```\n\n{curve(run)}\n")
     parts.append(f"## Export\n\n```\npython {' '.join(sys.argv)}\n```\n")
+    if a.previous:
+        # Its headings one level down, so the earlier model's history sits under one heading.
+        before = "\n".join("#" + line if line.startswith("#") else line
+                           for line in Path(a.previous).read_text().splitlines())
+        parts.append(f"## Before these runs: the model they started from\n\n{before}\n")
     (out / "TRAINING.md").write_text("\n".join(parts))
 
 

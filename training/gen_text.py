@@ -46,6 +46,16 @@ NAMES = ["Alice", "Bob", "Chen Wei", "Dana", "Emeka", "Farah", "Goran", "Hana", 
          "Kofi", "Lena", "Mateo", "Nadia", "Oskar", "Priya", "Quinn", "Rosa", "Sven", "Tariq"]
 SPEAKERS = ["User", "Assistant", "Tool", "System"]
 TLDS = ["com", "org", "net", "io", "dev", "cn", "de", "co.uk"]
+CONTRACTIONS = """
+I'm I've I'll I'd you're you've you'll you'd he's she's it's we're we've we'll we'd they're they've
+they'll that's there's here's what's who's let's don't doesn't didn't can't couldn't won't wouldn't
+isn't aren't wasn't weren't hasn't haven't shouldn't o'clock y'all it'd
+""".split()
+PLACES = ["Kyoto", "Seoul", "Berlin", "Lagos", "Lima", "Oslo", "Toronto", "Mumbai", "Nairobi",
+          "Lisbon", "Denver", "Osaka", "Busan", "Prague", "Austin", "Sydney", "Monday", "Friday",
+          "November", "March", "GitHub", "Postgres", "Slack", "Docker", "Python", "Rust"]
+UNITS = ["EUR", "USD", "JPY", "KRW", "km", "kg", "MB", "GB", "ms", "%", "°C", "people", "days",
+         "hours", "minutes", "pages", "tokens", "requests", "replicas", "€", "$"]
 HAN = ("的一是不了人我在有他这为之大来以个中上们到说国和地也子时道出而要于就下得可你年生自会那后"
        "能对着事其里所去行过家十用发天如然作方成者多日都三小军二无同么经法当起与好看学进种将还分此"
        "心前面又定见只主没公从记忆模型页面文本压缩图像数据系统测试版本问题结果时间服务器客户端网络")
@@ -64,7 +74,10 @@ class Gen:
 
     def __init__(self, seed: int, kinds: str = "all"):
         """`kinds`: "all" (the mix of `KINDS`), "ordinary" (everything but no-prior text) or
-        "no_prior" (only shuffled words, random identifiers and random strings)."""
+        "no_prior" (only shuffled words, random identifiers and random strings), or "everyday":
+        conversational English as people and assistants write it (contractions and possessives,
+        quotations, names and places, typographic punctuation, units), which the other mixes
+        hardly have; a separate mix so that the older streams stay as they were."""
         self.r = random.Random(seed)
         if kinds == "all":
             self.kinds = self.KINDS
@@ -72,8 +85,10 @@ class Gen:
             self.kinds = [k for k in self.KINDS if k[0] != "no_prior"]
         elif kinds == "no_prior":
             self.kinds = [("no_prior", 1)]
+        elif kinds == "everyday":
+            self.kinds = [("everyday", 6), ("numbers", 1), ("list", 1), ("cjk", 1)]
         else:
-            raise ValueError(f"kinds must be all, ordinary or no_prior, not {kinds!r}")
+            raise ValueError(f"kinds must be all, ordinary, no_prior or everyday, not {kinds!r}")
 
     # -- atoms --------------------------------------------------------------------------------
     def word(self) -> str:
@@ -233,6 +248,43 @@ class Gen:
         return " ".join([self.r.choice(["Docs at", "See", "Link:", "Fetched", "Moved to"]), self.url()]
                         + ([self.sentence()] if self.r.random() < 0.5 else []))
 
+    def everyday_sentence(self) -> str:
+        r = self.r
+        words = []
+        for _ in range(r.randint(5, 20)):
+            x = r.random()
+            if x < 0.14:
+                words.append(r.choice(CONTRACTIONS))
+            elif x < 0.20:
+                words.append(r.choice(NAMES + PLACES) + r.choice(["'s", "'s", "’s"]))
+            elif x < 0.30:
+                words.append(r.choice(NAMES + PLACES))
+            elif x < 0.35:
+                words.append(r.choice(["about", "roughly", "nearly", "≈", "~"]) + " " + self.quantity())
+            elif x < 0.37:
+                words.append(r.choice(["—", "–", "…", "·", "/", "&", "+"]))
+            else:
+                words.append(self.word())
+        if r.random() < 0.25:
+            i = r.randint(0, len(words) - 1)
+            open_q, close_q = r.choice([('"', '"'), ('"', '"'), ("'", "'"), ("“", "”"), ("‘", "’")])
+            words[i] = f"{open_q}{words[i]} {self.word()}{close_q}"
+        if r.random() < 0.12:
+            i = r.randint(1, len(words) - 1)
+            words.insert(i, "(" + " ".join(self.word() for _ in range(r.randint(1, 4))) + ")")
+        text = " ".join(words)
+        text = text[0].upper() + text[1:]
+        return text + r.choice([".", ".", ".", "?", "!", ",", "...", ":", "?!"])
+
+    def quantity(self) -> str:
+        r = self.r
+        n = r.choice([f"{r.randint(1, 99)}", f"{r.randint(1, 9)},{r.randint(0, 999):03d}",
+                      f"{r.randint(0, 99)}.{r.randint(0, 99):02d}"])
+        return f"{n} {r.choice(UNITS)}"
+
+    def everyday(self) -> str:
+        return " ".join(self.everyday_sentence() for _ in range(self.r.randint(1, 5)))
+
     KINDS = [("prose", 30), ("code", 10), ("numbers", 10), ("identifiers", 10), ("urls", 8),
              ("cjk", 8), ("no_prior", 16), ("list", 8)]
 
@@ -248,7 +300,7 @@ class Gen:
         k = r.choices(kinds, weights)[0]
         return {"prose": self.prose, "code": self.code, "numbers": self.numbers,
                 "identifiers": self.identifiers, "urls": self.urls, "cjk": self.cjk,
-                "no_prior": self.no_prior, "list": self.bullet_list}[k]()
+                "no_prior": self.no_prior, "list": self.bullet_list, "everyday": self.everyday}[k]()
 
     def turn(self) -> dict:
         r = self.r
@@ -297,8 +349,9 @@ def main() -> None:
     ap.add_argument("--heldout", action="store_true", help=f"use the held-out stream (seed {HELDOUT_SEED} + --seed)")
     ap.add_argument("--turns", type=int, default=100)
     ap.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
-    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior"], default="all",
-                    help="content mix: all, ordinary (no no-prior text) or no_prior only")
+    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior", "everyday"], default="all",
+                    help="content mix: all, ordinary (no no-prior text), no_prior only, or everyday "
+                         "(conversational English with contractions, quotes, names, units)")
     a = ap.parse_args()
     seed = HELDOUT_SEED + a.seed if a.heldout else a.seed
     for t in transcript(seed, a.turns, a.kinds):

@@ -684,10 +684,24 @@ def fit_vocab(name: str, t: torch.Tensor, vocab: int) -> torch.Tensor:
     return t
 
 
-def trainable(model, heads, stage: int, slot: bool = False) -> list:
+def load_init(path: Path, device) -> dict:
+    """`--init`: a run's ckpt.pt, or an exported model folder (or its model.safetensors) read as
+    a stage-2 checkpoint with no heads, so a later stage can start from what ships."""
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if weights.suffix != ".safetensors":
+        return torch.load(path, map_location=device, weights_only=False)
+    from safetensors.torch import load_file
+
+    state = {k: v.to(torch.float32) for k, v in load_file(str(weights), device=str(device)).items()}
+    return {"model": state, "heads": {}, "stage": 2, "step": 0}
+
+
+def trainable(model, heads, stage: int, slot: bool = False, freeze_model: bool = False) -> list:
     decoder = ("model.layers", "model.embed_tokens", "model.norm", "lm_head")
     for n, p in model.named_parameters():
-        if stage == 1:
+        if freeze_model:
+            p.requires_grad_(False)
+        elif stage == 1:
             p.requires_grad_(not n.startswith(decoder))
         elif stage == 2:
             p.requires_grad_(not n.startswith("model.sam_model"))
@@ -708,12 +722,17 @@ def main(argv=None) -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--stage", type=int, default=1, choices=[1, 2, 3])
-    ap.add_argument("--init", default=None, help="stage 2/3: the previous stage's ckpt.pt")
+    ap.add_argument("--init", default=None,
+                    help="stage 2/3: the previous stage's ckpt.pt, or an exported model folder "
+                         "(models/lethe-reader: its model.safetensors; the heads start fresh)")
+    ap.add_argument("--freeze-model", action="store_true",
+                    help="train the heads only (warm fresh heads up after --init from a model folder)")
     ap.add_argument("--init-decoder", default=None,
                     help="stage 2/3: take the decoder (not the vision side) from this ckpt.pt")
     ap.add_argument("--tokenizer", default=None, help="stage 2/3: the BPE tokenizer.json")
     ap.add_argument("--pages", required=True, help="render_pages.py output root (has train/ and heldout/)")
-    ap.add_argument("--modes", default="tiny,small")
+    ap.add_argument("--modes", default="tiny,small",
+                    help="modes, one per step in turn (tiny,tiny,base: two tiny steps to one base)")
     ap.add_argument("--train-sets", default="train",
                     help="page sets under --pages to train on, with weights: train:3,train-no_prior:1")
     ap.add_argument("--steps", type=int, default=20000, help="planned steps (the cosine schedule's length)")
@@ -769,9 +788,10 @@ def main(argv=None) -> None:
     stage = a.stage
 
     train = Mixture(Path(a.pages), a.train_sets, modes)
-    held = PageSet(Path(a.pages) / "heldout", modes)
+    eval_modes = list(dict.fromkeys(modes))  # each once, though steps may repeat one
+    held = PageSet(Path(a.pages) / "heldout", eval_modes)
     cls_path = out / "classes.json"
-    if not cls_path.is_file() and a.init:
+    if not cls_path.is_file() and a.init and (Path(a.init).parent / "classes.json").is_file():
         cls_path.write_text((Path(a.init).parent / "classes.json").read_text())
     if cls_path.is_file():
         classes = CharClasses.load(cls_path)
@@ -790,7 +810,7 @@ def main(argv=None) -> None:
     ckpt = out / "ckpt.pt"
     resume = ckpt.is_file()
     if a.init and not resume:
-        ck = torch.load(a.init, map_location=device, weights_only=False)
+        ck = load_init(Path(a.init), device)
         keep = ("model.sam_model", "model.vision_model", "model.projector", "model.image_newline",
                 "model.view_seperator")
         state = {k: fit_vocab(k, v, cfg.vocab_size) for k, v in ck["model"].items()
@@ -805,7 +825,7 @@ def main(argv=None) -> None:
         model.load_state_dict(state, strict=False)
         print(f"decoder initialised from {a.init_decoder} (stage {ck.get('stage')}, step {ck['step']})",
               flush=True)
-    params = trainable(model, heads, stage, a.slot_weight > 0)
+    params = trainable(model, heads, stage, a.slot_weight > 0, a.freeze_model)
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), weight_decay=a.weight_decay)
     step, used = 0, 0.0
     if resume:
@@ -876,7 +896,7 @@ def main(argv=None) -> None:
                    "elapsed_s": round(used + time.time() - t0, 1)}
             if step % a.eval_every == 0 or done:
                 dp = a.decode_pages if (step % a.decode_every == 0 or done) else 0
-                rec["heldout"] = evaluate(model, heads, a, held, classes, bpe, modes, stage, device, dp)
+                rec["heldout"] = evaluate(model, heads, a, held, classes, bpe, eval_modes, stage, device, dp)
             print(json.dumps(rec, ensure_ascii=False), flush=True)
             log.write(json.dumps(rec, ensure_ascii=False) + "\n")
             log.flush()

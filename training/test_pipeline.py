@@ -50,6 +50,24 @@ def test_gen_text_is_seeded_and_varied():
     assert Gen(1).page_text(500) == Gen(1).page_text(500)
 
 
+def test_gen_text_streams_stay_put_and_everyday_is_its_own_mix():
+    """New mixes must not move the older streams: the held-out pages in BENCHMARKS.md are these
+    transcripts (hashes of the first held-out transcript, taken before `everyday` existed)."""
+    import hashlib
+
+    def digest(kinds: str) -> str:
+        return hashlib.sha256(json.dumps(transcript(HELDOUT_SEED, 40, kinds)).encode()).hexdigest()
+
+    assert digest("all").startswith("93c1b418087188db")
+    assert digest("ordinary").startswith("0023f54319880306")
+    assert digest("no_prior").startswith("b42b68814375869d")
+    everyday = "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 40, "everyday"))
+    assert everyday == "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 40, "everyday"))
+    for mark in ("'", '"', "'s ", "≈"):
+        assert mark in everyday, mark
+    ordinary = "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 40, "ordinary"))
+    assert everyday.count("'") > 10 * max(1, ordinary.count("'"))
+
 def test_example_sequence_layout():
     src = StandInPages(3, ["tiny"], (48, 56), max_chars=60)
     page = src.page(0)
@@ -201,3 +219,37 @@ def test_worker_batches_equal_inline_batches():
     assert len(with_workers) == len(inline) == 2
     for x, y in zip(with_workers, inline):
         assert torch.equal(x["pixels"], y["pixels"]) and torch.equal(x["input_ids"], y["input_ids"])
+
+
+def test_reader_starts_from_an_exported_model_folder(tmp_path: Path):
+    """`reader.py --init MODEL_DIR` reads what ships (f16 model.safetensors) as a stage-2
+    checkpoint without heads: every tensor loads strictly, at the f16 value, in f32."""
+    import reader
+    from safetensors.torch import save_file
+
+    model = LetheOCR(LetheConfig.from_json(CPU_CFG))
+    model.init_weights(7)
+    shipped = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(shipped, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    for init in (tmp_path, tmp_path / "model.safetensors"):
+        ck = reader.load_init(init, torch.device("cpu"))
+        assert ck["stage"] == 2 and ck["step"] == 0 and ck["heads"] == {}
+        fresh = LetheOCR(LetheConfig.from_json(CPU_CFG))
+        fresh.load_state_dict(ck["model"], strict=True)
+        for k, v in fresh.state_dict().items():
+            assert v.dtype == torch.float32, k
+            assert torch.equal(v, shipped[k].to(torch.float32)), k
+
+
+def test_freeze_model_trains_the_heads_only():
+    """`--freeze-model` (warming fresh heads up after `--init MODEL_DIR`) leaves every weight that
+    ships untouched by the optimiser."""
+    import reader
+
+    cfg = LetheConfig.from_json(CPU_CFG)
+    model, heads = LetheOCR(cfg), reader.Heads(cfg, 40)
+    params = reader.trainable(model, heads, 2, slot=True, freeze_model=True)
+    assert not any(p.requires_grad for p in model.parameters())
+    head_ids = {id(p) for p in heads.parameters()}
+    assert params and all(id(p) in head_ids for p in params)
+    assert len(params) < len(reader.trainable(model, heads, 2, slot=True))
