@@ -649,9 +649,9 @@ impl Isa {
             if std::is_x86_feature_detected!("avx512f") && !force_avx2() {
                 return Self::Avx512;
             }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Self::Avx2;
-            }
+        }
+        if has_fma() {
+            return Self::Avx2;
         }
         Self::Portable
     }
@@ -1102,18 +1102,22 @@ mod tests {
             .collect()
     }
 
+    /// Every micro-kernel this machine can run, the portable one first.
+    fn available_isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::Portable];
+        if has_fma() {
+            isas.push(Isa::Avx2);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            isas.push(Isa::Avx512);
+        }
+        isas
+    }
+
     #[test]
     fn every_kernel_and_split_matches_the_naive_product() {
-        let mut isas = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx2);
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-        }
+        let isas = available_isas();
         eprintln!("kernels tested: {isas:?}");
         // Ragged edges in every dimension, more than one KC block, and (65 x 1000 x 64) a
         // product that the threads split by columns.
@@ -1134,10 +1138,7 @@ mod tests {
                 let want = naive_linear(m, n, k, &a, &w, &bias, act);
                 let check = |c: &[f32], what: &str| {
                     for (idx, (x, y)) in c.iter().zip(&want).enumerate() {
-                        assert!(
-                            (x - y).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + y.abs()),
-                            "{what} {m}x{n}x{k} {act:?} at {idx}: {x} vs {y}"
-                        );
+                        check_one(*x, *y, k, || format!("{what} {m}x{n}x{k} {act:?} at {idx}"));
                     }
                 };
                 for &isa in &isas {
@@ -1168,16 +1169,7 @@ mod tests {
 
     #[test]
     fn matrix_vector_path_matches_the_naive_product() {
-        let mut isas = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx2);
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-        }
+        let isas = available_isas();
         // 1 to GEMV_MAX_ROWS rows; a ragged last panel and KC block (45 x 300); a product split
         // over the threads (1,600 x 1,000 weights, above GEMV_PARALLEL_MIN).
         for (case, &(n, k)) in [(45, 300), (32, 17), (1600, 1000)].iter().enumerate() {
@@ -1198,7 +1190,7 @@ mod tests {
                                 for (j, &v) in row.iter().enumerate().take(cols) {
                                     let col = panel * NR + j;
                                     let got = apply(act, v + bias[col]);
-                                    check_one(got, want[r * n + col], k, &format!("{isa:?}"));
+                                    check_one(got, want[r * n + col], k, || format!("{isa:?}"));
                                 }
                             }
                         }
@@ -1206,17 +1198,19 @@ mod tests {
                     let mut c = vec![0f32; m * n];
                     packed.matmul(m, MatRef::rows(&a, k), Some(&bias), act, &mut c);
                     for (x, y) in c.iter().zip(&want) {
-                        check_one(*x, *y, k, "matmul");
+                        check_one(*x, *y, k, || "matmul".to_string());
                     }
                 }
             }
         }
     }
 
-    fn check_one(x: f32, y: f32, k: usize, what: &str) {
+    /// `x` against the naive `y`, to a tolerance that grows with the sum's length `k`.
+    fn check_one(x: f32, y: f32, k: usize, what: impl FnOnce() -> String) {
         assert!(
             (x - y).abs() <= 1e-5 * (k as f32).sqrt() * (1.0 + y.abs()),
-            "{what}: {x} vs {y}"
+            "{}: {x} vs {y}",
+            what()
         );
     }
 
