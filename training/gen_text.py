@@ -54,6 +54,8 @@ isn't aren't wasn't weren't hasn't haven't shouldn't o'clock y'all it'd
 PLACES = ["Kyoto", "Seoul", "Berlin", "Lagos", "Lima", "Oslo", "Toronto", "Mumbai", "Nairobi",
           "Lisbon", "Denver", "Osaka", "Busan", "Prague", "Austin", "Sydney", "Monday", "Friday",
           "November", "March", "GitHub", "Postgres", "Slack", "Docker", "Python", "Rust"]
+TECH_UNITS = ["ms", "s", "MB", "GB", "KiB", "rows", "accounts", "requests", "connections", "tokens",
+              "pages", "bytes", "threads", "retries", "minutes", "files"]
 UNITS = ["EUR", "USD", "JPY", "KRW", "km", "kg", "MB", "GB", "ms", "%", "°C", "people", "days",
          "hours", "minutes", "pages", "tokens", "requests", "replicas", "€", "$"]
 HAN = ("的一是不了人我在有他这为之大来以个中上们到说国和地也子时道出而要于就下得可你年生自会那后"
@@ -77,7 +79,10 @@ class Gen:
         "no_prior" (only shuffled words, random identifiers and random strings), or "everyday":
         conversational English as people and assistants write it (contractions and possessives,
         quotations, names and places, typographic punctuation, units), which the other mixes
-        hardly have; a separate mix so that the older streams stay as they were."""
+        hardly have, or "agent": a coding agent's sessions (technical prose with numbers and
+        identifiers inside sentences, shell commands and their output, log lines, config files,
+        indented source, numbered steps). Each is a separate mix so that the older streams stay
+        as they were."""
         self.r = random.Random(seed)
         if kinds == "all":
             self.kinds = self.KINDS
@@ -87,8 +92,11 @@ class Gen:
             self.kinds = [("no_prior", 1)]
         elif kinds == "everyday":
             self.kinds = [("everyday", 6), ("numbers", 1), ("list", 1), ("cjk", 1)]
+        elif kinds == "agent":
+            self.kinds = [("tech", 6), ("shell", 2), ("logs", 2), ("config", 1), ("source", 2),
+                          ("steps", 2), ("everyday", 1)]
         else:
-            raise ValueError(f"kinds must be all, ordinary, no_prior or everyday, not {kinds!r}")
+            raise ValueError(f"kinds must be all, ordinary, no_prior, everyday or agent, not {kinds!r}")
 
     # -- atoms --------------------------------------------------------------------------------
     def word(self) -> str:
@@ -285,6 +293,137 @@ class Gen:
     def everyday(self) -> str:
         return " ".join(self.everyday_sentence() for _ in range(self.r.randint(1, 5)))
 
+    # -- a coding agent's sessions (kinds="agent") -------------------------------------------
+    def tech_atom(self) -> str:
+        """A number, identifier or measurement as it sits inside technical prose."""
+        r = self.r
+        k = r.randrange(9)
+        if k == 0:
+            return f"{self.ident()}={r.choice([str(r.randint(0, 99999)), self.word(), self.hexstr(7)])}"
+        if k == 1:
+            return f"{r.choice([r.randint(1, 999), f'{r.randint(1, 99)},{r.randint(0, 999):03d}'])} " \
+                   f"{r.choice(TECH_UNITS)}"
+        if k == 2:
+            return r.choice(["commit ", "hash ", "build ", ""]) + self.hexstr(r.choice([7, 8, 12]))
+        if k == 3:
+            return self.path()
+        if k == 4:
+            return f"{self.ident()}::{self.ident()}" + r.choice(["()", "", "::new"])
+        if k == 5:
+            return f"{r.choice(['port', 'PR', 'issue', 'line', 'status'])} {r.randint(1, 65535)}"
+        if k == 6:
+            return r.choice(["/v1/", "/api/", "/"]) + "/".join(self.word() for _ in range(r.randint(1, 3)))
+        if k == 7:
+            return self.number()
+        return f'"{self.ident()}"'
+
+    def tech_sentence(self) -> str:
+        r = self.r
+        words = []
+        for _ in range(r.randint(6, 24)):
+            x = r.random()
+            if x < 0.16:
+                words.append(self.tech_atom())
+            elif x < 0.22:
+                words.append(self.ident())
+            elif x < 0.27:
+                words.append(r.choice(CONTRACTIONS))
+            elif x < 0.29:
+                words.append(r.choice(NAMES))
+            else:
+                words.append(self.word())
+        if r.random() < 0.2:
+            i = r.randint(1, len(words) - 1)
+            words.insert(i, "(" + " ".join(self.word() for _ in range(r.randint(1, 3))) + ")")
+        if r.random() < 0.15:
+            words[r.randint(0, len(words) - 1)] += ","
+        text = " ".join(words)
+        return text[0].upper() + text[1:] + r.choice([".", ".", ".", "?", ":", ", so", "."])
+
+    def tech(self) -> str:
+        return " ".join(self.tech_sentence() for _ in range(self.r.randint(1, 5)))
+
+    def timestamp(self) -> str:
+        r = self.r
+        return (f"{r.randint(2019, 2031)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}T"
+                f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}:{r.randint(0, 59):02d}."
+                f"{r.randint(0, 999):03d}Z")
+
+    def log_line(self) -> str:
+        r = self.r
+        level = r.choice(["INFO ", "WARN ", "ERROR", "DEBUG", "INFO "])
+        fields = " ".join(f"{self.ident().replace('-', '_')}={r.choice([str(r.randint(0, 99999)), self.word(), self.hexstr(8)])}"
+                          for _ in range(r.randint(0, 4)))
+        msg = " ".join(self.word() for _ in range(r.randint(2, 7)))
+        return f"{self.timestamp()} {level} {self.ident().replace('-', '_')}::{self.word()}: {msg} {fields}".rstrip()
+
+    def logs(self) -> str:
+        return "\n".join(self.log_line() for _ in range(self.r.randint(2, 8)))
+
+    def shell(self) -> str:
+        r = self.r
+        cmd = r.choice([
+            f"kubectl -n {self.word()} logs deploy/{self.ident()} --since={r.randint(1, 48)}h | grep -E \"WARN|ERROR\"",
+            f"cargo test -p {self.ident()} -- --nocapture",
+            f"git log --oneline -n {r.randint(2, 9)}",
+            f"rg -n \"{self.ident()}\" {self.path()}",
+            f"curl -s {self.url()} | jq .{self.word()}",
+            f"psql -c \"SELECT count(*) FROM {self.word()} WHERE {self.word()} > {r.randint(0, 999)};\"",
+            f"ls -la {self.path()}",
+            f"python -m pytest {self.path()} -k {self.word()} -q"])
+        out = []
+        for _ in range(r.randint(1, 6)):
+            k = r.randrange(4)
+            if k == 0:
+                out.append(f"{self.hexstr(7)} {self.tech_sentence()}")
+            elif k == 1:
+                out.append(self.log_line())
+            elif k == 2:
+                out.append(f"{self.path()}:{r.randint(1, 999)}: {self.word()} {self.ident()}")
+            else:
+                out.append(f"test {self.ident()}::{self.ident()} ... {r.choice(['ok', 'ok', 'FAILED', 'ignored'])}")
+        return "$ " + cmd + "\n" + "\n".join(out)
+
+    def config(self) -> str:
+        r = self.r
+        lines = []
+        if r.random() < 0.5:
+            lines.append(f"[{r.choice(['dependencies', 'server', 'pool', 'profile.release', self.word()])}]")
+        for _ in range(r.randint(2, 6)):
+            v = r.choice([f'"{r.randint(0, 9)}.{r.randint(0, 40)}.{r.randint(0, 20)}"', str(r.randint(0, 10**5)),
+                          r.choice(["true", "false"]), f'"{self.url()}"',
+                          f'{{ version = "{r.randint(0, 2)}.{r.randint(0, 40)}", features = ["{self.word()}", "{self.word()}"] }}'])
+            sep = r.choice([" = ", ": "])
+            lines.append(f"{self.ident().replace('-', '_')}{sep}{v}")
+        return "\n".join(lines)
+
+    def source(self) -> str:
+        r = self.r
+        name, arg = self.ident().replace("-", "_"), self.ident().replace("-", "_")
+        lines = [r.choice([f"pub async fn {name}({arg}: &{self.ident().title().replace('-', '')}) -> anyhow::Result<u64> {{",
+                           f"def {name}({arg}, *, timeout={r.randint(1, 120)}):",
+                           f"fn {name}(&mut self, {arg}: usize) -> Option<{r.choice(['u32', 'String', 'Vec<u8>'])}> {{"])]
+        depth = 1
+        for _ in range(r.randint(3, 10)):
+            var = self.ident().replace("-", "_")
+            stmt = r.choice([f"let {var} = {arg}.{self.word()}({r.randint(0, 500)}).await?;",
+                             f"for {var} in {arg}.chunks({r.randint(2, 512)}) {{",
+                             f"{var} += {self.word()}(&mut {arg}, {r.randint(0, 99)})?;",
+                             f"if {var} > {r.randint(0, 9999)}:",
+                             f"return Ok({var}) // {self.word()} {self.word()}",
+                             f"{var} = self.{self.word()}.get(\"{self.word()}\")"])
+            lines.append("    " * depth + stmt)
+            if stmt.endswith("{") or stmt.endswith(":"):
+                depth = min(depth + 1, 4)
+            elif depth > 1 and r.random() < 0.3:
+                depth -= 1
+                lines.append("    " * depth + "}")
+        return "\n".join(lines)
+
+    def steps(self) -> str:
+        r = self.r
+        return "\n".join(f"{i}. {self.tech_sentence()}" for i in range(1, r.randint(3, 6)))
+
     KINDS = [("prose", 30), ("code", 10), ("numbers", 10), ("identifiers", 10), ("urls", 8),
              ("cjk", 8), ("no_prior", 16), ("list", 8)]
 
@@ -300,7 +439,9 @@ class Gen:
         k = r.choices(kinds, weights)[0]
         return {"prose": self.prose, "code": self.code, "numbers": self.numbers,
                 "identifiers": self.identifiers, "urls": self.urls, "cjk": self.cjk,
-                "no_prior": self.no_prior, "list": self.bullet_list, "everyday": self.everyday}[k]()
+                "no_prior": self.no_prior, "list": self.bullet_list, "everyday": self.everyday,
+                "tech": self.tech, "shell": self.shell, "logs": self.logs, "config": self.config,
+                "source": self.source, "steps": self.steps}[k]()
 
     def turn(self) -> dict:
         r = self.r
@@ -349,9 +490,10 @@ def main() -> None:
     ap.add_argument("--heldout", action="store_true", help=f"use the held-out stream (seed {HELDOUT_SEED} + --seed)")
     ap.add_argument("--turns", type=int, default=100)
     ap.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
-    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior", "everyday"], default="all",
-                    help="content mix: all, ordinary (no no-prior text), no_prior only, or everyday "
-                         "(conversational English with contractions, quotes, names, units)")
+    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior", "everyday", "agent"], default="all",
+                    help="content mix: all, ordinary (no no-prior text), no_prior only, everyday "
+                         "(conversational English with contractions, quotes, names, units), or agent "
+                         "(a coding agent's sessions: technical prose, shell, logs, config, source)")
     a = ap.parse_args()
     seed = HELDOUT_SEED + a.seed if a.heldout else a.seed
     for t in transcript(seed, a.turns, a.kinds):

@@ -61,12 +61,30 @@ def test_gen_text_streams_stay_put_and_everyday_is_its_own_mix():
     assert digest("all").startswith("93c1b418087188db")
     assert digest("ordinary").startswith("0023f54319880306")
     assert digest("no_prior").startswith("b42b68814375869d")
+    assert digest("everyday").startswith("1f57a871428b1655")  # taken before `agent` existed
     everyday = "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 40, "everyday"))
     assert everyday == "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 40, "everyday"))
     for mark in ("'", '"', "'s ", "≈"):
         assert mark in everyday, mark
     ordinary = "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 40, "ordinary"))
     assert everyday.count("'") > 10 * max(1, ordinary.count("'"))
+
+
+def test_gen_text_agent_mix_has_the_shapes_of_a_coding_session():
+    """`agent` is what the sample transcript looks like and no other mix has: shell commands with
+    output, ISO-timestamped log lines with key=value fields, config lines, indented source and
+    numbered steps, and numbers and identifiers inside sentences."""
+    import re
+
+    agent = "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 60, "agent"))
+    assert agent == "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 60, "agent"))
+    assert re.search(r"^\$ \S+", agent, re.M), "a shell command"
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO |WARN |ERROR|DEBUG) ", agent, re.M)
+    assert re.search(r"\w=\d+", agent), "key=value fields"
+    assert re.search(r"^ {8}\S", agent, re.M), "indented source two levels deep"
+    assert re.search(r"^2\. \S", agent, re.M), "numbered steps"
+    ordinary = "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 60, "ordinary"))
+    assert len(re.findall(r"^\d{4}-\d\d-\d\dT", ordinary, re.M)) == 0
 
 def test_example_sequence_layout():
     src = StandInPages(3, ["tiny"], (48, 56), max_chars=60)
