@@ -18,10 +18,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import string
 import sys
+import sysconfig
+from pathlib import Path
 
 TRAIN_SEED = 1_000
 HELDOUT_SEED = 9_000_000
@@ -81,8 +84,10 @@ class Gen:
         quotations, names and places, typographic punctuation, units), which the other mixes
         hardly have, or "agent": a coding agent's sessions (technical prose with numbers and
         identifiers inside sentences, shell commands and their output, log lines, config files,
-        indented source, numbered steps). Each is a separate mix so that the older streams stay
-        as they were."""
+        indented source, numbered steps), or "corpus": real text, not generated: passages of the
+        Python standard library's modules (English docstrings and comments with the whole
+        vocabulary, real code), for the words the generator's small word list never has. Each is a
+        separate mix so that the older streams stay as they were."""
         self.r = random.Random(seed)
         if kinds == "all":
             self.kinds = self.KINDS
@@ -92,11 +97,13 @@ class Gen:
             self.kinds = [("no_prior", 1)]
         elif kinds == "everyday":
             self.kinds = [("everyday", 6), ("numbers", 1), ("list", 1), ("cjk", 1)]
+        elif kinds == "corpus":
+            self.kinds = [("corpus", 1)]
         elif kinds == "agent":
             self.kinds = [("tech", 6), ("shell", 2), ("logs", 2), ("config", 1), ("source", 2),
                           ("steps", 2), ("everyday", 1)]
         else:
-            raise ValueError(f"kinds must be all, ordinary, no_prior, everyday or agent, not {kinds!r}")
+            raise ValueError(f"kinds must be all, ordinary, no_prior, everyday, agent or corpus, not {kinds!r}")
 
     # -- atoms --------------------------------------------------------------------------------
     def word(self) -> str:
@@ -420,6 +427,22 @@ class Gen:
                 lines.append("    " * depth + "}")
         return "\n".join(lines)
 
+    def corpus(self) -> str:
+        """3-14 consecutive lines of one module of the running Python's standard library (test
+        suites and vendored packages left out); runs of blank lines become one."""
+        r = self.r
+        files = corpus_files()
+        for _ in range(20):
+            lines = corpus_lines(files[r.randrange(len(files))])
+            if len(lines) >= 3:
+                break
+        start = r.randrange(max(1, len(lines) - 3))
+        out: list[str] = []
+        for line in lines[start:start + r.randint(3, 14)]:
+            if line or (out and out[-1]):
+                out.append(line)
+        return "\n".join(out).strip("\n") or self.tech()
+
     def steps(self) -> str:
         r = self.r
         return "\n".join(f"{i}. {self.tech_sentence()}" for i in range(1, r.randint(3, 6)))
@@ -441,7 +464,7 @@ class Gen:
                 "identifiers": self.identifiers, "urls": self.urls, "cjk": self.cjk,
                 "no_prior": self.no_prior, "list": self.bullet_list, "everyday": self.everyday,
                 "tech": self.tech, "shell": self.shell, "logs": self.logs, "config": self.config,
-                "source": self.source, "steps": self.steps}[k]()
+                "source": self.source, "steps": self.steps, "corpus": self.corpus}[k]()
 
     def turn(self) -> dict:
         r = self.r
@@ -459,6 +482,28 @@ class Gen:
             out.append(line)
             total += len(line) + 1
         return "\n".join(out)[:max_chars]
+
+
+@functools.cache
+def corpus_files() -> list[str]:
+    """The `.py` files of the running Python's standard library, sorted, without test suites,
+    site-packages and IDLE; the same list for the same Python version (TRAINING.md records it)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "__pycache__"}
+    files = sorted(str(f.relative_to(root)) for f in root.rglob("*.py")
+                   if not skip & set(f.relative_to(root).parts))
+    if not files:
+        raise RuntimeError(f"no standard-library sources under {root}")
+    return [str(root / f) for f in files]
+
+
+@functools.lru_cache(maxsize=256)
+def corpus_lines(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return []
+    return [line.rstrip().replace("\t", "    ") for line in text.splitlines()]
 
 
 def speaker_text(seed: int, turns: int, kinds: str = "all") -> str:
@@ -490,10 +535,11 @@ def main() -> None:
     ap.add_argument("--heldout", action="store_true", help=f"use the held-out stream (seed {HELDOUT_SEED} + --seed)")
     ap.add_argument("--turns", type=int, default=100)
     ap.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
-    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior", "everyday", "agent"], default="all",
+    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior", "everyday", "agent", "corpus"], default="all",
                     help="content mix: all, ordinary (no no-prior text), no_prior only, everyday "
                          "(conversational English with contractions, quotes, names, units), or agent "
-                         "(a coding agent's sessions: technical prose, shell, logs, config, source)")
+                         "(a coding agent's sessions: technical prose, shell, logs, config, source), or corpus "
+                         "(passages of the Python standard library: real words and code)")
     a = ap.parse_args()
     seed = HELDOUT_SEED + a.seed if a.heldout else a.seed
     for t in transcript(seed, a.turns, a.kinds):

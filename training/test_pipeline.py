@@ -86,6 +86,23 @@ def test_gen_text_agent_mix_has_the_shapes_of_a_coding_session():
     ordinary = "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 60, "ordinary"))
     assert len(re.findall(r"^\d{4}-\d\d-\d\dT", ordinary, re.M)) == 0
 
+
+def test_gen_text_corpus_is_real_text_from_the_standard_library():
+    """`corpus` passages are consecutive lines of a standard-library module, word for word, and
+    bring words the generator's word list does not have."""
+    from gen_text import WORDS, corpus_files, corpus_lines
+
+    g = Gen(HELDOUT_SEED, "corpus")
+    passages = [g.corpus() for _ in range(40)]
+    again = Gen(HELDOUT_SEED, "corpus")
+    assert passages == [again.corpus() for _ in range(40)]
+    sources = {f: "\n".join(corpus_lines(f)) for f in corpus_files()}
+    for p in passages[:10]:
+        first = p.split("\n")[0]
+        assert any(first in text for text in sources.values()), first
+    words = {w.strip(".,:()'\"").lower() for p in passages for w in p.split()}
+    assert len({w for w in words if w.isalpha()} - set(WORDS)) > 200
+
 def test_example_sequence_layout():
     src = StandInPages(3, ["tiny"], (48, 56), max_chars=60)
     page = src.page(0)
