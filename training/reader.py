@@ -513,14 +513,18 @@ class StepData(torch.utils.data.Dataset):
         items = [PageSet.load(p, self.classes) for p in pngs]
         keys = [str(p) for p in pngs]
         ramp = getattr(self.a, "curriculum", 0)
-        if ramp and self.bpe is not None:
+        short = getattr(self.a, "short_pages", 0.0)
+        if (ramp or short) and self.bpe is not None:
             # Curriculum: early on, most pages keep only their first few lines (the rest whited
             # out), so the decoder learns where to look on short texts; the share of whole pages
-            # grows linearly to 1 over `--curriculum` steps.
+            # grows linearly to 1 over `--curriculum` steps. `--short-pages` keeps that share of
+            # cut pages for the whole run: a transcript's last page is short, and the reader
+            # must stop where its text stops.
             rng = random.Random(self.seed * 7_919 + step)
+            cut = max(1.0 - step / ramp if ramp else 0.0, short)
             for i, (pix, _, _, text, doc) in enumerate(items):
                 n_lines = doc["lines"]
-                if rng.random() < step / ramp or n_lines < 2:
+                if rng.random() < 1.0 - cut or n_lines < 2:
                     continue
                 keep = rng.randint(1, n_lines - 1)
                 pix, text, doc = first_lines(pix, text, doc, keep)
@@ -759,6 +763,8 @@ def main(argv=None) -> None:
                          "names the slot of its cell the next character sits in")
     ap.add_argument("--probe-current", type=int, default=None,
                     help="also supervise head 0 of this layer to look at the cell of the token just read")
+    ap.add_argument("--short-pages", type=float, default=0.0,
+                    help="share of pages cut to their first lines for the whole run (stage 2)")
     ap.add_argument("--curriculum", type=int, default=0,
                     help="stage 2/3: steps over which the share of whole pages grows from 0 to 1 "
                          "(the others keep their first few lines); 0: whole pages throughout")
