@@ -190,19 +190,21 @@ class Gen:
         return " ".join("".join(r.choice(HANGUL) for _ in range(r.randint(2, 5))) for _ in range(n // 4 + 1))
 
     # -- larger pieces ------------------------------------------------------------------------
-    def sentence(self) -> str:
+    def draw_words(self, lo: int, hi: int, table) -> list[str]:
+        """`lo..=hi` words; each draws x in [0, 1) and takes the first `(limit, make)` of `table`
+        with x < limit, else a plain word (one `random()` per word, then what `make` draws)."""
         r = self.r
         words = []
-        for _ in range(r.randint(4, 18)):
+        for _ in range(r.randint(lo, hi)):
             x = r.random()
-            if x < 0.06:
-                words.append(self.number())
-            elif x < 0.10:
-                words.append(f"`{self.ident()}`")
-            elif x < 0.12:
-                words.append(r.choice(NAMES))
-            else:
-                words.append(self.word())
+            make = next((make for limit, make in table if x < limit), self.word)
+            words.append(make())
+        return words
+
+    def sentence(self) -> str:
+        r = self.r
+        words = self.draw_words(4, 18, [(0.06, self.number), (0.10, lambda: f"`{self.ident()}`"),
+                                        (0.12, lambda: r.choice(NAMES))])
         if r.random() < 0.15:
             i = r.randint(1, len(words) - 1)
             words.insert(i, "(" + self.word() + ")")
@@ -265,21 +267,12 @@ class Gen:
 
     def everyday_sentence(self) -> str:
         r = self.r
-        words = []
-        for _ in range(r.randint(5, 20)):
-            x = r.random()
-            if x < 0.14:
-                words.append(r.choice(CONTRACTIONS))
-            elif x < 0.20:
-                words.append(r.choice(NAMES + PLACES) + r.choice(["'s", "'s", "’s"]))
-            elif x < 0.30:
-                words.append(r.choice(NAMES + PLACES))
-            elif x < 0.35:
-                words.append(r.choice(["about", "roughly", "nearly", "≈", "~"]) + " " + self.quantity())
-            elif x < 0.37:
-                words.append(r.choice(["—", "–", "…", "·", "/", "&", "+"]))
-            else:
-                words.append(self.word())
+        words = self.draw_words(5, 20, [
+            (0.14, lambda: r.choice(CONTRACTIONS)),
+            (0.20, lambda: r.choice(NAMES + PLACES) + r.choice(["'s", "'s", "’s"])),
+            (0.30, lambda: r.choice(NAMES + PLACES)),
+            (0.35, lambda: r.choice(["about", "roughly", "nearly", "≈", "~"]) + " " + self.quantity()),
+            (0.37, lambda: r.choice(["—", "–", "…", "·", "/", "&", "+"]))])
         if r.random() < 0.25:
             i = r.randint(0, len(words) - 1)
             open_q, close_q = r.choice([('"', '"'), ('"', '"'), ("'", "'"), ("“", "”"), ("‘", "’")])
@@ -326,19 +319,8 @@ class Gen:
 
     def tech_sentence(self) -> str:
         r = self.r
-        words = []
-        for _ in range(r.randint(6, 24)):
-            x = r.random()
-            if x < 0.16:
-                words.append(self.tech_atom())
-            elif x < 0.22:
-                words.append(self.ident())
-            elif x < 0.27:
-                words.append(r.choice(CONTRACTIONS))
-            elif x < 0.29:
-                words.append(r.choice(NAMES))
-            else:
-                words.append(self.word())
+        words = self.draw_words(6, 24, [(0.16, self.tech_atom), (0.22, self.ident),
+                                        (0.27, lambda: r.choice(CONTRACTIONS)), (0.29, lambda: r.choice(NAMES))])
         if r.random() < 0.2:
             i = r.randint(1, len(words) - 1)
             words.insert(i, "(" + " ".join(self.word() for _ in range(r.randint(1, 3))) + ")")

@@ -62,6 +62,7 @@ def test_gen_text_streams_stay_put_and_everyday_is_its_own_mix():
     assert digest("ordinary").startswith("0023f54319880306")
     assert digest("no_prior").startswith("b42b68814375869d")
     assert digest("everyday").startswith("1f57a871428b1655")  # taken before `agent` existed
+    assert digest("agent").startswith("071eef275779")  # the held-out agent pages of BENCHMARKS.md
     everyday = "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 40, "everyday"))
     assert everyday == "\n".join(t["content"] for t in transcript(HELDOUT_SEED, 40, "everyday"))
     for mark in ("'", '"', "'s ", "≈"):
