@@ -26,6 +26,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+MIXES = ("all", "ordinary", "no_prior", "everyday", "agent", "corpus")
+"""The content mixes `Gen(seed, kinds)` knows (its docstring says what each holds)."""
 TRAIN_SEED = 1_000
 HELDOUT_SEED = 9_000_000
 
@@ -103,7 +105,7 @@ class Gen:
             self.kinds = [("tech", 6), ("shell", 2), ("logs", 2), ("config", 1), ("source", 2),
                           ("steps", 2), ("everyday", 1)]
         else:
-            raise ValueError(f"kinds must be all, ordinary, no_prior, everyday, agent or corpus, not {kinds!r}")
+            raise ValueError(f"kinds must be one of {', '.join(MIXES)}, not {kinds!r}")
 
     # -- atoms --------------------------------------------------------------------------------
     def word(self) -> str:
@@ -472,11 +474,10 @@ def corpus_files() -> list[str]:
     site-packages and IDLE; the same list for the same Python version (TRAINING.md records it)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "__pycache__"}
-    files = sorted(str(f.relative_to(root)) for f in root.rglob("*.py")
-                   if not skip & set(f.relative_to(root).parts))
+    files = sorted(str(f) for f in root.rglob("*.py") if not skip & set(f.relative_to(root).parts))
     if not files:
         raise RuntimeError(f"no standard-library sources under {root}")
-    return [str(root / f) for f in files]
+    return files
 
 
 @functools.lru_cache(maxsize=256)
@@ -517,7 +518,7 @@ def main() -> None:
     ap.add_argument("--heldout", action="store_true", help=f"use the held-out stream (seed {HELDOUT_SEED} + --seed)")
     ap.add_argument("--turns", type=int, default=100)
     ap.add_argument("--format", choices=["jsonl", "text"], default="jsonl")
-    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior", "everyday", "agent", "corpus"], default="all",
+    ap.add_argument("--kinds", choices=MIXES, default="all",
                     help="content mix: all, ordinary (no no-prior text), no_prior only, everyday "
                          "(conversational English with contractions, quotes, names, units), or agent "
                          "(a coding agent's sessions: technical prose, shell, logs, config, source), or corpus "

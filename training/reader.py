@@ -521,10 +521,10 @@ class StepData(torch.utils.data.Dataset):
             # cut pages for the whole run: a transcript's last page is short, and the reader
             # must stop where its text stops.
             rng = random.Random(self.seed * 7_919 + step)
-            cut = max(1.0 - step / ramp if ramp else 0.0, short)
+            whole = min(step / ramp if ramp else 1.0, 1.0 - short)
             for i, (pix, _, _, text, doc) in enumerate(items):
                 n_lines = doc["lines"]
-                if rng.random() < 1.0 - cut or n_lines < 2:
+                if rng.random() < whole or n_lines < 2:
                     continue
                 keep = rng.randint(1, n_lines - 1)
                 pix, text, doc = first_lines(pix, text, doc, keep)

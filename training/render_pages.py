@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_text import HELDOUT_SEED, TRAIN_SEED, speaker_text, transcript  # noqa: E402
+from gen_text import HELDOUT_SEED, MIXES, TRAIN_SEED, speaker_text, transcript  # noqa: E402
 
 
 def render_one(memctl: str, out: Path, split: str, i: int, mode: str, turns: int,
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--modes", default="tiny,small,base")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--profile", default=None, help="render profile (TOML or JSON) passed to memctl")
-    ap.add_argument("--kinds", choices=["all", "ordinary", "no_prior", "everyday", "agent", "corpus"], default="all",
+    ap.add_argument("--kinds", choices=MIXES, default="all",
                     help="content mix (gen_text.py); not 'all' writes to SPLIT-KINDS folders")
     ap.add_argument("--style", choices=["jsonl", "speaker", "mixed"], default="jsonl",
                     help="transcript files: JSON Lines (lowercase roles), memctl's speaker format "
