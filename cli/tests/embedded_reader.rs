@@ -1,8 +1,9 @@
 //! The embedded reader (`models/lethe-reader`) reads back what Lethe drew: no file, no network.
 //!
-//! Issue 12 asks for a short line read back exactly. The reader shipped today does not yet do that
-//! (it gets most characters of a line right and misreads a few, worst on a page's first line), so
-//! this test asserts what it does do, with a margin below the figures it measures: the text it
+//! Issue 12 asks for a short line read back exactly. The reader shipped today gets every word of
+//! these pages but not yet every character (a dropped or changed period, a stray blank line or
+//! letter after the text), so this test asserts what it does do, with a margin below the figures
+//! it measures: the text it
 //! writes is close to the page's (character F1, edit distance), and closer to that page's text
 //! than to another page's, so it comes from the pixels. Raise the floors as the reader improves;
 //! the figures are printed on every run.
@@ -28,7 +29,9 @@ const PAGES: [&[(&str, &str)]; 2] = [
 ];
 
 /// Floors per mode, (character F1, edit distance), about 0.1 below the worst page the shipped
-/// reader measured, never lowered (run a10 step 200: base F1 0.973 / 1.000, edit 0.081 / 0.000;
+/// reader measured, never lowered (run a11 step 1,452: base F1 0.995 / 1.000, edit 0.016 / 0.000;
+/// tiny F1 0.995 / 0.989, edit 0.008 / 0.009, word precision 1.000 on all four; floors raised
+/// then; run a10 step 200: base F1 0.973 / 1.000, edit 0.081 / 0.000;
 /// tiny F1 0.991 / 0.978, edit 0.008 / 0.019; run a8, not shipped, failed here: base edit 0.263;
 /// run a7 step 650: base F1 0.995 / 0.961, edit 0.016 / 0.037;
 /// tiny F1 0.849 / 0.900, edit 0.233 / 0.118; run a4 step 3,000: base F1 0.986 / 0.961, edit 0.023 /
@@ -37,10 +40,14 @@ const PAGES: [&[(&str, &str)]; 2] = [
 /// 0.844).
 fn floors(mode: Mode) -> (f64, f64) {
     match mode {
-        Mode::Base => (0.86, 0.15),
-        _ => (0.76, 0.35),
+        Mode::Base => (0.89, 0.12),
+        _ => (0.88, 0.11),
     }
 }
+
+/// Word precision on each page, at every tier: issue 12's bar for held-out pages (run a11 reads
+/// every word of these pages at both tiers).
+const MIN_WORD_PRECISION: f64 = 0.9;
 
 #[test]
 fn the_embedded_reader_reads_short_rendered_pages() {
@@ -72,9 +79,9 @@ fn the_embedded_reader_reads_short_rendered_pages() {
                 char_f1(&page.text, &reading.text),
                 normalized_edit_distance(&page.text, &reading.text),
             );
+            let words = word_precision(&page.text, &reading.text);
             eprintln!(
-                "{mode} page {i}: char F1 {f1:.3}, edit distance {edit:.3}, word precision {:.3}: {:?}",
-                word_precision(&page.text, &reading.text),
+                "{mode} page {i}: char F1 {f1:.3}, edit distance {edit:.3}, word precision {words:.3}: {:?}",
                 reading.text
             );
             assert!(!reading.hit_limit, "{mode}: no end of text");
@@ -82,6 +89,10 @@ fn the_embedded_reader_reads_short_rendered_pages() {
             assert!(
                 edit <= max_edit,
                 "{mode} page {i}: edit distance {edit:.3} > {max_edit}"
+            );
+            assert!(
+                words >= MIN_WORD_PRECISION,
+                "{mode} page {i}: word precision {words:.3} < {MIN_WORD_PRECISION}"
             );
             let edit_other = normalized_edit_distance(other, &reading.text);
             assert!(
