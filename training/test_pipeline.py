@@ -289,3 +289,27 @@ def test_freeze_model_trains_the_heads_only():
     head_ids = {id(p) for p in heads.parameters()}
     assert params and all(id(p) in head_ids for p in params)
     assert len(params) < len(reader.trainable(model, heads, 2, slot=True))
+
+
+def test_first_lines_cuts_text_boxes_and_pixels_together():
+    """`--short-pages` pages: the first `keep` lines' text and boxes stay, every pixel row below
+    the last kept glyph turns white, the rows above are untouched, the input page is not."""
+    import reader
+
+    lines = ["alpha beta", "gamma", "delta epsilon"]
+    boxes = [{"line": i, "ch": ch, "x0": 10.0 * j, "x1": 10.0 * j + 9, "y0": 32.0 * i + 4,
+              "y1": 32.0 * i + 27.5}
+             for i, line in enumerate(lines) for j, ch in enumerate(line)]
+    doc = {"boxes": boxes, "lines": len(lines), "width": 128}
+    gen = torch.Generator().manual_seed(5)
+    pix = torch.rand(3, 128, 128, generator=gen) * 2 - 1
+    before = pix.clone()
+    cut, text, cut_doc = reader.first_lines(pix, "\n".join(lines), doc, 2)
+    assert text == "alpha beta\ngamma"
+    assert cut_doc["lines"] == 2 and cut_doc["width"] == 128
+    assert [b["ch"] for b in cut_doc["boxes"]] == list("alpha beta") + list("gamma")
+    bottom = 32 * 1 + 28  # ceil of line 1's lowest box edge, 59.5
+    assert torch.equal(cut[:, :bottom], before[:, :bottom])
+    assert bool((cut[:, bottom:] == 1.0).all())
+    assert torch.equal(pix, before)
+    assert doc["lines"] == 3 and len(doc["boxes"]) == len(boxes)
