@@ -293,7 +293,8 @@ def test_freeze_model_trains_the_heads_only():
 
 def test_first_lines_cuts_text_boxes_and_pixels_together():
     """`--short-pages` pages: the first `keep` lines' text and boxes stay, every pixel row below
-    the last kept glyph turns white, the rows above are untouched, the input page is not."""
+    the last kept glyph turns white, the rows above are untouched, and the input page is left
+    as it was."""
     import reader
 
     lines = ["alpha beta", "gamma", "delta epsilon"]

@@ -3,10 +3,10 @@
 //! Issue 12 asks for a short line read back exactly. The reader shipped today gets every word of
 //! these pages but not yet every character (a dropped or changed period, a stray blank line or
 //! letter after the text), so this test asserts what it does do, with a margin below the figures
-//! it measures: the text it
-//! writes is close to the page's (character F1, edit distance), and closer to that page's text
-//! than to another page's, so it comes from the pixels. Raise the floors as the reader improves;
-//! the figures are printed on every run.
+//! it measures: the text it writes has the page's words (word precision), is close to the page's
+//! text (character F1, edit distance), and is closer to that page's text than to another page's,
+//! so it comes from the pixels. Raise the floors as the reader improves; the figures are printed
+//! on every run.
 
 use lethe::{Mode, OcrModel, OcrOptions};
 use lethe_cli::metrics::{char_f1, normalized_edit_distance, word_precision};
