@@ -314,3 +314,40 @@ def test_first_lines_cuts_text_boxes_and_pixels_together():
     assert bool((cut[:, bottom:] == 1.0).all())
     assert torch.equal(pix, before)
     assert doc["lines"] == 3 and len(doc["boxes"]) == len(boxes)
+
+
+def test_grow_decoder_appends_layers_that_change_nothing(tmp_path: Path):
+    """`grow_decoder.py`: two appended decoder layers (copies of the last, output projections
+    zeroed) leave every logit as it was, load strictly into the deeper config, and still train
+    (the zeroed projections get gradients)."""
+    import grow_decoder
+
+    torch.manual_seed(0)
+    cfg = LetheConfig.from_json(CPU_CFG)
+    model = LetheOCR(cfg)
+    model.init_weights(3)
+    model.eval()
+    b = batch(StandInPages(11, ["tiny"], (48, 56), max_chars=30), 0, 2, ["tiny"], 4096)
+    with torch.no_grad():
+        before = model(b["input_ids"], pixels=b["pixels"])
+    torch.save({"model": model.state_dict(), "heads": {}, "stage": 2, "step": 9}, tmp_path / "ck.pt")
+    layers = cfg.num_hidden_layers + 2
+    grow_decoder.main(["--init", str(tmp_path / "ck.pt"), "--config", str(CPU_CFG), "--layers",
+                       str(layers), "--config-out", str(tmp_path / "cfg.json"),
+                       "--out", str(tmp_path / "grown.pt")])
+    deep_cfg = LetheConfig.from_json(tmp_path / "cfg.json")
+    assert deep_cfg.num_hidden_layers == layers
+    deep = LetheOCR(deep_cfg)
+    grown = torch.load(tmp_path / "grown.pt", weights_only=False)
+    assert grown["stage"] == 2 and grown["step"] == 9
+    deep.load_state_dict(grown["model"], strict=True)
+    deep.eval()
+    with torch.no_grad():
+        after = deep(b["input_ids"], pixels=b["pixels"])
+    assert torch.allclose(after, before, atol=1e-5, rtol=0), float((after - before).abs().max())
+    deep.train()
+    logits = deep(b["input_ids"], pixels=b["pixels"])
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"].reshape(-1),
+                                      ignore_index=IGNORE).backward()
+    new = deep.model.layers[layers - 1]
+    assert float(new.self_attn.o_proj.weight.grad.abs().sum()) > 0
