@@ -23,10 +23,10 @@ TOK=$ROOT/assets/tokenizer/tokenizer.json
 mkdir -p "$OUT"
 for set in $SETS; do
   if [ "$set" = sample ]; then
-    store=$(mktemp -d)
-    "$MEMCTL" compress "$ROOT/samples/agent-sessions.txt" --store "$store" --fresh --model "$MODEL" \
+    tmp=$(mktemp -d)  # --fresh refuses a folder that exists and is not a store: use one inside
+    "$MEMCTL" compress "$ROOT/samples/agent-sessions.txt" --store "$tmp/store" --fresh --model "$MODEL" \
       --recall-pages 48 --json > "$OUT/sample.json"
-    rm -rf "$store"
+    rm -rf "$tmp"
     continue
   fi
   n=3; [ "$set" = agent ] && n=1
