@@ -26,10 +26,11 @@ def main(out: Path) -> None:
             if s["kind"] == "optical" or s["mode"] == "tiny":
                 print(row(f"{rep.parent.name} {s['name']}", s))
     sample = out / "sample.json"
-    if sample.is_file() and not sample.read_text().strip():
+    text = sample.read_text().strip() if sample.is_file() else None
+    if text == "":
         print("sample: not finished (sample.json is empty)")
-    elif sample.is_file():
-        for r in json.loads(sample.read_text())["recall"]:
+    elif text:
+        for r in json.loads(text)["recall"]:
             print(f"{'sample ' + r['tier']:<28} {r['pages']:>4}/{r['of_pages']:<4}      "
                   f"wp {r['word_precision']:.3f}  edit {r['edit_distance']:.3f}  "
                   f"F1 {r['char_f1']:.3f}  spans {r['critical_spans']:.3f}")
