@@ -5,7 +5,8 @@
 #   A = the staged recipe's joint pass (stage 3, SAM unfrozen, lr 3e-5) on the shipped depth;
 #   B = stage 2 on the six-layer decoder (lr 1e-4).
 # Then `training/cpu_session.sh finish` exports both and benches them (bench_reader.sh), in
-# parallel; compare with BENCHMARKS.md and ship the better one (training/README.md step 7).
+# parallel; compare with BENCHMARKS.md and ship the better one (NOTES.md, next steps 1; run
+# `cargo test -p lethe-cli --test embedded_reader` on it first, training/README.md step 6).
 #
 #   training/cpu_session.sh start TAG BUDGET    (runs RUNS/h-TAG, RUNS/a-TAG, RUNS/d-TAG)
 #   training/cpu_session.sh finish TAG
