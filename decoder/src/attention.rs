@@ -4,7 +4,7 @@
 //! `LlamaAttention` (eager) as called from `modeling_deepseekv2.py` of the DeepSeek-OCR HF remote
 //! code. q, k, v, o without bias; rotate-half RoPE over the whole head; causal; softmax in f32.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::config::DecoderConfig;
@@ -21,7 +21,84 @@ pub struct Attention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
-    kv_cache: Option<(Tensor, Tensor)>,
+    kv_cache: Option<KvCache>,
+}
+
+/// Keys and values of the positions seen so far, `[b, kv_heads, capacity, head_dim]` each, the
+/// first `len` positions filled. New positions are written in place; the buffers grow by
+/// doubling, so a generated token copies only its own keys and values (concatenating on every
+/// step copied the whole cache: quadratic in the sequence).
+#[derive(Debug)]
+struct KvCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// Positions a cache holds at least when it is first made, beyond the prefill.
+const KV_HEADROOM: usize = 256;
+
+impl KvCache {
+    /// A cache holding `k`, `v` (`[b, kv_heads, t, head_dim]`), with room to grow.
+    fn new(k: &Tensor, v: &Tensor) -> Result<Self> {
+        let t = k.dim(2)?;
+        let mut cache = Self {
+            k: Self::buffer(k, t + KV_HEADROOM)?,
+            v: Self::buffer(v, t + KV_HEADROOM)?,
+            len: 0,
+        };
+        cache.append(k, v)?;
+        Ok(cache)
+    }
+
+    fn buffer(like: &Tensor, capacity: usize) -> Result<Tensor> {
+        let (b, h, _, d) = like.dims4()?;
+        Ok(Tensor::zeros(
+            (b, h, capacity, d),
+            like.dtype(),
+            like.device(),
+        )?)
+    }
+
+    /// Writes `k`, `v` after the filled positions and returns views of all of them.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let capacity = self.k.dim(2)?;
+        if self.len + t > capacity {
+            let capacity = (2 * capacity).max(self.len + t);
+            for buf in [&mut self.k, &mut self.v] {
+                let grown = Self::buffer(buf, capacity)?;
+                grown.slice_set(&buf.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                *buf = grown;
+            }
+        }
+        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += t;
+        let (k, v) = (
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        );
+        if k.device().is_cpu() {
+            // The CPU matmul reads the views as they are (each head's rows contiguous).
+            Ok((k, v))
+        } else {
+            // Untested off the CPU: give the GPU's matmul the layout it always had.
+            Ok((k.contiguous()?, v.contiguous()?))
+        }
+    }
+}
+
+impl Clone for KvCache {
+    /// A copy with buffers of its own (the originals are written in place).
+    fn clone(&self) -> Self {
+        let copy = |t: &Tensor| t.copy().expect("copying a KV cache buffer");
+        Self {
+            k: copy(&self.k),
+            v: copy(&self.v),
+            len: self.len,
+        }
+    }
 }
 
 impl Attention {
@@ -64,13 +141,13 @@ impl Attention {
         let q = rotary.apply(&q, offset)?;
         let k = rotary.apply(&k, offset)?;
 
-        let (k, v) = match &self.kv_cache {
-            Some((ck, cv)) if offset > 0 => {
-                (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?)
+        let (k, v) = match &mut self.kv_cache {
+            Some(cache) if offset > 0 => cache.append(&k, &v)?,
+            _ => {
+                self.kv_cache = Some(KvCache::new(&k, &v)?);
+                (k, v)
             }
-            _ => (k, v),
         };
-        self.kv_cache = Some((k.clone(), v.clone()));
 
         let rep = self.num_heads / self.num_kv_heads;
         let (k, v) = if rep > 1 {
@@ -86,7 +163,7 @@ impl Attention {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dt)?;
-        let out = probs.matmul(&v.contiguous()?)?;
+        let out = probs.matmul(&v)?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
@@ -95,10 +172,7 @@ impl Attention {
 
     /// Number of cached positions.
     pub fn cached_len(&self) -> usize {
-        self.kv_cache
-            .as_ref()
-            .map(|(k, _)| k.dim(D::Minus2).unwrap_or(0))
-            .unwrap_or(0)
+        self.kv_cache.as_ref().map_or(0, |c| c.len)
     }
 
     /// Drops the cached keys and values.

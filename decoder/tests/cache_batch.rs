@@ -115,3 +115,63 @@ fn mismatched_offset_and_slot_counts_are_errors() {
         "{msg}"
     );
 }
+
+#[test]
+fn chunked_forward_past_the_cache_capacity_equals_one_forward() {
+    // The cache starts with room for the prefill plus 256 positions and grows by doubling: feed
+    // 10 positions, then chunks of 97 to past 600, and compare every position's logits with one
+    // forward over the whole sequence.
+    let mut model = common::tiny_model(Quantization::None);
+    let (_, embeds) = embeds_for(&model, "card_small");
+    let mut parts = vec![embeds.clone()];
+    while parts.iter().map(|p| p.dim(1).unwrap()).sum::<usize>() < 620 {
+        parts.push(embeds.clone());
+    }
+    let all = Tensor::cat(&parts, 1).unwrap();
+    let total = all.dim(1).unwrap();
+    let whole = model.forward(&all, 0).unwrap();
+    let mut pieces = vec![model.forward(&all.i((.., 0..10, ..)).unwrap(), 0).unwrap()];
+    let mut pos = 10;
+    while pos < total {
+        let len = 97.min(total - pos);
+        let chunk = all.i((.., pos..pos + len, ..)).unwrap();
+        pieces.push(model.forward(&chunk, pos).unwrap());
+        pos += len;
+    }
+    assert_eq!(model.cached_len(), total);
+    let chunked = Tensor::cat(&pieces, 1).unwrap();
+    let d = max_abs_diff(&chunked, &whole);
+    eprintln!("{total} positions, chunked vs whole max |diff| {d:.3e}");
+    assert!(d <= 2e-5, "chunked vs whole: {d:.3e}");
+}
+
+#[test]
+fn a_cloned_model_keeps_its_own_cache() {
+    let mut model = common::tiny_model(Quantization::None);
+    let (_, embeds) = embeds_for(&model, "card_tiny");
+    let t = embeds.dim(1).unwrap();
+    model.forward(&embeds, 0).unwrap();
+    let mut twin = model.clone();
+    let a = model
+        .embed_ids(&Tensor::new(&[[5u32]], model.device()).unwrap())
+        .unwrap();
+    let b = model
+        .embed_ids(&Tensor::new(&[[9u32]], model.device()).unwrap())
+        .unwrap();
+    // Each steps with another token at the same position; then both step with the same one.
+    model.forward(&a, t).unwrap();
+    twin.forward(&b, t).unwrap();
+    let la = model.forward(&a, t + 1).unwrap();
+    let lb = twin.forward(&a, t + 1).unwrap();
+    // Reference: the two sequences each run alone from scratch.
+    let mut fresh = common::tiny_model(Quantization::None);
+    fresh.forward(&embeds, 0).unwrap();
+    fresh.forward(&a, t).unwrap();
+    let want_a = fresh.forward(&a, t + 1).unwrap();
+    fresh.forward(&embeds, 0).unwrap();
+    fresh.forward(&b, t).unwrap();
+    let want_b = fresh.forward(&a, t + 1).unwrap();
+    assert!(max_abs_diff(&la, &want_a) <= 1e-6, "original");
+    assert!(max_abs_diff(&lb, &want_b) <= 1e-6, "clone");
+    assert!(max_abs_diff(&la, &lb) > 1e-4, "the two histories differ");
+}
