@@ -125,7 +125,10 @@ impl Linear {
             _ if w.device().is_cpu() && w.dtype() == DType::F32 => {
                 let values = w.flatten_all()?.to_vec1::<f32>()?;
                 drop(w);
-                LinearWeight::Packed(Arc::new(PackedB::from_rows(&values, out_dim, in_dim)))
+                // A checkpoint stored in bf16 or f16 keeps its 16 bits (the same products).
+                LinearWeight::Packed(Arc::new(PackedB::from_rows_compact(
+                    &values, out_dim, in_dim,
+                )))
             }
             _ => LinearWeight::Dense(w),
         };
@@ -140,7 +143,7 @@ impl Linear {
     /// Bytes held by the weight.
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
-            LinearWeight::Packed(p) => p.k() * p.n() * 4,
+            LinearWeight::Packed(p) => p.bytes(),
             LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
             LinearWeight::Q8(q) => q.bytes(),
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
@@ -427,7 +430,8 @@ mod tests {
             let want = x.matmul(&w.t().unwrap()).unwrap();
             let linear = Linear::from_weight(w, Quantization::None).unwrap();
             assert!(matches!(linear.weight, LinearWeight::Packed(_)));
-            assert_eq!(linear.weight_bytes(), out * k * 4);
+            // Held once, in f32 (random values have no 16-bit form), the last panel padded.
+            assert_eq!(linear.weight_bytes(), out.div_ceil(32) * 32 * k * 4);
             let got = linear.forward(&x).unwrap();
             assert_eq!(got.dims(), &[rows, out]);
             let d = (want - got)
@@ -443,6 +447,32 @@ mod tests {
             let bound = 2.0 * k as f32 * f32::EPSILON;
             assert!(d <= bound, "rows {rows}, out {out}, k {k}: {d} > {bound}");
         }
+    }
+
+    #[test]
+    fn a_bf16_checkpoint_keeps_half_the_bytes_and_the_same_products() {
+        let dev = Device::Cpu;
+        let (rows, out, k) = (5, 96, 640);
+        let x = Tensor::from_vec(seeded(7, rows * k), (rows, k), &dev).unwrap();
+        // A bf16 tensor as a checkpoint stores it, widened to f32 as the loader reads it.
+        let w = Tensor::from_vec(seeded(8, out * k), (out, k), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let plain = Tensor::from_vec(
+            w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            (out, k),
+            &dev,
+        )
+        .unwrap();
+        let linear = Linear::from_weight(w, Quantization::None).unwrap();
+        assert_eq!(linear.weight_bytes(), out * k * 2);
+        let want = x.matmul(&plain.t().unwrap()).unwrap();
+        let got = linear.forward(&x).unwrap();
+        let d = (want - got).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() <= 2.0 * k as f32 * f32::EPSILON);
     }
 
     #[test]

@@ -24,6 +24,9 @@
 
 use rayon::prelude::*;
 
+mod widen;
+use widen::{Panels, Store};
+
 const MR: usize = 6;
 const NR: usize = 32;
 const KC: usize = 256;
@@ -84,23 +87,26 @@ fn sgemm(
 ) {
     let mut bp = Vec::new();
     pack_b_full(k, n, &b, &mut bp);
-    sgemm_prepacked(m, n, k, a, &bp, bias, act, c);
+    sgemm_prepacked(m, n, k, a, Panels::F32(&bp), bias, act, c);
 }
 
 /// A weight matrix packed once for [`PackedB::matmul`]: `B = W^T` for a `[n, k]` row-major
 /// `W` (a linear layer's `[out, in]` weight), laid out as [`pack_b_full`] lays it out. Keeping
 /// weights packed saves re-reading and re-laying-out every weight on every call, which costs
 /// as much as the product itself when `m` is small (CLIP at tiny has 65 rows).
+///
+/// [`PackedB::from_rows_compact`] holds the values in bf16 or f16 when they are exactly so (a
+/// checkpoint stored in 16 bits): half the bytes to stream, the same f32 products.
 #[derive(Clone)]
 pub struct PackedB {
-    data: Vec<f32>,
+    data: Store,
     k: usize,
     n: usize,
 }
 
 impl std::fmt::Debug for PackedB {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedB({} x {})", self.k, self.n)
+        write!(f, "PackedB({} x {}, {})", self.k, self.n, self.data.name())
     }
 }
 
@@ -118,7 +124,37 @@ impl PackedB {
             },
             &mut data,
         );
-        Self { data, k, n }
+        Self {
+            data: Store::F32(data),
+            k,
+            n,
+        }
+    }
+
+    /// As [`PackedB::from_rows`], holding the values in 16 bits when every one of them is
+    /// exactly a bf16 (else an f16) value, as the weights of a checkpoint stored in bf16 or f16
+    /// are once widened to f32. Products are bit-for-bit those of [`PackedB::from_rows`]: each
+    /// panel is widened back to f32 just before the micro-kernel reads it.
+    pub fn from_rows_compact(w: &[f32], n: usize, k: usize) -> Self {
+        let packed = Self::from_rows(w, n, k);
+        match packed.data {
+            Store::F32(data) => Self {
+                data: Store::compact(data),
+                k,
+                n,
+            },
+            other => Self { data: other, k, n },
+        }
+    }
+
+    /// Bytes held by the packed values (with the zero padding of the last panel).
+    pub fn bytes(&self) -> usize {
+        self.data.bytes()
+    }
+
+    /// How the values are held: `"f32"`, `"bf16"` or `"f16"`.
+    pub fn storage(&self) -> &'static str {
+        self.data.name()
     }
 
     /// Inner dimension (the layer's input width).
@@ -134,9 +170,9 @@ impl PackedB {
     /// `c[m, n] = act(a[m, k] B + bias)`.
     pub fn matmul(&self, m: usize, a: MatRef, bias: Option<&[f32]>, act: Act, c: &mut [f32]) {
         if (1..=GEMV_MAX_ROWS).contains(&m) && self.k > 0 {
-            gemv_packed(m, self.n, self.k, a, &self.data, bias, act, c);
+            gemv_packed(m, self.n, self.k, a, self.data.panels(), bias, act, c);
         } else {
-            sgemm_prepacked(m, self.n, self.k, a, &self.data, bias, act, c);
+            sgemm_prepacked(m, self.n, self.k, a, self.data.panels(), bias, act, c);
         }
     }
 }
@@ -161,7 +197,7 @@ fn gemv_packed(
     n: usize,
     k: usize,
     a: MatRef,
-    bp: &[f32],
+    bp: Panels,
     bias: Option<&[f32]>,
     act: Act,
     c: &mut [f32],
@@ -183,10 +219,15 @@ fn gemv_packed(
     };
     let per = panels.div_ceil(chunks);
     let run = |i: usize| -> Vec<PanelAcc> {
+        // Room for one block of a panel widened from 16 bits.
+        let mut wide = match bp {
+            Panels::F32(_) => Vec::new(),
+            _ => vec![0f32; KC * NR],
+        };
         (i * per..((i + 1) * per).min(panels))
             .map(|panel| {
                 let mut acc = [[0f32; NR]; GEMV_MAX_ROWS];
-                gemv_panel(isa, m, k, &x, bp, npad, panel, &mut acc);
+                gemv_panel(isa, m, k, &x, bp, npad, panel, &mut acc, &mut wide);
                 acc
             })
             .collect()
@@ -217,97 +258,191 @@ fn gemv_panel(
     m: usize,
     k: usize,
     x: &[f32],
-    bp: &[f32],
+    bp: Panels,
+    npad: usize,
+    panel: usize,
+    acc: &mut PanelAcc,
+    wide: &mut [f32],
+) {
+    match (isa, bp) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` was detected on this CPU.
+        (Isa::Avx512, Panels::Bf16(h)) => unsafe {
+            match m {
+                1 => gemv_half_avx512::<true, 1>(k, x, h, npad, panel, acc),
+                2 => gemv_half_avx512::<true, 2>(k, x, h, npad, panel, acc),
+                3 => gemv_half_avx512::<true, 3>(k, x, h, npad, panel, acc),
+                _ => gemv_half_avx512::<true, 4>(k, x, h, npad, panel, acc),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx512, Panels::F16(h)) => unsafe {
+            match m {
+                1 => gemv_half_avx512::<false, 1>(k, x, h, npad, panel, acc),
+                2 => gemv_half_avx512::<false, 2>(k, x, h, npad, panel, acc),
+                3 => gemv_half_avx512::<false, 3>(k, x, h, npad, panel, acc),
+                _ => gemv_half_avx512::<false, 4>(k, x, h, npad, panel, acc),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx512, _) => unsafe { gemv_panel_avx512(m, k, x, bp, npad, panel, acc, wide) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, _) => unsafe { gemv_panel_avx2(m, k, x, bp, npad, panel, acc, wide) },
+        _ => gemv_panel_rows(m, k, x, bp, npad, panel, acc, wide),
+    }
+}
+
+/// [`gemv_panel`] for a panel held in 16 bits (bf16 when `BF16`, else f16), widened in
+/// registers as it is read: the weight's bytes are streamed once, at half the f32 size. Each
+/// lane multiplies and then adds, in the order [`gemv_block`] does, so the sums are bit-for-bit
+/// those of the f32 panel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemv_half_avx512<const BF16: bool, const R: usize>(
+    k: usize,
+    x: &[f32],
+    h: &[u16],
     npad: usize,
     panel: usize,
     acc: &mut PanelAcc,
 ) {
-    match isa {
-        // SAFETY: `isa` was detected on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { gemv_panel_avx512(m, k, x, bp, npad, panel, acc) },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { gemv_panel_avx2(m, k, x, bp, npad, panel, acc) },
-        _ => gemv_panel_rows(m, k, x, bp, npad, panel, acc),
+    use std::arch::x86_64::*;
+    assert!(R <= GEMV_MAX_ROWS && x.len() >= R * k && h.len() >= k * npad);
+    let mut sums = [[_mm512_setzero_ps(); 2]; R];
+    let mut pc = 0;
+    while pc < k {
+        let kc = KC.min(k - pc);
+        let base = pc * npad + panel * NR * kc;
+        for p in 0..kc {
+            // SAFETY: the panel's block holds `kc * NR` values from `base`, inside `h` (checked
+            // above: `h` holds all `k * npad`); the x reads are inside `x` (`R * k` values).
+            unsafe {
+                let at = h.as_ptr().add(base + p * NR);
+                let lo = _mm256_loadu_si256(at.cast());
+                let hi = _mm256_loadu_si256(at.add(16).cast());
+                let (b0, b1) = if BF16 {
+                    (
+                        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(lo))),
+                        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi))),
+                    )
+                } else {
+                    (_mm512_cvtph_ps(lo), _mm512_cvtph_ps(hi))
+                };
+                for (r, row) in sums.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*x.as_ptr().add(r * k + pc + p));
+                    row[0] = _mm512_add_ps(row[0], _mm512_mul_ps(xv, b0));
+                    row[1] = _mm512_add_ps(row[1], _mm512_mul_ps(xv, b1));
+                }
+            }
+        }
+        pc += kc;
+    }
+    for (row, out) in sums.iter().zip(acc.iter_mut()) {
+        // SAFETY: each accumulator row holds NR = 32 values.
+        unsafe {
+            _mm512_storeu_ps(out.as_mut_ptr(), row[0]);
+            _mm512_storeu_ps(out.as_mut_ptr().add(16), row[1]);
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemv_panel_avx512(
     m: usize,
     k: usize,
     x: &[f32],
-    bp: &[f32],
+    bp: Panels,
     npad: usize,
     panel: usize,
     acc: &mut PanelAcc,
+    wide: &mut [f32],
 ) {
-    gemv_panel_rows(m, k, x, bp, npad, panel, acc)
+    gemv_panel_rows(m, k, x, bp, npad, panel, acc, wide)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemv_panel_avx2(
     m: usize,
     k: usize,
     x: &[f32],
-    bp: &[f32],
+    bp: Panels,
     npad: usize,
     panel: usize,
     acc: &mut PanelAcc,
+    wide: &mut [f32],
 ) {
-    gemv_panel_rows(m, k, x, bp, npad, panel, acc)
+    gemv_panel_rows(m, k, x, bp, npad, panel, acc, wide)
 }
 
 /// Dispatches on the row count, so each count's loop keeps its accumulators in registers.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn gemv_panel_rows(
     m: usize,
     k: usize,
     x: &[f32],
-    bp: &[f32],
+    bp: Panels,
     npad: usize,
     panel: usize,
     acc: &mut PanelAcc,
+    wide: &mut [f32],
 ) {
     match m {
-        1 => gemv_panel_body::<1>(k, x, bp, npad, panel, acc),
-        2 => gemv_panel_body::<2>(k, x, bp, npad, panel, acc),
-        3 => gemv_panel_body::<3>(k, x, bp, npad, panel, acc),
-        _ => gemv_panel_body::<4>(k, x, bp, npad, panel, acc),
+        1 => gemv_panel_body::<1>(k, x, bp, npad, panel, acc, wide),
+        2 => gemv_panel_body::<2>(k, x, bp, npad, panel, acc, wide),
+        3 => gemv_panel_body::<3>(k, x, bp, npad, panel, acc, wide),
+        _ => gemv_panel_body::<4>(k, x, bp, npad, panel, acc, wide),
     }
 }
 
 /// The loop the vectoriser compiles for the instruction set of the function it is inlined into.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn gemv_panel_body<const R: usize>(
     k: usize,
     x: &[f32],
-    bp: &[f32],
+    bp: Panels,
     npad: usize,
     panel: usize,
     acc: &mut PanelAcc,
+    wide: &mut [f32],
 ) {
     let mut sums = [[0f32; NR]; R];
     let rows: [&[f32]; R] = std::array::from_fn(|r| &x[r * k..(r + 1) * k]);
     let mut pc = 0;
     while pc < k {
         let kc = KC.min(k - pc);
-        let block = &bp[pc * npad + panel * NR * kc..][..kc * NR];
-        for (p, bv) in block.chunks_exact(NR).enumerate() {
-            let bv: &[f32; NR] = bv.try_into().expect("NR values");
-            for (sum, row) in sums.iter_mut().zip(&rows) {
-                let xv = row[pc + p];
-                for (s, &bj) in sum.iter_mut().zip(bv) {
-                    *s += xv * bj;
-                }
-            }
-        }
+        let block = bp.slice(pc * npad + panel * NR * kc, kc * NR, wide);
+        gemv_block::<R>(block, &rows, pc, &mut sums);
         pc += kc;
     }
     acc[..R].copy_from_slice(&sums);
+}
+
+/// One `KC` block of a panel (`kc` x `NR` values) times rows `pc..pc + kc` of each of the `R` rows.
+#[inline(always)]
+fn gemv_block<const R: usize>(
+    block: &[f32],
+    rows: &[&[f32]; R],
+    pc: usize,
+    sums: &mut [[f32; NR]; R],
+) {
+    for (p, bv) in block.chunks_exact(NR).enumerate() {
+        let bv: &[f32; NR] = bv.try_into().expect("NR values");
+        for (sum, row) in sums.iter_mut().zip(rows) {
+            let xv = row[pc + p];
+            for (s, &bj) in sum.iter_mut().zip(bv) {
+                *s += xv * bj;
+            }
+        }
+    }
 }
 
 /// Products with fewer rows than this split their columns between threads (each thread reads
@@ -321,7 +456,7 @@ fn sgemm_prepacked(
     n: usize,
     k: usize,
     a: MatRef,
-    bp: &[f32],
+    bp: Panels,
     bias: Option<&[f32]>,
     act: Act,
     c: &mut [f32],
@@ -412,7 +547,7 @@ fn sgemm_packed(
         m,
         k,
         a,
-        bp,
+        Panels::F32(bp),
         n.div_ceil(NR) * NR,
         0,
         n,
@@ -432,7 +567,7 @@ fn gemm_block(
     m: usize,
     k: usize,
     a: MatRef,
-    bp: &[f32],
+    bp: Panels,
     npad: usize,
     j0: usize,
     len: usize,
@@ -458,6 +593,10 @@ fn gemm_block(
         if ap.len() < KC * MC {
             ap.resize(KC * MC, 0.0);
         }
+        let mut wide = WIDE.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        if wide.len() < KC * NR {
+            wide.resize(KC * NR, 0.0);
+        }
         let mut jc = 0;
         while jc < len {
             let nc = NC.min(len - jc);
@@ -466,7 +605,6 @@ fn gemm_block(
                 let kc = KC.min(k - pc);
                 let first = pc == 0;
                 let last = pc + kc == k;
-                let block = &bp[pc * npad..(pc + kc) * npad];
                 let mut ic = 0;
                 while ic < m {
                     let mc = MC.min(m - ic);
@@ -475,7 +613,8 @@ fn gemm_block(
                     while jr < nc {
                         let nr = NR.min(nc - jr);
                         let panel = (j0 + jc + jr) / NR;
-                        let bpanel = &block[panel * NR * kc..(panel + 1) * NR * kc];
+                        // Widened once here when held in 16 bits, then read by every tile.
+                        let bpanel = bp.slice(pc * npad + panel * NR * kc, NR * kc, &mut wide);
                         let mut ir = 0;
                         while ir < mc {
                             let mr = MR.min(mc - ir);
@@ -505,10 +644,13 @@ fn gemm_block(
             }
             jc += nc;
         }
+        WIDE.with(|w| *w.borrow_mut() = wide);
     });
 }
 
 thread_local! {
+    /// Per-thread buffer for one panel of B widened from 16 bits.
+    static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread buffer for packed A blocks.
     static AP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -1149,7 +1291,7 @@ mod tests {
                         m,
                         k,
                         am,
-                        &packed.data,
+                        packed.data.panels(),
                         npad,
                         0,
                         n,
@@ -1184,7 +1326,17 @@ mod tests {
                     for &isa in &isas {
                         for panel in 0..npad / NR {
                             let mut acc = [[0f32; NR]; GEMV_MAX_ROWS];
-                            gemv_panel(isa, m, k, &a, &packed.data, npad, panel, &mut acc);
+                            gemv_panel(
+                                isa,
+                                m,
+                                k,
+                                &a,
+                                packed.data.panels(),
+                                npad,
+                                panel,
+                                &mut acc,
+                                &mut [],
+                            );
                             for (r, row) in acc.iter().enumerate().take(m) {
                                 let cols = NR.min(n - panel * NR);
                                 for (j, &v) in row.iter().enumerate().take(cols) {
@@ -1203,6 +1355,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sixteen_bit_weights_give_the_f32_products_bit_for_bit() {
+        let to_bf16 = |x: f32| f32::from_bits(x.to_bits() & 0xffff_0000);
+        let to_f16 = |x: f32| half::f16::from_f32(x).to_f32();
+        // Matrix-vector products (1-4 rows, one split over the threads) and GEMMs (ragged,
+        // several KC blocks, split by columns and by rows).
+        let shapes = [
+            (1, 45, 300),
+            (2, 100, 300),
+            (3, 1600, 1000),
+            (4, 32, 17),
+            (7, 45, 300),
+            (150, 33, 513),
+            (65, 1000, 64),
+            (300, 200, 700),
+        ];
+        for (kind, round) in [("bf16", to_bf16 as fn(f32) -> f32), ("f16", to_f16)] {
+            for (case, &(m, n, k)) in shapes.iter().enumerate() {
+                let w: Vec<f32> = seeded(n * k, 600 + case as u32)
+                    .into_iter()
+                    .map(round)
+                    .collect();
+                let a = seeded(m * k, 700 + case as u32);
+                let bias = seeded(n, 800 + case as u32);
+                let wide = PackedB::from_rows(&w, n, k);
+                let compact = PackedB::from_rows_compact(&w, n, k);
+                assert_eq!(compact.storage(), kind);
+                assert_eq!(compact.bytes() * 2, wide.bytes());
+                let (mut c16, mut c32) = (vec![0f32; m * n], vec![0f32; m * n]);
+                let am = MatRef::rows(&a, k);
+                compact.matmul(m, am, Some(&bias), Act::Gelu, &mut c16);
+                wide.matmul(m, am, Some(&bias), Act::Gelu, &mut c32);
+                let same = c16
+                    .iter()
+                    .zip(&c32)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{kind} {m}x{n}x{k}: products differ from f32 storage");
+            }
+        }
+        // Values with no exact 16-bit form stay f32.
+        let w = seeded(45 * 300, 900);
+        assert_eq!(PackedB::from_rows_compact(&w, 45, 300).storage(), "f32");
     }
 
     /// `x` against the naive `y`, to a tolerance that grows with the sum's length `k`.

@@ -1,0 +1,194 @@
+//! Packed weights held in 16 bits when that loses nothing: a checkpoint stored in bf16 (the real
+//! DeepSeek-OCR) or f16 (the embedded reader) is widened to f32 at load, so every value of its
+//! f32 weight has an exact 16-bit form. Keeping that form halves the bytes a product streams;
+//! each panel is widened back to f32 just before the micro-kernel reads it, so the arithmetic,
+//! and its result, are exactly those of the f32 weight.
+
+use half::f16;
+
+/// How a packed weight's values are held.
+#[derive(Clone)]
+pub(crate) enum Store {
+    F32(Vec<f32>),
+    /// The upper 16 bits of each f32 (bf16).
+    Bf16(Vec<u16>),
+    /// IEEE half precision.
+    F16(Vec<u16>),
+}
+
+impl Store {
+    /// The smallest form that holds every value of `data` exactly: bf16, else f16, else f32.
+    pub(crate) fn compact(data: Vec<f32>) -> Self {
+        if data.iter().all(|x| x.to_bits() & 0xffff == 0) {
+            return Self::Bf16(data.iter().map(|x| (x.to_bits() >> 16) as u16).collect());
+        }
+        if data
+            .iter()
+            .all(|&x| f16::from_f32(x).to_f32().to_bits() == x.to_bits())
+        {
+            return Self::F16(data.iter().map(|&x| f16::from_f32(x).to_bits()).collect());
+        }
+        Self::F32(data)
+    }
+
+    pub(crate) fn panels(&self) -> Panels<'_> {
+        match self {
+            Self::F32(v) => Panels::F32(v),
+            Self::Bf16(v) => Panels::Bf16(v),
+            Self::F16(v) => Panels::F16(v),
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len() * 4,
+            Self::Bf16(v) | Self::F16(v) => v.len() * 2,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::F32(_) => "f32",
+            Self::Bf16(_) => "bf16",
+            Self::F16(_) => "f16",
+        }
+    }
+}
+
+/// A borrowed [`Store`]: B's panels as the products read them.
+#[derive(Clone, Copy)]
+pub(crate) enum Panels<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    F16(&'a [u16]),
+}
+
+impl<'a> Panels<'a> {
+    /// The `len` values from `at` as f32: borrowed when stored so, else widened into `buf`.
+    #[inline(always)]
+    pub(crate) fn slice<'b>(self, at: usize, len: usize, buf: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Self::F32(v) => &v[at..at + len],
+            Self::Bf16(v) => {
+                widen_bf16(&v[at..at + len], &mut buf[..len]);
+                &buf[..len]
+            }
+            Self::F16(v) => {
+                widen_f16(&v[at..at + len], &mut buf[..len]);
+                &buf[..len]
+            }
+        }
+    }
+}
+
+/// bf16 to f32: the 16 bits become the upper half. The loop vectorises as it is.
+fn widen_bf16(src: &[u16], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits(u32::from(s) << 16);
+    }
+}
+
+/// f16 to f32 (exact): F16C / AVX-512F where the CPU has them, else `half`'s conversion.
+fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected.
+            unsafe { widen_f16_avx512(src, dst) };
+            return;
+        }
+        if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx") {
+            // SAFETY: F16C and AVX were detected.
+            unsafe { widen_f16_f16c(src, dst) };
+            return;
+        }
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f16::from_bits(s).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn widen_f16_avx512(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n` keeps the 16-value load and store inside both slices.
+        unsafe {
+            let h = _mm256_loadu_si256(src.as_ptr().add(i).cast());
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+        }
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = f16::from_bits(src[j]).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n` keeps the 8-value load and store inside both slices.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i).cast());
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for j in i..n {
+        dst[j] = f16::from_bits(src[j]).to_f32();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_picks_the_smallest_exact_form() {
+        let bf = [
+            1.0f32,
+            -2.5,
+            0.0,
+            f32::from_bits(0x7f7f_0000),
+            f32::from_bits(0x3f81_0000),
+        ];
+        assert_eq!(Store::compact(bf.to_vec()).name(), "bf16");
+        // 1 + 2^-10 is an f16 but not a bf16; 6e-8 is an f16 subnormal.
+        let h = [1.0f32 + 1.0 / 1024.0, -0.5, 5.960_464_5e-8, 65504.0];
+        assert_eq!(Store::compact(h.to_vec()).name(), "f16");
+        assert_eq!(Store::compact(vec![0.1f32, 1.0]).name(), "f32");
+        for data in [bf.to_vec(), h.to_vec()] {
+            let store = Store::compact(data.clone());
+            let mut buf = vec![0f32; data.len()];
+            let got = store.panels().slice(0, data.len(), &mut buf).to_vec();
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                data.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn widening_f16_matches_half_for_every_bit_pattern() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let mut got = vec![0f32; all.len()];
+        widen_f16(&all, &mut got);
+        for (&h, g) in all.iter().zip(&got) {
+            let want = f16::from_bits(h).to_f32();
+            assert!(
+                want.to_bits() == g.to_bits() || (want.is_nan() && g.is_nan()),
+                "{h:#06x}: {g} vs {want}"
+            );
+        }
+    }
+}
