@@ -144,7 +144,7 @@ impl DecoderModel {
         let dtype = vb.dtype();
         let h = cfg.hidden_size;
         let m = vb.pp("model");
-        let embed_tokens = m.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?;
+        let embed_tokens = compact_table(m.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?)?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, i, m.pp("layers").pp(i), quant))
             .collect::<Result<Vec<_>>>()?;
@@ -274,6 +274,7 @@ impl DecoderModel {
         Ok(self
             .embed_tokens
             .index_select(&flat, 0)?
+            .to_dtype(self.dtype)?
             .reshape((b, t, self.cfg.hidden_size))?)
     }
 
@@ -420,6 +421,29 @@ impl DecoderModel {
         }
         self.seqlen = 0;
     }
+}
+
+/// The embedding table in bf16 (else f16) when it is f32 on the CPU and every value is exactly
+/// one (a checkpoint stored in 16 bits, widened at load): half the bytes, the same rows once
+/// widened.
+fn compact_table(table: Tensor) -> Result<Tensor> {
+    if !table.device().is_cpu() || table.dtype() != DType::F32 {
+        return Ok(table);
+    }
+    for half in [DType::BF16, DType::F16] {
+        let narrow = table.to_dtype(half)?;
+        let exact = narrow
+            .to_dtype(DType::F32)?
+            .eq(&table)?
+            .flatten_all()?
+            .min(0)?
+            .to_scalar::<u8>()?
+            == 1;
+        if exact {
+            return Ok(narrow);
+        }
+    }
+    Ok(table)
 }
 
 /// The `*.safetensors` files of a checkpoint folder, sorted.

@@ -205,3 +205,42 @@ fn quantised_random_model_with_q4k_widths_tracks_f32() {
         );
     }
 }
+
+#[test]
+fn a_bf16_checkpoint_is_held_in_half_the_bytes_with_the_same_rows() {
+    let cfg = wide_config();
+    let w = wide_weights(&cfg);
+    let dev = Device::Cpu;
+    // The same weights as a bf16 checkpoint gives them: rounded to bf16, widened to f32.
+    let wb: HashMap<String, Tensor> = w
+        .iter()
+        .map(|(k, v)| {
+            let r = v
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            (k.clone(), r)
+        })
+        .collect();
+    let f32m = DecoderModel::from_tensors(&cfg, w, &dev, Quantization::None).unwrap();
+    let bf16m = DecoderModel::from_tensors(&cfg, wb.clone(), &dev, Quantization::None).unwrap();
+    let ratio = bf16m.weight_bytes() as f64 / f32m.weight_bytes() as f64;
+    eprintln!(
+        "weights: {} bytes held for a bf16 checkpoint, {} for f32 values ({ratio:.3})",
+        bf16m.weight_bytes(),
+        f32m.weight_bytes()
+    );
+    // Everything but the router's small f32 gate is held in 16 bits.
+    assert!((0.49..0.52).contains(&ratio), "{ratio}");
+    let ids: Vec<u32> = vec![0, 7, 2047, 1000];
+    let rows = bf16m
+        .embed_ids(&Tensor::from_slice(&ids, (1, 4), &dev).unwrap())
+        .unwrap();
+    assert_eq!(rows.dtype(), DType::F32);
+    let table = &wb["model.embed_tokens.weight"];
+    let want = table
+        .index_select(&Tensor::from_slice(&ids, 4, &dev).unwrap(), 0)
+        .unwrap();
+    assert_eq!(max_abs_diff(&rows.squeeze(0).unwrap(), &want), 0.0);
+}
