@@ -5,7 +5,8 @@
 //!
 //! It checks what a user who downloads the checkpoint meets first: the folder loads, a base page
 //! encodes and decodes with the decoder in f32 and in q8_0, and memory stays at the weights kept
-//! (f32: 4 bytes a parameter; q8_0: the quantised decoder) rather than the weights plus the file.
+//! (f32: the decoder's bf16 kept as stored, the encoder widened; q8_0: the quantised decoder)
+//! rather than the weights plus the file.
 
 mod support;
 
@@ -35,11 +36,14 @@ fn a_full_size_checkpoint_loads_and_reads_within_its_weights_memory() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
         .map(|e| e.metadata().unwrap().len())
         .sum::<u64>();
-    let params = weights / 2; // bf16
-                              // q8_0 first: the peak of the children only grows, so the smaller run is measured alone.
+    // bf16 on disk. In f32 the decoder keeps its weights in their 16 bits (products in f32) and
+    // the encoder (0.4 B parameters, 1.6 GB) widens its own: the file's size plus the encoder's
+    // second half and about 1 GB for activations and the widest weight being packed.
+    let encoder_f32_extra = 800_000_000u64;
+    // q8_0 first: the peak of the children only grows, so the smaller run is measured alone.
     for (quant, limit) in [
         ("q8_0", 8_000_000_000u64),
-        ("none", params * 4 + 1_000_000_000),
+        ("none", weights + encoder_f32_extra + 1_000_000_000),
     ] {
         let out = memctl()
             .arg("ocr")

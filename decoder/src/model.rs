@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+use lethe_kernels::Half;
 
 use crate::attention::Attention;
 use crate::config::DecoderConfig;
@@ -430,20 +431,12 @@ fn compact_table(table: Tensor) -> Result<Tensor> {
     if !table.device().is_cpu() || table.dtype() != DType::F32 {
         return Ok(table);
     }
-    for half in [DType::BF16, DType::F16] {
-        let narrow = table.to_dtype(half)?;
-        let exact = narrow
-            .to_dtype(DType::F32)?
-            .eq(&table)?
-            .flatten_all()?
-            .min(0)?
-            .to_scalar::<u8>()?
-            == 1;
-        if exact {
-            return Ok(narrow);
-        }
-    }
-    Ok(table)
+    let form = crate::ops::with_host_f32(&table, lethe_kernels::exact_half)?;
+    Ok(match form {
+        Some(Half::Bf16) => table.to_dtype(DType::BF16)?,
+        Some(Half::F16) => table.to_dtype(DType::F16)?,
+        None => table,
+    })
 }
 
 /// The `*.safetensors` files of a checkpoint folder, sorted.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
 use candle_nn::VarBuilder;
 use lethe_kernels::{Act, MatRef, PackedB};
 
@@ -123,12 +123,12 @@ impl Linear {
                 LinearWeight::Quant(QMatMul::from_qtensor(q)?)
             }
             _ if w.device().is_cpu() && w.dtype() == DType::F32 => {
-                let values = w.flatten_all()?.to_vec1::<f32>()?;
-                drop(w);
-                // A checkpoint stored in bf16 or f16 keeps its 16 bits (the same products).
-                LinearWeight::Packed(Arc::new(PackedB::from_rows_compact(
-                    &values, out_dim, in_dim,
-                )))
+                // Packed from the tensor's own storage; a checkpoint stored in bf16 or f16
+                // keeps its 16 bits (the same products).
+                let packed = with_host_f32(&w, |values| {
+                    PackedB::from_rows_compact(values, out_dim, in_dim)
+                })?;
+                LinearWeight::Packed(Arc::new(packed))
             }
             _ => LinearWeight::Dense(w),
         };
@@ -196,6 +196,20 @@ impl Linear {
         }
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// Calls `f` on the f32 values of a CPU tensor, in place when its storage is contiguous, else on
+/// a copy.
+pub(crate) fn with_host_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    {
+        let (guard, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) =
+            (&*guard, layout.contiguous_offsets())
+        {
+            return Ok(f(&v[start..end]));
+        }
+    }
+    Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// `x W^T` for `rows` rows of `x` (row-major), with `W` packed.

@@ -25,6 +25,7 @@
 use rayon::prelude::*;
 
 mod widen;
+pub use widen::{exact_half, Half};
 use widen::{Panels, Store};
 
 const MR: usize = 6;
@@ -136,14 +137,31 @@ impl PackedB {
     /// are once widened to f32. Products are bit-for-bit those of [`PackedB::from_rows`]: each
     /// panel is widened back to f32 just before the micro-kernel reads it.
     pub fn from_rows_compact(w: &[f32], n: usize, k: usize) -> Self {
-        let packed = Self::from_rows(w, n, k);
-        match packed.data {
-            Store::F32(data) => Self {
-                data: Store::compact(data),
-                k,
-                n,
-            },
-            other => Self { data: other, k, n },
+        let Some(half) = widen::exact_half(&w[..n * k]) else {
+            return Self::from_rows(w, n, k);
+        };
+        // Packed one KC block at a time in f32, each narrowed into place: the load holds the
+        // 16-bit result plus one block, never the whole weight in f32 a second time.
+        let npad = n.div_ceil(NR) * NR;
+        let mut out = vec![0u16; k * npad];
+        let src = MatRef {
+            data: w,
+            rs: 1,
+            cs: k,
+        };
+        let mut block = Vec::new();
+        let mut pc = 0;
+        while pc < k {
+            let kc = KC.min(k - pc);
+            block.resize(kc * npad, 0.0);
+            pack_b(&src, pc, kc, 0, n, &mut block);
+            widen::narrow(half, &block, &mut out[pc * npad..(pc + kc) * npad]);
+            pc += kc;
+        }
+        Self {
+            data: Store::from_halves(half, out),
+            k,
+            n,
         }
     }
 

@@ -16,19 +16,47 @@ pub(crate) enum Store {
     F16(Vec<u16>),
 }
 
+/// A 16-bit floating-point form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    /// bfloat16: the upper 16 bits of an f32.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+/// The 16-bit form that holds every value of `data` exactly (bf16 is tried first), or `None`
+/// when some value has neither: what a checkpoint stored in 16 bits gives once widened to f32.
+pub fn exact_half(data: &[f32]) -> Option<Half> {
+    if data.iter().all(|x| x.to_bits() & 0xffff == 0) {
+        return Some(Half::Bf16);
+    }
+    if data
+        .iter()
+        .all(|&x| f16::from_f32(x).to_f32().to_bits() == x.to_bits())
+    {
+        return Some(Half::F16);
+    }
+    None
+}
+
+/// Writes `src` in the form `half` (which must hold each value exactly) into `dst`.
+pub(crate) fn narrow(half: Half, src: &[f32], dst: &mut [u16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = match half {
+            Half::Bf16 => (x.to_bits() >> 16) as u16,
+            Half::F16 => f16::from_f32(x).to_bits(),
+        };
+    }
+}
+
 impl Store {
-    /// The smallest form that holds every value of `data` exactly: bf16, else f16, else f32.
-    pub(crate) fn compact(data: Vec<f32>) -> Self {
-        if data.iter().all(|x| x.to_bits() & 0xffff == 0) {
-            return Self::Bf16(data.iter().map(|x| (x.to_bits() >> 16) as u16).collect());
+    /// 16-bit values in the form `half`.
+    pub(crate) fn from_halves(half: Half, values: Vec<u16>) -> Self {
+        match half {
+            Half::Bf16 => Self::Bf16(values),
+            Half::F16 => Self::F16(values),
         }
-        if data
-            .iter()
-            .all(|&x| f16::from_f32(x).to_f32().to_bits() == x.to_bits())
-        {
-            return Self::F16(data.iter().map(|&x| f16::from_f32(x).to_bits()).collect());
-        }
-        Self::F32(data)
     }
 
     pub(crate) fn panels(&self) -> Panels<'_> {
@@ -154,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compact_picks_the_smallest_exact_form() {
+    fn the_smallest_exact_form_is_picked_and_round_trips() {
         let bf = [
             1.0f32,
             -2.5,
@@ -162,13 +190,15 @@ mod tests {
             f32::from_bits(0x7f7f_0000),
             f32::from_bits(0x3f81_0000),
         ];
-        assert_eq!(Store::compact(bf.to_vec()).name(), "bf16");
         // 1 + 2^-10 is an f16 but not a bf16; 6e-8 is an f16 subnormal.
         let h = [1.0f32 + 1.0 / 1024.0, -0.5, 5.960_464_5e-8, 65504.0];
-        assert_eq!(Store::compact(h.to_vec()).name(), "f16");
-        assert_eq!(Store::compact(vec![0.1f32, 1.0]).name(), "f32");
-        for data in [bf.to_vec(), h.to_vec()] {
-            let store = Store::compact(data.clone());
+        assert_eq!(exact_half(&bf), Some(Half::Bf16));
+        assert_eq!(exact_half(&h), Some(Half::F16));
+        assert_eq!(exact_half(&[0.1f32, 1.0]), None);
+        for (half, data) in [(Half::Bf16, &bf[..]), (Half::F16, &h[..])] {
+            let mut values = vec![0u16; data.len()];
+            narrow(half, data, &mut values);
+            let store = Store::from_halves(half, values);
             let mut buf = vec![0f32; data.len()];
             let got = store.panels().slice(0, data.len(), &mut buf).to_vec();
             assert_eq!(
