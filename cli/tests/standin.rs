@@ -1,6 +1,6 @@
 //! Opt-in: `memctl ocr` on a full-size stand-in of the DeepSeek-OCR checkpoint (the real config,
 //! tensor names and shapes, bf16 in one shard named as the real one, seeded random weights; made
-//! by `training/make_standin.py`). It needs about 7 GB of disk and 14 GB of memory, so it runs
+//! by `training/make_standin.py`). It needs about 7 GB of disk and 9 GB of memory, so it runs
 //! only when asked: `scripts/standin.sh` makes the stand-in and runs it.
 //!
 //! It checks what a user who downloads the checkpoint meets first: the folder loads, a base page
@@ -25,7 +25,7 @@ fn children_peak_rss() -> u64 {
 }
 
 #[test]
-#[ignore = "needs a full-size stand-in (7 GB of disk, 14 GB of memory): scripts/standin.sh"]
+#[ignore = "needs a full-size stand-in (7 GB of disk, 9 GB of memory): scripts/standin.sh"]
 fn a_full_size_checkpoint_loads_and_reads_within_its_weights_memory() {
     let dir: PathBuf = std::env::var("LETHE_STANDIN_DIR")
         .expect("set LETHE_STANDIN_DIR to a folder made by training/make_standin.py")
