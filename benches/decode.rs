@@ -10,8 +10,9 @@
 //! experts (0.44 GB in bf16); every other tensor (embedding, `lm_head`, attention, dense MLP,
 //! gates, shared experts) is distinct per layer. A decode step therefore still streams about
 //! 1.2 GB of weights from DRAM (66 expert reads over 11 layers from the pool, far beyond the
-//! caches), so per-token time is representative of the full model. Quantised variants quantise each layer's reference to the pool separately (so their
-//! memory is the real model's, minus nothing).
+//! caches), so per-token time is representative of the full model. Quantised variants quantise
+//! each layer's reference to the pool separately (so their memory is the real model's, minus
+//! nothing).
 //!
 //! Benches: `prefill/279` (one prompt of 279 positions, logits for the last one, as generation
 //! does) and `decode/step` (one cached step at positions 279..343), for f32, q8_0 and q4k.

@@ -159,7 +159,7 @@ impl PackedB {
             pc += kc;
         }
         Self {
-            data: Store::from_halves(half, out),
+            data: Store::Half(half, out),
             k,
             n,
         }
@@ -237,10 +237,11 @@ fn gemv_packed(
     };
     let per = panels.div_ceil(chunks);
     let run = |i: usize| -> Vec<PanelAcc> {
-        // Room for one block of a panel widened from 16 bits.
-        let mut wide = match bp {
-            Panels::F32(_) => Vec::new(),
-            _ => vec![0f32; KC * NR],
+        // Room for one block of a panel widened from 16 bits, where the kernel does not widen
+        // in registers (AVX-512 does).
+        let mut wide = match (isa, bp) {
+            (Isa::Avx2 | Isa::Portable, Panels::Half(..)) => vec![0f32; KC * NR],
+            _ => Vec::new(),
         };
         (i * per..((i + 1) * per).min(panels))
             .map(|panel| {
@@ -285,7 +286,7 @@ fn gemv_panel(
     match (isa, bp) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` was detected on this CPU.
-        (Isa::Avx512, Panels::Bf16(h)) => unsafe {
+        (Isa::Avx512, Panels::Half(Half::Bf16, h)) => unsafe {
             match m {
                 1 => gemv_half_avx512::<true, 1>(k, x, h, npad, panel, acc),
                 2 => gemv_half_avx512::<true, 2>(k, x, h, npad, panel, acc),
@@ -295,7 +296,7 @@ fn gemv_panel(
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Isa::Avx512, Panels::F16(h)) => unsafe {
+        (Isa::Avx512, Panels::Half(Half::F16, h)) => unsafe {
             match m {
                 1 => gemv_half_avx512::<false, 1>(k, x, h, npad, panel, acc),
                 2 => gemv_half_avx512::<false, 2>(k, x, h, npad, panel, acc),
@@ -315,7 +316,7 @@ fn gemv_panel(
 
 /// [`gemv_panel`] for a panel held in 16 bits (bf16 when `BF16`, else f16), widened in
 /// registers as it is read: the weight's bytes are streamed once, at half the f32 size. Each
-/// lane multiplies and then adds, in the order [`gemv_block`] does, so the sums are bit-for-bit
+/// lane multiplies and then adds, in the order [`gemv_panel_rows`]' loop does, so the sums are bit-for-bit
 /// those of the f32 panel.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -438,29 +439,18 @@ fn gemv_panel_body<const R: usize>(
     while pc < k {
         let kc = KC.min(k - pc);
         let block = bp.slice(pc * npad + panel * NR * kc, kc * NR, wide);
-        gemv_block::<R>(block, &rows, pc, &mut sums);
+        for (p, bv) in block.chunks_exact(NR).enumerate() {
+            let bv: &[f32; NR] = bv.try_into().expect("NR values");
+            for (sum, row) in sums.iter_mut().zip(&rows) {
+                let xv = row[pc + p];
+                for (s, &bj) in sum.iter_mut().zip(bv) {
+                    *s += xv * bj;
+                }
+            }
+        }
         pc += kc;
     }
     acc[..R].copy_from_slice(&sums);
-}
-
-/// One `KC` block of a panel (`kc` x `NR` values) times rows `pc..pc + kc` of each of the `R` rows.
-#[inline(always)]
-fn gemv_block<const R: usize>(
-    block: &[f32],
-    rows: &[&[f32]; R],
-    pc: usize,
-    sums: &mut [[f32; NR]; R],
-) {
-    for (p, bv) in block.chunks_exact(NR).enumerate() {
-        let bv: &[f32; NR] = bv.try_into().expect("NR values");
-        for (sum, row) in sums.iter_mut().zip(rows) {
-            let xv = row[pc + p];
-            for (s, &bj) in sum.iter_mut().zip(bv) {
-                *s += xv * bj;
-            }
-        }
-    }
 }
 
 /// Products with fewer rows than this split their columns between threads (each thread reads
@@ -1412,6 +1402,29 @@ mod tests {
                     .zip(&c32)
                     .all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same, "{kind} {m}x{n}x{k}: products differ from f32 storage");
+                // Every matrix-vector kernel this CPU has, panel by panel: AVX-512 widens in
+                // registers, the others through a buffer.
+                if m <= GEMV_MAX_ROWS {
+                    let npad = n.div_ceil(NR) * NR;
+                    let mut buf = vec![0f32; KC * NR];
+                    for isa in available_isas() {
+                        for panel in 0..npad / NR {
+                            let mut got = [[0f32; NR]; GEMV_MAX_ROWS];
+                            let mut want = [[0f32; NR]; GEMV_MAX_ROWS];
+                            let (c, w32) = (compact.data.panels(), wide.data.panels());
+                            gemv_panel(isa, m, k, &a, c, npad, panel, &mut got, &mut buf);
+                            gemv_panel(isa, m, k, &a, w32, npad, panel, &mut want, &mut []);
+                            let bits = |v: &[[f32; NR]]| {
+                                v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>()
+                            };
+                            assert_eq!(
+                                bits(&got[..m]),
+                                bits(&want[..m]),
+                                "{kind} {isa:?} {m}x{n}x{k} panel {panel}"
+                            );
+                        }
+                    }
+                }
             }
         }
         // Values with no exact 16-bit form stay f32.

@@ -10,10 +10,8 @@ use half::f16;
 #[derive(Clone)]
 pub(crate) enum Store {
     F32(Vec<f32>),
-    /// The upper 16 bits of each f32 (bf16).
-    Bf16(Vec<u16>),
-    /// IEEE half precision.
-    F16(Vec<u16>),
+    /// Each value exactly, in the 16-bit form named.
+    Half(Half, Vec<u16>),
 }
 
 /// A 16-bit floating-point form.
@@ -51,34 +49,25 @@ pub(crate) fn narrow(half: Half, src: &[f32], dst: &mut [u16]) {
 }
 
 impl Store {
-    /// 16-bit values in the form `half`.
-    pub(crate) fn from_halves(half: Half, values: Vec<u16>) -> Self {
-        match half {
-            Half::Bf16 => Self::Bf16(values),
-            Half::F16 => Self::F16(values),
-        }
-    }
-
     pub(crate) fn panels(&self) -> Panels<'_> {
         match self {
             Self::F32(v) => Panels::F32(v),
-            Self::Bf16(v) => Panels::Bf16(v),
-            Self::F16(v) => Panels::F16(v),
+            Self::Half(half, v) => Panels::Half(*half, v),
         }
     }
 
     pub(crate) fn bytes(&self) -> usize {
         match self {
             Self::F32(v) => v.len() * 4,
-            Self::Bf16(v) | Self::F16(v) => v.len() * 2,
+            Self::Half(_, v) => v.len() * 2,
         }
     }
 
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::F32(_) => "f32",
-            Self::Bf16(_) => "bf16",
-            Self::F16(_) => "f16",
+            Self::Half(Half::Bf16, _) => "bf16",
+            Self::Half(Half::F16, _) => "f16",
         }
     }
 }
@@ -87,8 +76,7 @@ impl Store {
 #[derive(Clone, Copy)]
 pub(crate) enum Panels<'a> {
     F32(&'a [f32]),
-    Bf16(&'a [u16]),
-    F16(&'a [u16]),
+    Half(Half, &'a [u16]),
 }
 
 impl<'a> Panels<'a> {
@@ -100,11 +88,11 @@ impl<'a> Panels<'a> {
     {
         match self {
             Self::F32(v) => &v[at..at + len],
-            Self::Bf16(v) => {
+            Self::Half(Half::Bf16, v) => {
                 widen_bf16(&v[at..at + len], &mut buf[..len]);
                 &buf[..len]
             }
-            Self::F16(v) => {
+            Self::Half(Half::F16, v) => {
                 widen_f16(&v[at..at + len], &mut buf[..len]);
                 &buf[..len]
             }
@@ -198,7 +186,7 @@ mod tests {
         for (half, data) in [(Half::Bf16, &bf[..]), (Half::F16, &h[..])] {
             let mut values = vec![0u16; data.len()];
             narrow(half, data, &mut values);
-            let store = Store::from_halves(half, values);
+            let store = Store::Half(half, values);
             let mut buf = vec![0f32; data.len()];
             let got = store.panels().slice(0, data.len(), &mut buf).to_vec();
             assert_eq!(
