@@ -9,7 +9,9 @@ use candle_nn::VarBuilder;
 
 use crate::config::DecoderConfig;
 use crate::error::Result;
-use crate::ops::{Linear, Quantization, Rotary};
+use lethe_kernels::{attend_step, KvBlocks};
+
+use crate::ops::{with_host_f32, Linear, Quantization, Rotary};
 
 /// One attention block (`model.layers.N.self_attn`).
 #[derive(Debug, Clone)]
@@ -89,6 +91,38 @@ impl KvCache {
     }
 }
 
+impl KvCache {
+    /// A decode step's attention on the CPU in f32: `q` (`[b, heads, 1, head_dim]`) against
+    /// the cache as it lies (`lethe_kernels::attend_step`), returned as `[b, 1, heads *
+    /// head_dim]`. `None` elsewhere (another device or dtype): the caller runs the general path.
+    fn attend_step(&self, q: &Tensor, heads: usize, head_dim: usize) -> Result<Option<Tensor>> {
+        if !q.device().is_cpu() || q.dtype() != DType::F32 || self.k.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (b, kv_heads, capacity, _) = self.k.dims4()?;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut out = vec![0f32; b * heads * head_dim];
+        with_host_f32(q, |q| {
+            with_host_f32(&self.k, |k| {
+                with_host_f32(&self.v, |v| {
+                    let kv = KvBlocks {
+                        k,
+                        v,
+                        capacity,
+                        len: self.len,
+                    };
+                    attend_step(b, heads, kv_heads, head_dim, q, kv, scale, &mut out)
+                })
+            })
+        })???;
+        Ok(Some(Tensor::from_vec(
+            out,
+            (b, 1, heads * head_dim),
+            q.device(),
+        )?))
+    }
+}
+
 impl Clone for KvCache {
     /// A copy with buffers of its own (the originals are written in place).
     fn clone(&self) -> Self {
@@ -142,7 +176,15 @@ impl Attention {
         let k = rotary.apply(&k, offset)?;
 
         let (k, v) = match &mut self.kv_cache {
-            Some(cache) if offset > 0 => cache.append(&k, &v)?,
+            Some(cache) if offset > 0 => {
+                let (k, v) = cache.append(&k, &v)?;
+                if t == 1 {
+                    if let Some(out) = cache.attend_step(&q, self.num_heads, self.head_dim)? {
+                        return self.o_proj.forward(&out);
+                    }
+                }
+                (k, v)
+            }
             _ => {
                 self.kv_cache = Some(KvCache::new(&k, &v)?);
                 (k, v)

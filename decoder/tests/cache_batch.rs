@@ -146,6 +146,38 @@ fn chunked_forward_past_the_cache_capacity_equals_one_forward() {
 }
 
 #[test]
+fn one_position_at_a_time_past_the_cache_capacity_equals_one_forward() {
+    // Decode steps (one position each) take the step attention over the cache where it lies;
+    // step past the first growth (prefill + 256) and compare with one forward over it all.
+    let mut model = common::tiny_model(Quantization::None);
+    let (_, embeds) = embeds_for(&model, "card_tiny");
+    let all = Tensor::cat(&[&embeds; 8], 1).unwrap();
+    let prefill = 40;
+    let total = all.dim(1).unwrap().min(prefill + 300);
+    let all = all.i((.., 0..total, ..)).unwrap();
+    let whole = model.forward(&all, 0).unwrap();
+    let mut pieces = vec![model
+        .forward(&all.i((.., 0..prefill, ..)).unwrap(), 0)
+        .unwrap()];
+    for pos in prefill..total {
+        pieces.push(
+            model
+                .forward(&all.i((.., pos..pos + 1, ..)).unwrap(), pos)
+                .unwrap(),
+        );
+    }
+    assert_eq!(model.cached_len(), total);
+    assert!(
+        total > prefill + 256,
+        "{total} positions do not grow the cache"
+    );
+    let stepped = Tensor::cat(&pieces, 1).unwrap();
+    let d = max_abs_diff(&stepped, &whole);
+    eprintln!("{total} positions, stepped vs whole max |diff| {d:.3e}");
+    assert!(d <= 2e-5, "stepped vs whole: {d:.3e}");
+}
+
+#[test]
 fn a_cloned_model_keeps_its_own_cache() {
     let mut model = common::tiny_model(Quantization::None);
     let (_, embeds) = embeds_for(&model, "card_tiny");
