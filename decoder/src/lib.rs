@@ -37,7 +37,6 @@ pub mod generate;
 pub mod model;
 pub mod moe;
 pub mod ops;
-mod q8;
 pub mod tokenizer;
 
 pub use config::DecoderConfig;

@@ -9,13 +9,12 @@ use candle_nn::VarBuilder;
 use lethe_kernels::{Act, MatRef, PackedB};
 
 use crate::error::{Error, Result};
-use crate::q8::Q8Matrix;
 
 /// How the decoder's linear layers are stored and multiplied.
 ///
 /// Quantised forms are made from the f32/bf16 checkpoint at load time (ggml's block formats, as
-/// candle quantises). On the CPU, `q8_0` layers are multiplied by Lethe's own kernel with f32
-/// activations; `q4k` uses candle's quantised matmul. Norms, the MoE gate, the embedding and everything outside the
+/// candle quantises). On the CPU, `q8_0` layers are `lethe-kernels` panels widened as the
+/// products read them, with f32 activations; `q4k` uses candle's quantised matmul. Norms, the MoE gate, the embedding and everything outside the
 /// linear layers stay in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -80,13 +79,11 @@ impl std::fmt::Display for Quantization {
 
 #[derive(Debug, Clone)]
 enum LinearWeight {
-    /// f32 on the CPU: packed once at load for Lethe's GEMM (`lethe-kernels`), the checkpoint's
-    /// tensor dropped, so the weight is held once.
+    /// f32 or `q8_0` on the CPU: packed once at load for Lethe's GEMM (`lethe-kernels`), the
+    /// checkpoint's tensor dropped, so the weight is held once.
     Packed(Arc<PackedB>),
     /// Any other device or dtype: candle's matmul.
     Dense(Tensor),
-    /// `q8_0` on the CPU: Lethe's own kernel (see `q8`).
-    Q8(Q8Matrix),
     /// Any other quantisation, or `q8_0` on a GPU: candle's quantised matmul.
     Quant(QMatMul),
 }
@@ -115,8 +112,12 @@ impl Linear {
         let (out_dim, in_dim) = w.dims2()?;
         let weight = match quant.ggml_type(in_dim) {
             Some(GgmlDType::Q8_0) if w.device().is_cpu() => {
-                let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                LinearWeight::Q8(Q8Matrix::quantize(&values, out_dim, in_dim))
+                // ggml's Q8_0, held in the kernels' panel order: decode steps widen it in
+                // registers, a prefill one panel at a time into the GEMM.
+                let w = w.to_dtype(DType::F32)?;
+                let packed =
+                    with_host_f32(&w, |values| PackedB::from_rows_q8(values, out_dim, in_dim))?;
+                LinearWeight::Packed(Arc::new(packed))
             }
             Some(t) => {
                 let q = QTensor::quantize(&w.to_dtype(DType::F32)?, t)?;
@@ -145,7 +146,6 @@ impl Linear {
         match &self.weight {
             LinearWeight::Packed(p) => p.bytes(),
             LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            LinearWeight::Q8(q) => q.bytes(),
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
             LinearWeight::Quant(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
                 w.elem_count() * w.dtype().size_in_bytes()
@@ -170,21 +170,6 @@ impl Linear {
                 .to_dtype(x2.dtype())?
             }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
-            LinearWeight::Q8(q) => {
-                let dt = x2.dtype();
-                let xf = x2.to_dtype(DType::F32)?.contiguous()?;
-                let device = x2.device();
-                if rows <= GEMV_MAX_ROWS {
-                    let x = xf.flatten_all()?.to_vec1::<f32>()?;
-                    Tensor::from_vec(q.gemv(&x, rows), (rows, q.out_dim()), device)?
-                } else {
-                    // Prefill: one f32 copy of this weight at a time, packed, then the GEMM.
-                    let p = PackedB::from_rows(&q.dequantize(), q.out_dim(), in_dim);
-                    let x = xf.flatten_all()?.to_vec1::<f32>()?;
-                    Tensor::from_vec(packed_product(&p, &x, rows), (rows, q.out_dim()), device)?
-                }
-                .to_dtype(dt)?
-            }
             LinearWeight::Quant(q) => {
                 let dt = x2.dtype();
                 q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(dt)?
@@ -217,89 +202,6 @@ fn packed_product(w: &PackedB, x: &[f32], rows: usize) -> Vec<f32> {
     let mut y = vec![0f32; rows * w.n()];
     w.matmul(rows, MatRef::rows(x, w.k()), None, Act::None, &mut y);
     y
-}
-
-/// Weights with fewer elements than this are multiplied on one thread: splitting costs a thread
-/// start (some microseconds), worth it from the attention projections (1.6 M weights) up. The
-/// routed experts (1.1 M) stay on one thread each; the MoE layer runs experts side by side.
-const PARALLEL_MIN_WEIGHTS: usize = 1_500_000;
-
-/// Up to this many rows, `q8_0` products use the matrix-vector kernel instead of dequantising the
-/// weight for the GEMM.
-const GEMV_MAX_ROWS: usize = 4;
-
-/// Computes a `[rows, out_dim]` product by output columns: `f(j0, j1, block)` fills the
-/// `[rows, j1 - j0]` block of columns `j0..j1`. Large weights (`weights` elements) are split
-/// over the CPU threads, one contiguous run of columns each.
-pub(crate) fn for_column_blocks(
-    out_dim: usize,
-    weights: usize,
-    rows: usize,
-    f: impl Fn(usize, usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let threads = if weights < PARALLEL_MIN_WEIGHTS {
-        1
-    } else {
-        rayon::current_num_threads().min(out_dim / 64).max(1)
-    };
-    let chunk = out_dim.div_ceil(threads).max(1);
-    let bounds: Vec<(usize, usize)> = (0..threads)
-        .map(|t| ((t * chunk).min(out_dim), ((t + 1) * chunk).min(out_dim)))
-        .collect();
-    if threads == 1 {
-        let mut out = vec![0f32; rows * out_dim];
-        f(0, out_dim, &mut out);
-        return out;
-    }
-    // rayon's workers are already running: a fork costs microseconds, where starting a thread
-    // costs a few hundred (as much as multiplying a 1280 x 1280 weight).
-    let mut blocks: Vec<Vec<f32>> = bounds
-        .iter()
-        .map(|&(j0, j1)| vec![0f32; rows * (j1 - j0)])
-        .collect();
-    rayon::scope(|s| {
-        let f = &f;
-        let (first, rest) = blocks.split_at_mut(1);
-        for (block, &(j0, j1)) in rest.iter_mut().zip(&bounds[1..]) {
-            s.spawn(move |_| f(j0, j1, block));
-        }
-        f(bounds[0].0, bounds[0].1, &mut first[0]);
-    });
-    let mut out = vec![0f32; rows * out_dim];
-    for (block, &(j0, j1)) in blocks.iter().zip(&bounds) {
-        let n = j1 - j0;
-        for r in 0..rows {
-            out[r * out_dim + j0..r * out_dim + j1].copy_from_slice(&block[r * n..(r + 1) * n]);
-        }
-    }
-    out
-}
-
-/// Sums eight partial sums pairwise (the portable kernels' reduction).
-pub(crate) fn sum8(acc: [f32; 8]) -> f32 {
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
-}
-
-/// Whether the CPU has AVX2 and FMA (checked once).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    })
-}
-
-/// Sums a vector's eight lanes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let hi = _mm256_extractf128_ps(v, 1);
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), hi);
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
 }
 
 /// RMSNorm as the reference: normalise in f32, cast back, then multiply by the weight.
@@ -422,6 +324,49 @@ mod tests {
                 v as f32 / (1u64 << 23) as f32 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn q8_linear_holds_candles_q8_0_weights_and_multiplies_them_in_f32() {
+        let dev = Device::Cpu;
+        // A decode step (one thread and split), an expert's few tokens, a prefill.
+        for (case, &(rows, out, k)) in [(1, 37, 96), (1, 2048, 1024), (3, 64, 96), (40, 300, 1280)]
+            .iter()
+            .enumerate()
+        {
+            let w = Tensor::from_vec(seeded(30 + case as u64, out * k), (out, k), &dev).unwrap();
+            let lin = Linear::from_weight(w.clone(), Quantization::Q8_0).unwrap();
+            let LinearWeight::Packed(p) = &lin.weight else {
+                panic!("q8_0 on the CPU is packed");
+            };
+            assert_eq!(p.storage(), "q8_0");
+            // The same weights as candle's Q8_0 quantiser makes (ggml's reference).
+            let cq = candle_core::quantized::QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+            let deq = cq.dequantize(&dev).unwrap();
+            let want_w = deq.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(p.to_rows(), want_w, "{out}x{k}: dequantised weights");
+            // Products against the dequantised weight in f64, activations kept in f32.
+            let x = seeded(40 + case as u64, rows * k);
+            let got = lin
+                .forward(&Tensor::from_vec(x.clone(), (rows, k), &dev).unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for r in 0..rows {
+                for j in 0..out {
+                    let want: f64 = (0..k)
+                        .map(|i| f64::from(x[r * k + i]) * f64::from(want_w[j * k + i]))
+                        .sum();
+                    let g = f64::from(got[r * out + j]);
+                    assert!(
+                        (g - want).abs() < 1e-4,
+                        "{out}x{k} row {r} col {j}: {g} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -74,8 +74,8 @@ pub(crate) struct Linear {
 /// A linear layer's weight as it is kept.
 #[derive(Debug, Clone)]
 enum Weight {
-    /// f32 in CPU memory: packed once at load for the CPU kernels (the `[out, in]` tensor is
-    /// dropped, so the weights are held once).
+    /// f32 in CPU memory: packed once at load for the CPU kernels, in 16 bits when every value
+    /// is exactly bf16 or f16 (the `[out, in]` tensor is dropped, so the weights are held once).
     Packed(Arc<PackedB>),
     /// Any other dtype or device: the `[out, in]` tensor, for candle's matmul.
     Tensor(Tensor),
@@ -96,8 +96,10 @@ impl Linear {
     /// From an already shaped `[out, in]` weight.
     pub(crate) fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
-        let packed =
-            host_view(&weight).map(|w| Arc::new(PackedB::from_rows(w.slice(), out_dim, in_dim)));
+        // A bf16 checkpoint's (or the f16 reader's) weights stay in 16 bits, widened as the
+        // kernels read them: the same products, half the memory.
+        let packed = host_view(&weight)
+            .map(|w| Arc::new(PackedB::from_rows_compact(w.slice(), out_dim, in_dim)));
         let weight = match packed {
             Some(p) => Weight::Packed(p),
             None => Weight::Tensor(weight),

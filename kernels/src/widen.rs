@@ -3,8 +3,14 @@
 //! f32 weight has an exact 16-bit form. Keeping that form halves the bytes a product streams;
 //! each panel is widened back to f32 just before the micro-kernel reads it, so the arithmetic,
 //! and its result, are exactly those of the f32 weight.
+//!
+//! `q8_0` weights (ggml's: 32 inputs share an f16 scale, one signed byte each) are held the same
+//! way, in the panels' order: widening a value is `q * scale`, exact in f32 (8 bits times 11),
+//! so products are those of the dequantised weight in f32.
 
 use half::f16;
+
+use crate::{KC, NR};
 
 /// How a packed weight's values are held.
 #[derive(Clone)]
@@ -12,6 +18,13 @@ pub(crate) enum Store {
     F32(Vec<f32>),
     /// Each value exactly, in the 16-bit form named.
     Half(Half, Vec<u16>),
+    /// `q8_0`: one byte a value in the panels' order, and the f16 bits of one scale per 32
+    /// inputs (`KC` blocks hold whole groups) and column, `[k / 32, npad]`.
+    Q8 {
+        quants: Vec<i8>,
+        scales: Vec<u16>,
+        npad: usize,
+    },
 }
 
 /// A 16-bit floating-point form.
@@ -53,6 +66,15 @@ impl Store {
         match self {
             Self::F32(v) => Panels::F32(v),
             Self::Half(half, v) => Panels::Half(*half, v),
+            Self::Q8 {
+                quants,
+                scales,
+                npad,
+            } => Panels::Q8 {
+                quants,
+                scales,
+                npad: *npad,
+            },
         }
     }
 
@@ -60,6 +82,7 @@ impl Store {
         match self {
             Self::F32(v) => v.len() * 4,
             Self::Half(_, v) => v.len() * 2,
+            Self::Q8 { quants, scales, .. } => quants.len() + scales.len() * 2,
         }
     }
 
@@ -68,6 +91,7 @@ impl Store {
             Self::F32(_) => "f32",
             Self::Half(Half::Bf16, _) => "bf16",
             Self::Half(Half::F16, _) => "f16",
+            Self::Q8 { .. } => "q8_0",
         }
     }
 }
@@ -77,6 +101,11 @@ impl Store {
 pub(crate) enum Panels<'a> {
     F32(&'a [f32]),
     Half(Half, &'a [u16]),
+    Q8 {
+        quants: &'a [i8],
+        scales: &'a [u16],
+        npad: usize,
+    },
 }
 
 impl<'a> Panels<'a> {
@@ -96,8 +125,49 @@ impl<'a> Panels<'a> {
                 widen_f16(&v[at..at + len], &mut buf[..len]);
                 &buf[..len]
             }
+            Self::Q8 {
+                quants,
+                scales,
+                npad,
+            } => {
+                // Products read whole panel blocks: `at = pc * npad + panel * NR * kc`.
+                let pc = at / (KC * npad) * KC;
+                let kc = len / NR;
+                let panel = (at - pc * npad) / (NR * kc);
+                let mut scale = [0f32; NR];
+                for (g, (out, q)) in buf[..len]
+                    .chunks_mut(Q8_GROUP * NR)
+                    .zip(quants[at..at + len].chunks(Q8_GROUP * NR))
+                    .enumerate()
+                {
+                    let row = (pc / Q8_GROUP + g) * npad + panel * NR;
+                    widen_f16(&scales[row..row + NR], &mut scale);
+                    for (o, q) in out.chunks_exact_mut(NR).zip(q.chunks_exact(NR)) {
+                        for ((o, &q), &d) in o.iter_mut().zip(q).zip(&scale) {
+                            *o = f32::from(q) * d;
+                        }
+                    }
+                }
+                &buf[..len]
+            }
         }
     }
+}
+
+/// Inputs that share one `q8_0` scale.
+pub(crate) const Q8_GROUP: usize = 32;
+
+/// ggml's reference `Q8_0` quantisation of `values` (one group): the scale's f16 bits and each
+/// value's byte. The scale is `max |v| / 127`, rounded to f16 once stored; the bytes round
+/// `v / scale` taken before that rounding, as ggml does.
+pub(crate) fn quantize_q8(values: &[f32], quants: &mut [i8]) -> u16 {
+    let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    for (q, v) in quants.iter_mut().zip(values) {
+        *q = (v * id).round() as i8;
+    }
+    f16::from_f32(d).to_bits()
 }
 
 /// bf16 to f32: the 16 bits become the upper half. The loop vectorises as it is.
