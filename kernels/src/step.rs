@@ -47,7 +47,7 @@ pub fn attend_step(
     out: &mut [f32],
 ) {
     assert!(
-        kv_heads > 0 && heads % kv_heads == 0,
+        kv_heads > 0 && heads.is_multiple_of(kv_heads),
         "{heads} query heads over {kv_heads} key/value heads"
     );
     assert!(
@@ -253,6 +253,6 @@ mod tests {
             capacity: 4,
             len: 1,
         };
-        attend_step(1, 3, 2, 4, &z, kv, 1.0, &mut vec![0f32; 12]);
+        attend_step(1, 3, 2, 4, &z, kv, 1.0, &mut [0f32; 12]);
     }
 }
