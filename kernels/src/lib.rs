@@ -1419,7 +1419,7 @@ mod tests {
         c
     }
 
-    fn seeded(n: usize, seed: u32) -> Vec<f32> {
+    pub(crate) fn seeded(n: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2_654_435_761).max(1);
         (0..n)
             .map(|_| {

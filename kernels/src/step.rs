@@ -139,19 +139,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A seeded generator of values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::tests::seeded;
 
     /// The definition, in f64.
     #[allow(clippy::too_many_arguments)]
@@ -206,9 +194,9 @@ mod tests {
             (1, 8, 8, 40, 1000, 1000),
             (2, 3, 1, 17, 129, 256),
         ] {
-            let q = values(batch * heads * d, seed);
-            let mut k = values(batch * kv_heads * cap * d, seed + 1);
-            let mut v = values(batch * kv_heads * cap * d, seed + 2);
+            let q = seeded(batch * heads * d, seed);
+            let mut k = seeded(batch * kv_heads * cap * d, seed + 1);
+            let mut v = seeded(batch * kv_heads * cap * d, seed + 2);
             // Rows past `len` hold NaN: reading one would poison the result.
             for blk in 0..batch * kv_heads {
                 for x in &mut k[(blk * cap + len) * d..(blk + 1) * cap * d] {
