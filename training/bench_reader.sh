@@ -8,14 +8,15 @@
 #
 # MODEL_DIR: an exported reader (export_reader.py) or models/lethe-reader. OUT: a folder for the
 # reports (OUT/SET/report.json, OUT/sample.json, OUT/summary.txt). SETS: ordinary, no_prior,
-# everyday, agent, sample (default: all five). Transcripts come from render_pages.py's
-# `--split heldout --kinds SET` (PAGES, default /work/scratch/pages: transcripts 0-3, agent 0-1).
+# everyday, agent, repeats, sample (default: all six). Transcripts come from render_pages.py's
+# `--split heldout --kinds SET` (PAGES, default /work/scratch/pages: transcripts 0-3, agent and
+# repeats 0-1).
 # Text tokens are counted with the DeepSeek-OCR tokenizer (an exported reader's own is bytes).
 # Runs one set at a time on RAYON_NUM_THREADS threads (default 1, beside a training run).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=$(cd "$1" && pwd); OUT=$2; shift 2
-SETS=${*:-ordinary no_prior everyday agent sample}
+SETS=${*:-ordinary no_prior everyday agent repeats sample}
 PAGES=${PAGES:-/work/scratch/pages}
 MEMCTL=${MEMCTL:-$ROOT/target/release/memctl}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
@@ -29,7 +30,7 @@ for set in $SETS; do
     rm -rf "$tmp"
     continue
   fi
-  n=3; [ "$set" = agent ] && n=1
+  n=3; case $set in agent|repeats) n=1 ;; esac
   files=$(for i in $(seq 0 $n); do ls "$PAGES"/transcripts/heldout-"$set"-00000"$i".* ; done)
   mkdir -p "$OUT/$set"
   # shellcheck disable=SC2086

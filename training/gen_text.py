@@ -21,12 +21,13 @@ import argparse
 import functools
 import json
 import random
+import re
 import string
 import sys
 import sysconfig
 from pathlib import Path
 
-MIXES = ("all", "ordinary", "no_prior", "everyday", "agent", "corpus")
+MIXES = ("all", "ordinary", "no_prior", "everyday", "agent", "corpus", "repeats")
 """The content mixes `Gen(seed, kinds)` knows (its docstring says what each holds)."""
 TRAIN_SEED = 1_000
 HELDOUT_SEED = 9_000_000
@@ -88,9 +89,15 @@ class Gen:
         identifiers inside sentences, shell commands and their output, log lines, config files,
         indented source, numbered steps), or "corpus": real text, not generated: passages of the
         Python standard library's modules (English docstrings and comments with the whole
-        vocabulary, real code), for the words the generator's small word list never has. Each is a
-        separate mix so that the older streams stay as they were."""
+        vocabulary, real code), for the words the generator's small word list never has, or
+        "repeats": the agent mix as real sessions repeat it (retries and polling that print the
+        same lines again with a counter or a timestamp changed, a command run twice, a file shown
+        again), so that a page holds the same line at several places and a reader must follow
+        where it is on the page, not only what the text looks like. Each is a separate mix so that
+        the older streams stay as they were."""
         self.r = random.Random(seed)
+        self.repeats = kinds == "repeats"
+        self.history: list[str] = []
         if kinds == "all":
             self.kinds = self.KINDS
         elif kinds == "ordinary":
@@ -101,7 +108,7 @@ class Gen:
             self.kinds = [("everyday", 6), ("numbers", 1), ("list", 1), ("cjk", 1)]
         elif kinds == "corpus":
             self.kinds = [("corpus", 1)]
-        elif kinds == "agent":
+        elif kinds in ("agent", "repeats"):
             self.kinds = [("tech", 6), ("shell", 2), ("logs", 2), ("config", 1), ("source", 2),
                           ("steps", 2), ("everyday", 1)]
         else:
@@ -450,10 +457,51 @@ class Gen:
                 "tech": self.tech, "shell": self.shell, "logs": self.logs, "config": self.config,
                 "source": self.source, "steps": self.steps, "corpus": self.corpus}[k]()
 
+    def vary(self, text: str) -> str:
+        """`text` again as a rerun prints it: each run of digits kept (most), counted up by one or
+        redrawn at its length; a third of the time exactly the same."""
+        r = self.r
+        if r.random() < 0.33:
+            return text
+
+        def one(m: re.Match) -> str:
+            k = r.random()
+            if k < 0.7:
+                return m.group(0)
+            if k < 0.85:
+                return str(int(m.group(0)) + 1).zfill(len(m.group(0)))
+            return "".join(r.choice(string.digits) for _ in m.group(0))
+        return re.sub(r"\d+", one, text)
+
+    def repeated(self) -> str:
+        """A block of 1-4 lines printed 2-4 times, each time through `vary`, sometimes with a
+        line between (a retry's `sleeping 2s`, a prompt)."""
+        r = self.r
+        lines = [ln for ln in r.choice([self.logs, self.shell, self.tech, self.source, self.config])()
+                 .split("\n") if ln.strip()]
+        start = r.randrange(len(lines))
+        block = "\n".join(lines[start:start + r.randint(1, 4)])
+        between = r.choice(["", "", f"sleeping {r.randint(1, 30)}s", f"attempt {r.randint(1, 9)} failed",
+                            f"$ {self.ident()}", "..."])
+        out = [block]
+        for _ in range(r.randint(1, 3)):
+            if between:
+                out.append(self.vary(between))
+            out.append(self.vary(block))
+        return "\n".join(out)
+
     def turn(self) -> dict:
         r = self.r
         role = r.choices(["user", "assistant", "tool", "system"], [40, 45, 10, 5])[0]
-        content = "\n".join(self.piece() for _ in range(r.randint(1, 4)))
+        if self.repeats and self.history and r.random() < 0.25:
+            content = self.vary(r.choice(self.history[-6:]))  # an earlier turn shown again
+        elif self.repeats and r.random() < 0.6:
+            content = "\n".join(self.repeated() if r.random() < 0.7 else self.piece()
+                                for _ in range(r.randint(1, 3)))
+        else:
+            content = "\n".join(self.piece() for _ in range(r.randint(1, 4)))
+        if self.repeats:
+            self.history.append(content)
         return {"role": role, "content": content}
 
     def page_text(self, max_chars: int) -> str:
@@ -522,7 +570,8 @@ def main() -> None:
                     help="content mix: all, ordinary (no no-prior text), no_prior only, everyday "
                          "(conversational English with contractions, quotes, names, units), or agent "
                          "(a coding agent's sessions: technical prose, shell, logs, config, source), or corpus "
-                         "(passages of the Python standard library: real words and code)")
+                         "(passages of the Python standard library: real words and code), or repeats "
+                         "(the agent mix with lines and turns repeated as retries and reruns print them)")
     a = ap.parse_args()
     seed = HELDOUT_SEED + a.seed if a.heldout else a.seed
     for t in transcript(seed, a.turns, a.kinds):

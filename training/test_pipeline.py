@@ -88,6 +88,26 @@ def test_gen_text_agent_mix_has_the_shapes_of_a_coding_session():
     assert len(re.findall(r"^\d{4}-\d\d-\d\dT", ordinary, re.M)) == 0
 
 
+def test_gen_text_repeats_mix_puts_the_same_line_at_several_places():
+    """`repeats` is the agent mix with what real sessions repeat (the sample transcript's retry
+    logs): lines printed again, exactly or with a number changed, and whole turns shown again; the
+    agent mix itself stays as it was (its hash is checked above)."""
+    import re
+
+    turns = transcript(HELDOUT_SEED, 60, "repeats")
+    assert turns == transcript(HELDOUT_SEED, 60, "repeats")
+    lines = [ln for t in turns for ln in t["content"].split("\n") if len(ln) > 20]
+    exact = len(lines) - len(set(lines))
+    assert exact > 30, f"only {exact} lines repeat exactly"
+    shapes = [re.sub(r"\d+", "#", ln) for ln in lines]
+    varied = (len(shapes) - len(set(shapes))) - exact
+    assert varied > 10, f"only {varied} lines repeat with a number changed"
+    agent = [ln for t in transcript(HELDOUT_SEED, 60, "agent") for ln in t["content"].split("\n")
+             if len(ln) > 20]
+    assert len(agent) - len(set(agent)) < exact // 4, "the agent mix hardly repeats; repeats does"
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", "\n".join(lines), re.M)
+
+
 def test_gen_text_corpus_is_real_text_from_the_standard_library():
     """`corpus` passages are consecutive lines of a standard-library module, word for word, and
     bring words the generator's word list does not have."""
