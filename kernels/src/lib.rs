@@ -656,30 +656,30 @@ fn sgemm_prepacked(
         return;
     }
     if m < SPLIT_COLUMNS_BELOW {
-        // Column ranges of whole panels, one or two per thread; each computes into its own
-        // buffer, copied into C after.
+        // Column ranges of whole panels, one or two per thread, over A packed once and shared;
+        // each writes its columns of C in place.
         let panels = npad / NR;
         if panels < 2 {
             gemm_block(isa, m, k, a, bp, npad, 0, n, bias, act, c, n);
             return;
         }
+        assert!(
+            c.len() >= m * n,
+            "C holds {} values, not {m} x {n}",
+            c.len()
+        );
+        let ap = pack_a_full(m, k, &a);
+        let mpad = m.div_ceil(MR) * MR;
         let per = panels.div_ceil(threads * 2).max(1) * NR;
-        let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(per))
-            .into_par_iter()
-            .map(|i| {
-                let j0 = i * per;
-                let len = per.min(n - j0);
-                let mut buf = vec![0f32; m * len];
-                gemm_block(isa, m, k, a, bp, npad, j0, len, bias, act, &mut buf, len);
-                (j0, buf)
-            })
-            .collect();
-        for (j0, buf) in parts {
-            let len = buf.len() / m;
-            for (dst, src) in c.chunks_exact_mut(n).zip(buf.chunks_exact(len)) {
-                dst[j0..j0 + len].copy_from_slice(src);
-            }
-        }
+        let out = OutPtr(c.as_mut_ptr());
+        (0..n.div_ceil(per)).into_par_iter().for_each(|i| {
+            let j0 = i * per;
+            let len = per.min(n - j0);
+            let a = ASrc::Packed { data: &ap, mpad };
+            // SAFETY: C holds `m x n` values (asserted above) and the parts write disjoint
+            // column ranges `j0..j0 + len` of it.
+            unsafe { gemm_block_raw(isa, m, k, a, bp, npad, j0, len, bias, act, out.at(j0), n) };
+        });
         return;
     }
     if m < 2 * MR {
@@ -763,6 +763,93 @@ fn gemm_block(
     c: &mut [f32],
     ldc: usize,
 ) {
+    if m == 0 || len == 0 {
+        return;
+    }
+    assert!(
+        len <= ldc && c.len() >= (m - 1) * ldc + len,
+        "C holds {} values, not {m} rows of {len} at {ldc} apart",
+        c.len()
+    );
+    // SAFETY: just checked that every row of the block lies inside `c`, which is borrowed
+    // mutably for the call.
+    unsafe {
+        gemm_block_raw(
+            isa,
+            m,
+            k,
+            ASrc::Raw(a),
+            bp,
+            npad,
+            j0,
+            len,
+            bias,
+            act,
+            c.as_mut_ptr(),
+            ldc,
+        )
+    }
+}
+
+/// Where a GEMM reads A: as it lies, packed block by block as the product goes, or already
+/// packed by [`pack_a_full`] for `mpad` rows (shared by the threads of a column split).
+#[derive(Clone, Copy)]
+enum ASrc<'a> {
+    Raw(MatRef<'a>),
+    Packed { data: &'a [f32], mpad: usize },
+}
+
+/// C's first element, shared by the threads of a column split (each writes its own columns).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: the threads sharing it write disjoint parts of C (see `sgemm_prepacked`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The address of column `j` of row 0.
+    fn at(self, j: usize) -> *mut f32 {
+        self.0.wrapping_add(j)
+    }
+}
+
+/// Packs all of A (`m` x `k`) into `MR`-row panels, one `KC` block of columns after another:
+/// block `pc` starts at `pc * mpad` (`mpad` = `m` rounded up to `MR`), and within it the panel
+/// of rows `i..i + MR` at `i * kc`, as [`gemm_block_raw`] reads it.
+fn pack_a_full(m: usize, k: usize, a: &MatRef) -> Vec<f32> {
+    let mpad = m.div_ceil(MR) * MR;
+    let mut ap = vec![0f32; mpad * k];
+    let mut pc = 0;
+    while pc < k {
+        let kc = KC.min(k - pc);
+        pack_a(a, 0, m, pc, kc, &mut ap[pc * mpad..pc * mpad + mpad * kc]);
+        pc += kc;
+    }
+    ap
+}
+
+/// [`gemm_block`] writing through a raw pointer: `c` is row 0, column `j0`'s element of C.
+///
+/// # Safety
+/// `c.add(i * ldc + j)` must be valid for writes for every `i < m`, `j < len`, and no other
+/// thread may touch those elements during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block_raw(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    a: ASrc,
+    bp: Panels,
+    npad: usize,
+    j0: usize,
+    len: usize,
+    bias: Option<&[f32]>,
+    act: Act,
+    c: *mut f32,
+    ldc: usize,
+) {
     debug_assert_eq!(j0 % NR, 0);
     if m == 0 || len == 0 {
         return;
@@ -770,7 +857,8 @@ fn gemm_block(
     if k == 0 {
         for i in 0..m {
             for j in 0..len {
-                c[i * ldc + j] = apply(act, bias.map_or(0.0, |b| b[j0 + j]));
+                // SAFETY: inside the block the caller vouches for.
+                unsafe { *c.add(i * ldc + j) = apply(act, bias.map_or(0.0, |b| b[j0 + j])) };
             }
         }
         return;
@@ -795,7 +883,13 @@ fn gemm_block(
                 let mut ic = 0;
                 while ic < m {
                     let mc = MC.min(m - ic);
-                    pack_a(&a, ic, mc, pc, kc, &mut ap);
+                    let ablock: &[f32] = match a {
+                        ASrc::Raw(a) => {
+                            pack_a(&a, ic, mc, pc, kc, &mut ap);
+                            &ap
+                        }
+                        ASrc::Packed { data, mpad } => &data[pc * mpad + ic * kc..],
+                    };
                     let mut jr = 0;
                     while jr < nc {
                         let nr = NR.min(nc - jr);
@@ -805,7 +899,7 @@ fn gemm_block(
                         let mut ir = 0;
                         while ir < mc {
                             let mr = MR.min(mc - ir);
-                            let apanel = &ap[ir * kc..(ir + MR) * kc];
+                            let apanel = &ablock[ir * kc..(ir + MR) * kc];
                             let c0 = (ic + ir) * ldc + jc + jr;
                             let col = j0 + jc + jr;
                             let tile = Tile {
@@ -818,9 +912,9 @@ fn gemm_block(
                                 act,
                             };
                             // SAFETY: `isa` was detected on this CPU; the panels hold
-                            // `kc * MR` / `kc * NR` values and the tile stays inside `c`
-                            // (`mr`/`nr` clip the edges).
-                            unsafe { kernel(isa, kc, apanel, bpanel, &mut c[c0..], &tile) };
+                            // `kc * MR` / `kc * NR` values and the tile stays inside the
+                            // caller's block of C (`mr`/`nr` clip the edges).
+                            unsafe { kernel(isa, kc, apanel, bpanel, c.add(c0), &tile) };
                             ir += MR;
                         }
                         jr += NR;
@@ -920,11 +1014,16 @@ struct Tile<'a> {
     act: Act,
 }
 
-/// Stores an `MR` x `NR` accumulator block into C.
+/// Stores an `MR` x `NR` accumulator block into C at `c`.
+///
+/// # Safety
+/// `c.add(r * t.ldc + j)` must be valid for reads and writes for `r < t.mr`, `j < t.nr`, and
+/// untouched by other threads during the call.
 #[inline(always)]
-fn store_tile(acc: &[[f32; NR]; MR], c: &mut [f32], t: &Tile) {
+unsafe fn store_tile(acc: &[[f32; NR]; MR], c: *mut f32, t: &Tile) {
     for (r, acc_row) in acc.iter().enumerate().take(t.mr) {
-        let dst = &mut c[r * t.ldc..r * t.ldc + t.nr];
+        // SAFETY: one row of the tile, inside the block the caller vouches for.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * t.ldc), t.nr) };
         let mut row = *acc_row;
         if t.first {
             if let Some(b) = t.bias {
@@ -948,7 +1047,9 @@ fn store_tile(acc: &[[f32; NR]; MR], c: &mut [f32], t: &Tile) {
     }
 }
 
-fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
+/// # Safety
+/// As [`store_tile`].
+unsafe fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
     let mut acc = [[0f32; NR]; MR];
     for (ap, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
         for (row, &av) in acc.iter_mut().zip(ap) {
@@ -957,7 +1058,8 @@ fn kernel_portable(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
             }
         }
     }
-    store_tile(&acc, c, t);
+    // SAFETY: the caller's guarantee.
+    unsafe { store_tile(&acc, c, t) };
 }
 
 /// The instruction set the micro-kernel uses, best first.
@@ -994,12 +1096,14 @@ fn force_avx2() -> bool {
     *FORCE.get_or_init(|| std::env::var("LETHE_CPU_KERNEL").is_ok_and(|v| v == "avx2"))
 }
 
-/// One `MR` x `NR` tile: `a` holds `kc * MR` packed values, `b` `kc * NR`.
+/// One `MR` x `NR` tile: `a` holds `kc * MR` packed values, `b` `kc * NR`; C's tile starts at
+/// `c`.
 ///
 /// # Safety
-/// `isa` must be supported by this CPU (from [`Isa::detect`]).
+/// `isa` must be supported by this CPU (from [`Isa::detect`]), and `c` as [`store_tile`] needs
+/// it.
 #[inline(always)]
-unsafe fn kernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
+unsafe fn kernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     match isa {
         // SAFETY: the caller guarantees the CPU has the instructions of `isa`.
@@ -1008,13 +1112,14 @@ unsafe fn kernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &T
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { kernel_avx2(kc, a, b, c, t) },
-        _ => kernel_portable(kc, a, b, c, t),
+        // SAFETY: as above.
+        _ => unsafe { kernel_portable(kc, a, b, c, t) },
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
+unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
     // SAFETY: the caller checked AVX-512F; every load reads within `a` (`kc * MR` values) and
     // `b` (`kc * NR`), and every store writes within the tile of `c` that `t` describes.
     unsafe {
@@ -1039,7 +1144,7 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile
                 )
             });
             for (r, row) in acc.iter().enumerate() {
-                let cp = c.as_mut_ptr().add(r * t.ldc);
+                let cp = c.add(r * t.ldc);
                 let (mut v0, mut v1) = (row[0], row[1]);
                 if t.first {
                     if let Some((x0, x1)) = bias {
@@ -1066,7 +1171,7 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], t: &Tile) {
+unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
     // SAFETY: the caller checked AVX2 and FMA; every load reads within `a` (`kc * MR` values)
     // and `b` (`kc * NR`); the tile is stored by `store_tile`, within `t`'s bounds.
     unsafe {
@@ -1448,11 +1553,23 @@ mod tests {
     fn every_kernel_and_split_matches_the_naive_product() {
         let isas = available_isas();
         eprintln!("kernels tested: {isas:?}");
-        // Ragged edges in every dimension, more than one KC block, and (65 x 1000 x 64) a
-        // product that the threads split by columns.
-        for (case, &(m, n, k)) in [(7, 45, 300), (13, 64, 17), (150, 33, 513), (65, 1000, 64)]
-            .iter()
-            .enumerate()
+        // Ragged edges in every dimension, more than one KC block, and (65 x 1000 x 64, and
+        // 41 x 700 x 600 over three KC blocks of an A packed once and shared) products that
+        // the threads split by columns, writing C in place; (700 x 40 x 100) one split by rows.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (case, &(m, n, k)) in [
+            (7, 45, 300),
+            (13, 64, 17),
+            (150, 33, 513),
+            (65, 1000, 64),
+            (41, 700, 600),
+            (700, 40, 100),
+        ]
+        .iter()
+        .enumerate()
         {
             let a = seeded(m * k, 1 + case as u32);
             let w = seeded(n * k, 100 + case as u32);
@@ -1489,8 +1606,9 @@ mod tests {
                     );
                     check(&c, &format!("{isa:?}"));
                 }
-                let mut c = vec![0f32; m * n];
-                packed.matmul(m, am, Some(&bias), act, &mut c);
+                // NaN where C starts: every element must be written, none accumulated into.
+                let mut c = vec![f32::NAN; m * n];
+                pool.install(|| packed.matmul(m, am, Some(&bias), act, &mut c));
                 check(&c, "threaded");
             }
         }
