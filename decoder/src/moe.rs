@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::DecoderConfig;
 use crate::error::Result;
-use crate::ops::{swiglu, Linear, Quantization};
+use crate::ops::{packed_product, swiglu, with_host_f32, Linear, Quantization};
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
@@ -35,9 +35,48 @@ impl Mlp {
 
     /// Applies the MLP to `x` (any rank, last dimension `hidden`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.on_host() && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let rows = x.elem_count() / self.gate_proj_in().max(1);
+            let y = with_host_f32(x, |xs| self.forward_host(xs, rows))?;
+            let mut dims = x.dims().to_vec();
+            if let Some(last) = dims.last_mut() {
+                *last = self.down_proj.out_dim();
+            }
+            return Ok(Tensor::from_vec(y, dims, x.device())?);
+        }
         let g = self.gate_proj.forward(x)?;
         let u = self.up_proj.forward(x)?;
         self.down_proj.forward(&swiglu(&g, &u)?)
+    }
+
+    /// Whether all three weights are packed for `lethe-kernels`, so [`Mlp::forward_host`] runs.
+    fn on_host(&self) -> bool {
+        self.gate_proj.packed().is_some()
+            && self.up_proj.packed().is_some()
+            && self.down_proj.packed().is_some()
+    }
+
+    fn gate_proj_in(&self) -> usize {
+        self.gate_proj.packed().map_or(0, |p| p.k())
+    }
+
+    /// [`Mlp::forward`] on `rows` row-major rows of host f32 values, without tensors: the two
+    /// products, the gating in place (`lethe_kernels::silu_mul`), the down product.
+    ///
+    /// # Panics
+    /// Unless [`Mlp::on_host`].
+    fn forward_host(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let (Some(gate), Some(up), Some(down)) = (
+            self.gate_proj.packed(),
+            self.up_proj.packed(),
+            self.down_proj.packed(),
+        ) else {
+            panic!("Mlp::forward_host needs packed weights");
+        };
+        let mut g = packed_product(gate, x, rows);
+        let u = packed_product(up, x, rows);
+        lethe_kernels::silu_mul(&mut g, &u);
+        packed_product(down, &g, rows)
     }
 
     /// Bytes held by the weights.
@@ -134,6 +173,16 @@ impl Moe {
         let active: Vec<usize> = (0..groups.len())
             .filter(|&e| !groups[e].0.is_empty())
             .collect();
+        if device.is_cpu()
+            && dt == DType::F32
+            && self.experts.iter().all(Mlp::on_host)
+            && self.shared_experts.as_ref().is_none_or(Mlp::on_host)
+        {
+            let out = with_host_f32(x, |xs| {
+                self.forward_host(xs, tokens, hidden, &active, &groups)
+            })?;
+            return Ok((Tensor::from_vec(out, (tokens, hidden), device)?, routing));
+        }
         // On the CPU the experts run side by side on rayon's workers: a decode step's few
         // experts each on one thread (their weights are below the products' split threshold),
         // a prefill's experts (a few dozen rows each) as whole tasks rather than each product
@@ -161,6 +210,48 @@ impl Moe {
             out = (out + shared.forward(x)?)?;
         }
         Ok((out, routing))
+    }
+
+    /// [`Moe::forward`] on host f32 rows when every expert is packed: each active expert's rows
+    /// gathered, multiplied and weighted side by side on rayon's workers, then added into one
+    /// buffer in expert order (the additions of the tensor path's `index_add`s, in its order),
+    /// and the shared experts added last.
+    fn forward_host(
+        &self,
+        x: &[f32],
+        tokens: usize,
+        hidden: usize,
+        active: &[usize],
+        groups: &[(Vec<u32>, Vec<f32>)],
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
+        let outputs: Vec<Vec<f32>> = active
+            .par_iter()
+            .map(|&e| {
+                let (toks, ws) = &groups[e];
+                let mut xe = Vec::with_capacity(toks.len() * hidden);
+                for &t in toks {
+                    xe.extend_from_slice(&x[t as usize * hidden..][..hidden]);
+                }
+                let mut y = self.experts[e].forward_host(&xe, toks.len());
+                for (row, &w) in y.chunks_exact_mut(hidden).zip(ws) {
+                    row.iter_mut().for_each(|v| *v *= w);
+                }
+                y
+            })
+            .collect();
+        let mut acc = vec![0f32; tokens * hidden];
+        for (&e, y) in active.iter().zip(&outputs) {
+            for (&t, row) in groups[e].0.iter().zip(y.chunks_exact(hidden)) {
+                let dst = &mut acc[t as usize * hidden..][..hidden];
+                dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+            }
+        }
+        if let Some(shared) = &self.shared_experts {
+            let s = shared.forward_host(x, tokens);
+            acc.iter_mut().zip(&s).for_each(|(d, v)| *d += v);
+        }
+        acc
     }
 
     fn run_expert(

@@ -141,6 +141,15 @@ impl Linear {
         self.out_dim
     }
 
+    /// The weight when it is packed for `lethe-kernels` (f32, bf16/f16 held, or `q8_0` on the
+    /// CPU), for products computed on host slices.
+    pub(crate) fn packed(&self) -> Option<&PackedB> {
+        match &self.weight {
+            LinearWeight::Packed(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Bytes held by the weight.
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
@@ -198,7 +207,7 @@ pub(crate) fn with_host_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Resul
 }
 
 /// `x W^T` for `rows` rows of `x` (row-major), with `W` packed.
-fn packed_product(w: &PackedB, x: &[f32], rows: usize) -> Vec<f32> {
+pub(crate) fn packed_product(w: &PackedB, x: &[f32], rows: usize) -> Vec<f32> {
     let mut y = vec![0f32; rows * w.n()];
     w.matmul(rows, MatRef::rows(x, w.k()), None, Act::None, &mut y);
     y

@@ -1230,6 +1230,41 @@ fn apply(act: Act, x: f32) -> f32 {
     }
 }
 
+/// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU's gating, `silu(x) = x / (1 + e^-x)`), with the
+/// crate's `exp` (relative error about 1e-7), 16 lanes at a time where the CPU has AVX-512F.
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "silu_mul: gate and up differ in length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if Isa::detect() == Isa::Avx512 {
+            // SAFETY: `Isa::detect` found AVX-512F.
+            unsafe { silu_mul_avx512(gate, up) };
+            return;
+        }
+    }
+    silu_mul_body(gate, up);
+}
+
+#[inline(always)]
+fn silu_mul_body(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + exp(-*g)) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
+    silu_mul_body(gate, up);
+}
+
 /// Scales each `t`-long row of `s`, adds the decomposed relative bias (rows of `h` and `w`
 /// of length `side`), and applies softmax.
 #[inline(always)]
@@ -1936,6 +1971,26 @@ mod tests {
                     .fold(0f32, f32::max);
                 assert!(worst < 1e-5, "{isa:?} {act:?} off by {worst}");
             }
+        }
+    }
+
+    #[test]
+    fn silu_mul_is_swiglu_gating() {
+        let gate: Vec<f32> = seeded(1000, 12).iter().map(|v| v * 40.0).collect();
+        let up = seeded(1000, 13);
+        let mut got = gate.clone();
+        silu_mul(&mut got, &up);
+        let mut plain = gate.clone();
+        silu_mul_body(&mut plain, &up);
+        assert_eq!(got, plain, "the vector build is the scalar arithmetic");
+        for ((&g, &u), &y) in gate.iter().zip(&up).zip(&got) {
+            let (g, u) = (f64::from(g), f64::from(u));
+            let want = g / (1.0 + (-g).exp()) * u;
+            let tol = 1e-6 * want.abs() + 1e-30;
+            assert!(
+                (f64::from(y) - want).abs() <= tol,
+                "silu({g}) * {u}: {y} vs {want}"
+            );
         }
     }
 
