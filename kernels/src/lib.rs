@@ -973,6 +973,15 @@ fn pack_panels<const W: usize>(
                 let from = &src.data[(i0 + p) * src.cs + o0 + q..][..W];
                 dst[p * W..(p + 1) * W].copy_from_slice(from);
             }
+        } else if src.cs == 1 && lanes == W {
+            // Rows contiguous, a whole panel: interleave the W rows, writing `dst` in order.
+            let rows: [&[f32]; W] =
+                std::array::from_fn(|l| &src.data[(o0 + q + l) * src.rs + i0..][..ilen]);
+            for (p, out) in dst.chunks_exact_mut(W).take(ilen).enumerate() {
+                for (o, row) in out.iter_mut().zip(&rows) {
+                    *o = row[p];
+                }
+            }
         } else if src.cs == 1 {
             // Rows contiguous: read each lane's row once.
             for l in 0..W {
@@ -1333,7 +1342,11 @@ fn exp(x: f32) -> f32 {
     y = y * r + 1.666_666_5e-1;
     y = y * r + 0.5;
     y = y * z + r + 1.0;
-    let bits = ((fx as i32 + 127) as u32) << 23;
+    // 2^fx from the exponent bits. `fx` is a whole number in [-127, 128], so adding 1.5 * 2^23
+    // leaves it in the low mantissa bits exactly: the same integer `fx as i32` gives, in
+    // arithmetic that vectorises (Rust's saturating `as` does not).
+    let whole = (fx + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000);
+    let bits = whole.wrapping_add(127) << 23;
     y * f32::from_bits(bits)
 }
 
