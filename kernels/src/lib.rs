@@ -1927,56 +1927,18 @@ mod tests {
         let a: Vec<f32> = seeded(m * k, 10).iter().map(|v| v * 2.0).collect();
         let w = seeded(n * k, 11);
         let packed = PackedB::from_rows(&w, n, k);
+        let product = |isa: Isa, act: Act| {
+            let mut c = vec![0f32; m * n];
+            let (a, b) = (MatRef::rows(&a, k), packed.data.panels());
+            gemm_block(isa, m, k, a, b, n, 0, n, None, act, &mut c, n);
+            c
+        };
         for act in [Act::Gelu, Act::QuickGelu] {
-            let mut plain = vec![0f32; m * n];
-            gemm_block(
-                Isa::Portable,
-                m,
-                k,
-                MatRef::rows(&a, k),
-                packed.data.panels(),
-                n,
-                0,
-                n,
-                None,
-                Act::None,
-                &mut plain,
-                n,
-            );
-            let want: Vec<f32> = plain.iter().map(|&x| apply(act, x)).collect();
+            let activate = |c: Vec<f32>| c.iter().map(|&x| apply(act, x)).collect::<Vec<f32>>();
+            let want = activate(product(Isa::Portable, Act::None));
             for isa in available_isas() {
-                let mut got = vec![0f32; m * n];
-                gemm_block(
-                    isa,
-                    m,
-                    k,
-                    MatRef::rows(&a, k),
-                    packed.data.panels(),
-                    n,
-                    0,
-                    n,
-                    None,
-                    act,
-                    &mut got,
-                    n,
-                );
-                let mut raw = vec![0f32; m * n];
-                gemm_block(
-                    isa,
-                    m,
-                    k,
-                    MatRef::rows(&a, k),
-                    packed.data.panels(),
-                    n,
-                    0,
-                    n,
-                    None,
-                    Act::None,
-                    &mut raw,
-                    n,
-                );
-                let want_isa: Vec<f32> = raw.iter().map(|&x| apply(act, x)).collect();
-                assert_eq!(got, want_isa, "{isa:?} {act:?}");
+                let got = product(isa, act);
+                assert_eq!(got, activate(product(isa, Act::None)), "{isa:?} {act:?}");
                 let worst = got
                     .iter()
                     .zip(&want)
