@@ -435,6 +435,52 @@ fn prefetch<T>(p: *const T) {
     }
 }
 
+/// One input of a matrix-vector product: each row's accumulators `+= x[r, i] * (b0, b1)`, a
+/// multiply then an add per lane, in [`gemv_panel_rows`]' order.
+///
+/// # Safety
+/// AVX-512F must be enabled in the caller, and `x` must hold `R` rows of `k` with `i < k`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn accumulate_rows<const R: usize>(
+    sums: &mut [[std::arch::x86_64::__m512; 2]; R],
+    x: &[f32],
+    k: usize,
+    i: usize,
+    b0: std::arch::x86_64::__m512,
+    b1: std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
+    for (r, row) in sums.iter_mut().enumerate() {
+        // SAFETY: the caller's bounds on `x`; AVX-512F as the caller guarantees.
+        unsafe {
+            let xv = _mm512_set1_ps(*x.as_ptr().add(r * k + i));
+            row[0] = _mm512_add_ps(row[0], _mm512_mul_ps(xv, b0));
+            row[1] = _mm512_add_ps(row[1], _mm512_mul_ps(xv, b1));
+        }
+    }
+}
+
+/// Stores a panel's register accumulators into `acc` (NR = 32 values a row).
+///
+/// # Safety
+/// AVX-512F must be enabled in the caller.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_sums<const R: usize>(
+    sums: &[[std::arch::x86_64::__m512; 2]; R],
+    acc: &mut PanelAcc,
+) {
+    use std::arch::x86_64::*;
+    for (row, out) in sums.iter().zip(acc.iter_mut()) {
+        // SAFETY: each accumulator row holds NR = 32 values.
+        unsafe {
+            _mm512_storeu_ps(out.as_mut_ptr(), row[0]);
+            _mm512_storeu_ps(out.as_mut_ptr().add(16), row[1]);
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gemv_half_avx512<const BF16: bool, const R: usize>(
@@ -468,22 +514,13 @@ unsafe fn gemv_half_avx512<const BF16: bool, const R: usize>(
                 } else {
                     (_mm512_cvtph_ps(lo), _mm512_cvtph_ps(hi))
                 };
-                for (r, row) in sums.iter_mut().enumerate() {
-                    let xv = _mm512_set1_ps(*x.as_ptr().add(r * k + pc + p));
-                    row[0] = _mm512_add_ps(row[0], _mm512_mul_ps(xv, b0));
-                    row[1] = _mm512_add_ps(row[1], _mm512_mul_ps(xv, b1));
-                }
+                accumulate_rows(&mut sums, x, k, pc + p, b0, b1);
             }
         }
         pc += kc;
     }
-    for (row, out) in sums.iter().zip(acc.iter_mut()) {
-        // SAFETY: each accumulator row holds NR = 32 values.
-        unsafe {
-            _mm512_storeu_ps(out.as_mut_ptr(), row[0]);
-            _mm512_storeu_ps(out.as_mut_ptr().add(16), row[1]);
-        }
-    }
+    // SAFETY: AVX-512F is enabled here.
+    unsafe { store_sums(&sums, acc) };
 }
 
 /// [`gemv_panel`] for a `q8_0` panel, widened in registers as it is read (a quarter of the f32
@@ -527,23 +564,14 @@ unsafe fn gemv_q8_avx512<const R: usize>(
                     let hi = _mm_loadu_si128(at.add(16).cast());
                     let b0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), s0);
                     let b1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), s1);
-                    for (r, row) in sums.iter_mut().enumerate() {
-                        let xv = _mm512_set1_ps(*x.as_ptr().add(r * k + pc + p));
-                        row[0] = _mm512_add_ps(row[0], _mm512_mul_ps(xv, b0));
-                        row[1] = _mm512_add_ps(row[1], _mm512_mul_ps(xv, b1));
-                    }
+                    accumulate_rows(&mut sums, x, k, pc + p, b0, b1);
                 }
             }
         }
         pc += kc;
     }
-    for (row, out) in sums.iter().zip(acc.iter_mut()) {
-        // SAFETY: each accumulator row holds NR = 32 values.
-        unsafe {
-            _mm512_storeu_ps(out.as_mut_ptr(), row[0]);
-            _mm512_storeu_ps(out.as_mut_ptr().add(16), row[1]);
-        }
-    }
+    // SAFETY: AVX-512F is enabled here.
+    unsafe { store_sums(&sums, acc) };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1744,6 +1772,30 @@ mod tests {
         }
     }
 
+    /// Every matrix-vector kernel this CPU has, panel by panel: `held` (16-bit or q8_0; AVX-512
+    /// widens it in registers, the others through a buffer) gives bit for bit what `wide`, the
+    /// same weight in f32, gives for `m` rows of `a`.
+    fn assert_panels_match_f32(kind: &str, m: usize, a: &[f32], held: &PackedB, wide: &PackedB) {
+        let (k, n) = (held.k, held.n);
+        let npad = n.div_ceil(NR) * NR;
+        let mut buf = vec![0f32; KC * NR];
+        let bits = |v: &[[f32; NR]]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for isa in available_isas() {
+            for panel in 0..npad / NR {
+                let mut got = [[0f32; NR]; GEMV_MAX_ROWS];
+                let mut want = [[0f32; NR]; GEMV_MAX_ROWS];
+                let (c, w32) = (held.data.panels(), wide.data.panels());
+                gemv_panel(isa, m, k, a, c, npad, panel, &mut got, &mut buf);
+                gemv_panel(isa, m, k, a, w32, npad, panel, &mut want, &mut []);
+                assert_eq!(
+                    bits(&got[..m]),
+                    bits(&want[..m]),
+                    "{kind} {isa:?} {m}x{n}x{k} panel {panel}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn sixteen_bit_weights_give_the_f32_products_bit_for_bit() {
         let to_bf16 = |x: f32| f32::from_bits(x.to_bits() & 0xffff_0000);
@@ -1784,25 +1836,7 @@ mod tests {
                 // Every matrix-vector kernel this CPU has, panel by panel: AVX-512 widens in
                 // registers, the others through a buffer.
                 if m <= GEMV_MAX_ROWS {
-                    let npad = n.div_ceil(NR) * NR;
-                    let mut buf = vec![0f32; KC * NR];
-                    for isa in available_isas() {
-                        for panel in 0..npad / NR {
-                            let mut got = [[0f32; NR]; GEMV_MAX_ROWS];
-                            let mut want = [[0f32; NR]; GEMV_MAX_ROWS];
-                            let (c, w32) = (compact.data.panels(), wide.data.panels());
-                            gemv_panel(isa, m, k, &a, c, npad, panel, &mut got, &mut buf);
-                            gemv_panel(isa, m, k, &a, w32, npad, panel, &mut want, &mut []);
-                            let bits = |v: &[[f32; NR]]| {
-                                v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>()
-                            };
-                            assert_eq!(
-                                bits(&got[..m]),
-                                bits(&want[..m]),
-                                "{kind} {isa:?} {m}x{n}x{k} panel {panel}"
-                            );
-                        }
-                    }
+                    assert_panels_match_f32(kind, m, &a, &compact, &wide);
                 }
             }
         }
@@ -1858,24 +1892,7 @@ mod tests {
                 "q8_0 {m}x{n}x{k}: products differ from the dequantised f32"
             );
             if m <= GEMV_MAX_ROWS {
-                let mut buf = vec![0f32; KC * NR];
-                for isa in available_isas() {
-                    for panel in 0..npad / NR {
-                        let mut got = [[0f32; NR]; GEMV_MAX_ROWS];
-                        let mut want = [[0f32; NR]; GEMV_MAX_ROWS];
-                        let (c, w32) = (q8.data.panels(), wide.data.panels());
-                        gemv_panel(isa, m, k, &a, c, npad, panel, &mut got, &mut buf);
-                        gemv_panel(isa, m, k, &a, w32, npad, panel, &mut want, &mut []);
-                        let bits = |v: &[[f32; NR]]| {
-                            v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>()
-                        };
-                        assert_eq!(
-                            bits(&got[..m]),
-                            bits(&want[..m]),
-                            "q8_0 {isa:?} {m}x{n}x{k} panel {panel}"
-                        );
-                    }
-                }
+                assert_panels_match_f32("q8_0", m, &a, &q8, &wide);
             }
         }
     }
