@@ -17,6 +17,8 @@ pub(crate) struct EmbeddedModel {
     pub profile: &'static str,
     /// `policy.toml`: the tiers it reads.
     pub policy: &'static str,
+    /// `generation_config.json`: its no-repeat n-gram size.
+    pub generation: &'static str,
 }
 
 /// Lethe's own reader, trained on this project's renderer (`training/reader.py`).
@@ -27,4 +29,5 @@ pub(crate) static READER: EmbeddedModel = EmbeddedModel {
     tokenizer: include_bytes!("../models/lethe-reader/tokenizer.json"),
     profile: include_str!("../models/lethe-reader/render-profile.toml"),
     policy: include_str!("../models/lethe-reader/policy.toml"),
+    generation: include_str!("../models/lethe-reader/generation_config.json"),
 };

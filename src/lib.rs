@@ -66,7 +66,9 @@ pub use lethe_mode::{Mode, Tier};
 pub use lethe_policy::Policy;
 pub use lethe_render::{PageImage, RenderProfile, Turn};
 pub use maintain::Maintenance;
-pub use model::{OcrModel, OcrOptions, Reading, VisionTokens, POLICY_FILE, PROFILE_FILE};
+pub use model::{
+    OcrModel, OcrOptions, Reading, VisionTokens, GENERATION_FILE, POLICY_FILE, PROFILE_FILE,
+};
 pub use provider::{
     Billed, ImageRule, PayloadFormat, Provider, ProviderLayout, Providers, TierSizes,
     PROVIDERS_TOML,

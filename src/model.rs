@@ -27,7 +27,11 @@ pub struct OcrOptions {
     pub max_new_tokens: usize,
     /// Quantisation of the decoder's linear layers (CPU memory and speed).
     pub quantization: Quantization,
-    /// No-repeat n-gram size (the reference `infer()` uses 20; `None` disables the ban).
+    /// No-repeat n-gram size in tokens; `Some(0)` disables the ban. `None` (the default) takes
+    /// the size the model declares in its [`GENERATION_FILE`] (`no_repeat_ngram_size`), else 20,
+    /// the reference `infer()`'s. The ban is the reference's guard against reading loops, sized for
+    /// its BPE tokens; a reader of bytes declares its own (a 20-byte ban breaks every line that
+    /// a page repeats, and every rule of dashes, 20 characters in).
     pub no_repeat_ngram: Option<usize>,
     /// Search only the last W generated tokens for repeats and never ban `<td>` / `</td>` (the
     /// reference's vLLM form, W = 50). `None`: the whole sequence (its Hugging Face form).
@@ -45,7 +49,7 @@ impl Default for OcrOptions {
             prompt: DEFAULT_PROMPT.to_string(),
             max_new_tokens: 2048,
             quantization: Quantization::default(),
-            no_repeat_ngram: Some(20),
+            no_repeat_ngram: None,
             ngram_window: None,
             sampling: Sampling::Greedy,
             skip_special_tokens: true,
@@ -61,6 +65,8 @@ struct Parts {
     tokenizer: Tokenizer,
     profile: Option<RenderProfile>,
     policy: Option<Policy>,
+    /// The no-repeat n-gram size the model declares ([`GENERATION_FILE`]).
+    no_repeat_ngram: Option<usize>,
     embedded: bool,
 }
 
@@ -142,6 +148,23 @@ impl std::fmt::Debug for OcrModel {
 pub const PROFILE_FILE: &str = "render-profile.toml";
 /// The file in a model folder that declares the forgetting policy (the tiers it reads).
 pub const POLICY_FILE: &str = "policy.toml";
+/// The file in a model folder that declares how it generates (Hugging Face's name and keys;
+/// Lethe reads `no_repeat_ngram_size`, see [`OcrOptions::no_repeat_ngram`]).
+pub const GENERATION_FILE: &str = "generation_config.json";
+/// The no-repeat n-gram size of a model that declares none: the reference `infer()`'s.
+const REFERENCE_NO_REPEAT_NGRAM: usize = 20;
+
+/// `no_repeat_ngram_size` of a [`GENERATION_FILE`] (`what` names it in errors); other keys are
+/// Hugging Face's and ignored.
+fn declared_no_repeat_ngram(text: &str, what: &str) -> Result<Option<usize>> {
+    #[derive(Deserialize)]
+    struct Generation {
+        no_repeat_ngram_size: Option<usize>,
+    }
+    serde_json::from_str::<Generation>(text)
+        .map(|g| g.no_repeat_ngram_size)
+        .map_err(|e| Error::Invalid(format!("{what}: {e}")))
+}
 
 impl OcrModel {
     /// Loads `config.json`, the `*.safetensors` weights and `tokenizer.json` from `dir` (the
@@ -188,6 +211,10 @@ impl OcrModel {
                 })
             })
             .transpose()?;
+        let no_repeat_ngram = match read(GENERATION_FILE)? {
+            Some(t) => declared_no_repeat_ngram(&t, &dir.join(GENERATION_FILE).to_string_lossy())?,
+            None => None,
+        };
         let parts = Parts {
             name: dir.display().to_string(),
             encoder,
@@ -195,6 +222,7 @@ impl OcrModel {
             tokenizer,
             profile,
             policy,
+            no_repeat_ngram,
             embedded: false,
         };
         Self::assemble(parts, options)
@@ -231,12 +259,13 @@ impl OcrModel {
                 Policy::from_toml_str(e.policy)
                     .map_err(|err| Error::Invalid(format!("{} policy: {err}", e.name)))?,
             ),
+            no_repeat_ngram: declared_no_repeat_ngram(e.generation, e.name)?,
             embedded: true,
         };
         Self::assemble(parts, options)
     }
 
-    fn assemble(parts: Parts, options: OcrOptions) -> Result<Self> {
+    fn assemble(parts: Parts, mut options: OcrOptions) -> Result<Self> {
         let Parts {
             name,
             encoder,
@@ -244,6 +273,7 @@ impl OcrModel {
             tokenizer,
             profile,
             policy,
+            no_repeat_ngram,
             embedded,
         } = parts;
         let cfg = decoder.config();
@@ -251,10 +281,15 @@ impl OcrModel {
             .image_token_id
             .or_else(|| tokenizer.token_id("<image>"))
             .unwrap_or(cfg.image_token_id());
-        let ban = match (options.no_repeat_ngram, options.ngram_window) {
-            (None | Some(0), _) => None,
-            (Some(n), None) => Some(NgramBan::whole_sequence(n)),
-            (Some(n), Some(w)) => Some(NgramBan::windowed(
+        let size = options
+            .no_repeat_ngram
+            .or(no_repeat_ngram)
+            .unwrap_or(REFERENCE_NO_REPEAT_NGRAM);
+        options.no_repeat_ngram = Some(size);
+        let ban = match (size, options.ngram_window) {
+            (0, _) => None,
+            (n, None) => Some(NgramBan::whole_sequence(n)),
+            (n, Some(w)) => Some(NgramBan::windowed(
                 n,
                 w,
                 ["<td>", "</td>"]

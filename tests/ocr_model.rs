@@ -76,7 +76,7 @@ fn sampling_is_reproducible_by_seed() {
                 top_k: 0,
                 seed,
             },
-            no_repeat_ngram: None,
+            no_repeat_ngram: Some(0),
             ..options(16)
         })
         .unwrap();
@@ -235,4 +235,57 @@ fn vision_tokens_are_lethes_own_type_and_read_as_a_fresh_encode_does() {
     let from_image = model.read(&image, Mode::Tiny, None).unwrap();
     assert_eq!(from_tokens.text, from_image.text);
     assert_eq!(from_tokens.encode_secs, 0.0);
+}
+
+/// A copy of the tiny checkpoint whose folder declares `generation` as its
+/// `generation_config.json` (none when `None`).
+fn tiny_declaring(generation: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("tiny").join(file), dir.path().join(file)).unwrap();
+    }
+    if let Some(text) = generation {
+        std::fs::write(dir.path().join(lethe::GENERATION_FILE), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_no_repeat_ban_is_the_callers_else_the_models_else_the_references() {
+    let size = |generation: Option<&str>, asked: Option<usize>| {
+        let dir = tiny_declaring(generation);
+        let options = OcrOptions {
+            no_repeat_ngram: asked,
+            ..options(4)
+        };
+        OcrModel::load(dir.path(), options)
+            .map(|m| m.options().no_repeat_ngram)
+            .map_err(|e| e.to_string())
+    };
+    let declares_7 = Some(r#"{"no_repeat_ngram_size": 7, "max_length": 30}"#);
+    assert_eq!(size(declares_7, None), Ok(Some(7)));
+    assert_eq!(size(declares_7, Some(3)), Ok(Some(3)));
+    assert_eq!(size(declares_7, Some(0)), Ok(Some(0)));
+    // No file, or a file without the key: the reference infer()'s 20.
+    assert_eq!(size(None, None), Ok(Some(20)));
+    assert_eq!(size(Some(r#"{"temperature": 0.5}"#), None), Ok(Some(20)));
+    let err = size(Some(r#"{"no_repeat_ngram_size": "seven"}"#), None).unwrap_err();
+    assert!(err.contains(lethe::GENERATION_FILE), "{err}");
+}
+
+#[test]
+fn a_declared_ban_shapes_what_greedy_generation_writes() {
+    // The tiny checkpoint's random weights repeat themselves greedily (see the first test):
+    // a declared ban of 2 keeps every pair of generated tokens unique; none lets it repeat.
+    let page = fixtures().join("inputs/card_500x400.png");
+    let read = |generation: &str| {
+        let dir = tiny_declaring(Some(generation));
+        let model = OcrModel::load(dir.path(), options(40)).unwrap();
+        let reading = model.read_file(&page, Mode::Tiny, &mut |_| true).unwrap();
+        (reading.text, reading.generated_tokens)
+    };
+    let (free, _) = read(r#"{"no_repeat_ngram_size": 0}"#);
+    let (banned, n) = read(r#"{"no_repeat_ngram_size": 2}"#);
+    assert_ne!(free, banned);
+    assert!(n > 2, "{n} tokens");
 }

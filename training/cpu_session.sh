@@ -24,6 +24,7 @@ if [ "$cmd" = finish ]; then
   for run in a-$TAG d-$TAG; do
     "$PY" export_reader.py --run "$RUNS/$run" --tokenizer tokenizer/tokenizer.json \
       --profile $MODEL/render-profile.toml --policy $MODEL/policy.toml --pages "$PAGES" \
+      --generation $MODEL/generation_config.json \
       --out "$RUNS/export-$run" --history "$RUNS/h-$TAG" --previous $MODEL/TRAINING.md
   done
   for run in a-$TAG d-$TAG; do

@@ -7,6 +7,8 @@ Writes into OUT:
   tokenizer.json        the BPE vocabulary the run was trained with (make_bpe.py)
   render-profile.toml   the render profile of the pages the model reads (Lethe draws its pages so)
   policy.toml           the forgetting policy: the tiers (modes) the model reads
+  generation_config.json  with --generation: how it generates (`no_repeat_ngram_size`: a reader
+                        of bytes must not get the reference's 20-token ban; see NOTES.md)
 and, into the run folder (not the model folder), `check.safetensors` + `check.png`: one held-out
 page through the PyTorch model at --check-mode (image embeddings, prompt ids, logits, a greedy
 continuation) so `training/rust_check.sh` can prove the Rust crates compute the same.
@@ -72,6 +74,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--profile", required=True)
     ap.add_argument("--policy", required=True)
+    ap.add_argument("--generation", default=None,
+                    help="generation_config.json to ship (models/lethe-reader's: no n-gram ban)")
     ap.add_argument("--pages", required=True, help="render_pages.py root (heldout/ for the check page)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f16")
@@ -97,8 +101,11 @@ def main(argv=None) -> None:
     raw["torch_dtype"] = "float16" if a.dtype == "f16" else "float32"
     raw.setdefault("language_config", {})["torch_dtype"] = raw["torch_dtype"]
     (out / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-    for src, name in ((a.tokenizer, "tokenizer.json"), (a.profile, "render-profile.toml"),
-                      (a.policy, "policy.toml")):
+    files = [(a.tokenizer, "tokenizer.json"), (a.profile, "render-profile.toml"),
+             (a.policy, "policy.toml")]
+    if a.generation:
+        files.append((a.generation, "generation_config.json"))
+    for src, name in files:
         if not (out / name).exists() or not (out / name).samefile(src):
             shutil.copy(src, out / name)
     # The check case is computed with the exported precision, as Rust will load it.
@@ -133,7 +140,8 @@ def write_training_md(out: Path, runs: list[Path], ck: dict, model, weights: Pat
 
 `model.safetensors`: {count_params(model):,} parameters in {a.dtype}, {weights.stat().st_size:,} bytes,
 sha256 `{sha256(weights)}`. Config `config.json` ({ck['config'].get('_name_or_path')}), vocabulary
-`tokenizer.json`, pages drawn with `render-profile.toml`, tiers in `policy.toml`.
+`tokenizer.json`, pages drawn with `render-profile.toml`, tiers in `policy.toml`, generation
+settings (when shipped) in `generation_config.json`.
 
 Made by `training/reader.py` in stages (see its docstring and `training/README.md`): each stage's
 run folder, command lines (with seeds: `--seed` for the weights, the pages' generator seeds are

@@ -102,3 +102,51 @@ fn the_embedded_reader_reads_short_rendered_pages() {
         }
     }
 }
+
+/// A retry log printed twice, as the sample transcript's agent sessions print theirs.
+const REPEATS: &[(&str, &str)] = &[
+    (
+        "Tool",
+        "retry 1: connection refused on db-7\nretry 1: connection refused on db-7",
+    ),
+    ("Assistant", "The database is down."),
+];
+
+/// The no-repeat n-gram ban counts tokens, and this reader's tokens are bytes: the reference's 20
+/// (what the reader declares in its generation_config.json, which measured the same as no ban
+/// over the sample transcript's 292 tiny pages: it breaks repeated lines, no ban lets rules of
+/// dashes run on) keeps a line from being read twice; without the ban both copies come back.
+#[test]
+fn the_ngram_ban_decides_whether_a_repeated_line_is_read_twice() {
+    let read = |no_repeat_ngram| {
+        OcrModel::embedded(OcrOptions {
+            no_repeat_ngram,
+            ..OcrOptions::default()
+        })
+        .expect("the embedded reader loads")
+    };
+    let (declared, free) = (read(None), read(Some(0)));
+    assert_eq!(declared.options().no_repeat_ngram, Some(20));
+    let renderer = Renderer::builder()
+        .profile(declared.render_profile().cloned().unwrap())
+        .build()
+        .unwrap();
+    let turns: Vec<Turn> = REPEATS.iter().map(|(s, t)| Turn::new(*s, *t)).collect();
+    let pages = renderer.paginate(&turns).unwrap();
+    assert_eq!(pages.len(), 1);
+    let line = "retry 1: connection refused on db-7";
+    for mode in declared.modes().unwrap() {
+        let image = renderer.rasterize(&pages[0], mode);
+        let banned = declared.read(&image, mode, None).unwrap();
+        let reading = free.read(&image, mode, None).unwrap();
+        eprintln!(
+            "{mode}: 20-byte ban {:?}, none {:?}",
+            banned.text, reading.text
+        );
+        // The second copy, a line of its own: garbled by the ban, read exactly without it.
+        let second = |text: &str| text.lines().nth(1).map(str::to_string);
+        assert_ne!(second(&banned.text).as_deref(), Some(line), "{mode}");
+        assert_eq!(second(&reading.text).as_deref(), Some(line), "{mode}");
+        assert!(word_precision(&pages[0].text, &reading.text) >= MIN_WORD_PRECISION);
+    }
+}

@@ -48,9 +48,10 @@ pub struct Args {
     /// Decoder weights: none (f32 on CPU), q8_0 or q4k.
     #[arg(long, default_value = "none")]
     pub quant: String,
-    /// No-repeat n-gram size (the reference uses 20; 0 disables the ban).
-    #[arg(long, default_value_t = 20)]
-    pub no_repeat_ngram: usize,
+    /// No-repeat n-gram size in tokens; 0 disables the ban. Default: the size the model
+    /// declares in its generation_config.json (no_repeat_ngram_size), else 20 (the reference's).
+    #[arg(long, value_name = "N")]
+    pub no_repeat_ngram: Option<usize>,
     /// Search only the last W generated tokens for repeats, never banning <td> and </td> (the
     /// reference's vLLM form; it uses W = 50). Without it, the whole sequence is searched (the
     /// reference's Hugging Face form).
@@ -146,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         prompt: args.prompt.clone(),
         max_new_tokens: args.max_tokens,
         quantization,
-        no_repeat_ngram: Some(args.no_repeat_ngram),
+        no_repeat_ngram: args.no_repeat_ngram,
         ngram_window: args.ngram_window,
         sampling: match args.temperature {
             Some(temperature) => Sampling::Sample {
