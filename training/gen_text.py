@@ -27,7 +27,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-MIXES = ("all", "ordinary", "no_prior", "everyday", "agent", "corpus", "repeats")
+MIXES = ("all", "ordinary", "no_prior", "everyday", "agent", "corpus", "repeats", "tables")
 """The content mixes `Gen(seed, kinds)` knows (its docstring says what each holds)."""
 TRAIN_SEED = 1_000
 HELDOUT_SEED = 9_000_000
@@ -93,8 +93,11 @@ class Gen:
         "repeats": the agent mix as real sessions repeat it (retries and polling that print the
         same lines again with a counter or a timestamp changed, a command run twice, a file shown
         again), so that a page holds the same line at several places and a reader must follow
-        where it is on the page, not only what the text looks like. Each is a separate mix so that
-        the older streams stay as they were."""
+        where it is on the page, not only what the text looks like, or "tables": the agent mix with
+        tables as tools and assistants print them (psql's, columns aligned by spaces under a rule
+        of dashes, Markdown's), so that a reader learns to count runs of one character (rules,
+        padding) from the pixels. Each is a separate mix so that the older streams stay as they
+        were."""
         self.r = random.Random(seed)
         self.repeats = kinds == "repeats"
         self.history: list[str] = []
@@ -111,6 +114,8 @@ class Gen:
         elif kinds in ("agent", "repeats"):
             self.kinds = [("tech", 6), ("shell", 2), ("logs", 2), ("config", 1), ("source", 2),
                           ("steps", 2), ("everyday", 1)]
+        elif kinds == "tables":
+            self.kinds = [("table", 5), ("tech", 3), ("shell", 1), ("logs", 1), ("everyday", 1)]
         else:
             raise ValueError(f"kinds must be one of {', '.join(MIXES)}, not {kinds!r}")
 
@@ -434,6 +439,62 @@ class Gen:
                 out.append(line)
         return "\n".join(out).strip("\n") or self.tech()
 
+    def table_cell(self, k: int) -> str:
+        """One cell of a table's column of kind `k` (0-7)."""
+        r = self.r
+        if k == 0:
+            return str(r.randint(0, 10 ** r.randint(1, 6)))
+        if k == 1:
+            return self.number()
+        if k == 2:
+            return self.hexstr(r.choice([7, 8, 12]))
+        if k == 3:
+            return " ".join(self.word() for _ in range(r.randint(2, 4)))
+        if k == 4:
+            return self.timestamp()[:r.choice([10, 19, 23])].replace("T", " ")
+        if k == 5:
+            return r.choice(["", "-", "t", "f", "ok", "idle", "active", "n/a"])
+        return self.ident().replace("-", "_") if k == 6 else self.word()
+
+    def table(self) -> str:
+        """A table as a tool or an assistant prints one: psql's (a `-+-` rule under the header,
+        `(N rows)`), columns aligned by runs of spaces with a rule of dashes under the header or
+        above a total, or Markdown's; numbers right-aligned, rules as long as the columns."""
+        r = self.r
+        ncol, nrow = r.choice([2, 2, 3, 3, 4, 5]), r.randint(1, 7)
+        head = [r.choice([self.word(), self.ident().replace("-", "_")]) for _ in range(ncol)]
+        kinds = [r.randrange(8) for _ in range(ncol)]
+        rows = []
+        for _ in range(nrow):
+            # a column keeps its kind, mostly
+            rows.append([self.table_cell(k if r.random() < 0.8 else r.randrange(8)) for k in kinds])
+        width = [max(len(head[c]), *(len(row[c]) for row in rows)) for c in range(ncol)]
+
+        def fit(cell: str, c: int) -> str:
+            numeric = re.fullmatch(r"[-+~]?[\d.,:% ]+", cell) is not None
+            return cell.rjust(width[c]) if numeric else cell.ljust(width[c])
+        style = r.randrange(3)
+        if style == 0:
+            lines = [(" " + " | ".join(h.center(width[c]) for c, h in enumerate(head))).rstrip(),
+                     "+".join("-" * (w + 2) for w in width)]
+            lines += [(" " + " | ".join(fit(v, c) for c, v in enumerate(row))).rstrip() for row in rows]
+            lines.append(f"({nrow} row{'s' if nrow != 1 else ''})")
+            return "\n".join(lines)
+        if style == 1:
+            indent, gap = " " * r.choice([0, 2, 2, 4]), " " * r.randint(2, 8)
+            lines = [(indent + gap.join(fit(v, c) for c, v in enumerate(row))).rstrip() for row in [head] + rows]
+            rule = indent + r.choice("--=") * (sum(width) + len(gap) * (ncol - 1) + r.choice([0, 0, r.randint(-6, 12)]))
+            if r.random() < 0.6:
+                lines.insert(1, rule)
+            if r.random() < 0.5:
+                lines += [rule, (indent + gap.join(fit(v, c) for c, v in enumerate(
+                    [r.choice(["total", "subtotal", "sum"])] + [""] * (ncol - 2) + [str(r.randint(0, 99999))]))).rstrip()]
+            return "\n".join(lines)
+        lines = ["| " + " | ".join(fit(h, c) for c, h in enumerate(head)) + " |",
+                 "|" + "|".join("-" * (w + 2) for w in width) + "|"]
+        lines += ["| " + " | ".join(fit(v, c) for c, v in enumerate(row)) + " |" for row in rows]
+        return "\n".join(lines)
+
     def steps(self) -> str:
         r = self.r
         return "\n".join(f"{i}. {self.tech_sentence()}" for i in range(1, r.randint(3, 6)))
@@ -455,7 +516,8 @@ class Gen:
                 "identifiers": self.identifiers, "urls": self.urls, "cjk": self.cjk,
                 "no_prior": self.no_prior, "list": self.bullet_list, "everyday": self.everyday,
                 "tech": self.tech, "shell": self.shell, "logs": self.logs, "config": self.config,
-                "source": self.source, "steps": self.steps, "corpus": self.corpus}[k]()
+                "source": self.source, "steps": self.steps, "corpus": self.corpus,
+                "table": self.table}[k]()
 
     def vary(self, text: str) -> str:
         """`text` again as a rerun prints it: each run of digits kept (most), counted up by one or

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Renders every page set the embedded reader trains and is benched on (training/README.md step 6):
-# train 300 transcripts, no_prior / everyday / agent / corpus / repeats 150 each, and the held-out
-# sets (heldout 8 for the trainer's check; ordinary, no_prior, everyday 4, agent and repeats 2 for
+# train 300 transcripts, no_prior / everyday / agent / corpus / repeats / tables 150 each, and the
+# held-out sets (heldout 8 for the trainer's check; ordinary, no_prior, everyday 4, agent and repeats 2 for
 # bench_reader.sh), at tiny and base with the reader's render profile. ~3 minutes and ~8 GB.
 #
 #   training/make_pages.sh [OUT]     (OUT default /work/scratch/pages; needs target/release/memctl)
@@ -17,6 +17,7 @@ $R --split train --kinds everyday --style mixed --count 150
 $R --split train --kinds agent --style mixed --count 150
 $R --split train --kinds corpus --style mixed --count 150
 $R --split train --kinds repeats --style mixed --count 150
+$R --split train --kinds tables --style mixed --count 150
 $R --split heldout --count 8
 $R --split heldout --kinds ordinary --count 4
 $R --split heldout --kinds no_prior --count 4

@@ -108,6 +108,29 @@ def test_gen_text_repeats_mix_puts_the_same_line_at_several_places():
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", "\n".join(lines), re.M)
 
 
+def test_gen_text_tables_mix_draws_rules_as_long_as_their_columns():
+    """`tables` prints tables as tools and assistants do: psql's (a `-+-` rule whose segments
+    are their columns' widths plus two, then `(N rows)`), Markdown's, and columns aligned by
+    spaces under a rule of one repeated character; every psql rule fits its header exactly. The
+    repeats and agent streams are untouched (their hashes and shapes are checked above)."""
+    import re
+
+    turns = transcript(HELDOUT_SEED, 80, "tables")
+    assert turns == transcript(HELDOUT_SEED, 80, "tables")
+    lines = [ln for t in turns for ln in t["content"].split("\n")]
+    psql = [i for i, ln in enumerate(lines) if re.fullmatch(r"-+(\+-+)+", ln)]
+    assert len(psql) > 5, f"only {len(psql)} psql rules"
+    for i in psql:
+        header = lines[i - 1]
+        assert [len(seg) for seg in lines[i].split("+")][:-1] == [len(seg) for seg in header.split("|")][:-1]
+    assert sum(bool(re.fullmatch(r"\(\d+ rows?\)", ln)) for ln in lines) == len(psql)
+    assert any(re.fullmatch(r"\|(-+\|)+", ln) for ln in lines), "a Markdown rule"
+    runs = [ln for ln in lines if re.fullmatch(r" *([-=])\1{9,}", ln)]
+    assert len(runs) > 5 and len({len(r.strip()) for r in runs}) > 3, "rules of many lengths"
+    assert any(re.search(r"\S {3,}\S", ln) for ln in lines), "columns padded by spaces"
+    assert all(ln == ln.rstrip() for ln in lines), "no invisible trailing spaces"
+
+
 def test_gen_text_corpus_is_real_text_from_the_standard_library():
     """`corpus` passages are consecutive lines of a standard-library module, word for word, and
     bring words the generator's word list does not have."""
