@@ -394,3 +394,21 @@ def test_grow_decoder_appends_layers_that_change_nothing(tmp_path: Path):
                                       ignore_index=IGNORE).backward()
     new = deep.model.layers[layers - 1]
     assert float(new.self_attn.o_proj.weight.grad.abs().sum()) > 0
+
+
+def test_soup_is_the_mean_of_the_runs_and_refuses_runs_that_do_not_match():
+    import pytest
+    from soup import soup
+
+    torch.manual_seed(3)
+    a = {"w": torch.randn(4, 3), "n": torch.tensor([5])}
+    b = {"w": torch.randn(4, 3), "n": torch.tensor([5])}
+    mean = soup([a, b])
+    assert torch.allclose(mean["w"], (a["w"] + b["w"]) / 2)
+    assert torch.equal(mean["n"], a["n"])
+    with pytest.raises(ValueError, match="shapes differ"):
+        soup([a, {"w": torch.randn(3, 4), "n": torch.tensor([5])}])
+    with pytest.raises(ValueError, match="non-float"):
+        soup([a, {"w": b["w"], "n": torch.tensor([6])}])
+    with pytest.raises(ValueError, match="different tensors"):
+        soup([a, {**b, "extra": torch.zeros(1)}])
