@@ -5,10 +5,11 @@
 # by BUDGET seconds (stage 3: SAM unfrozen, lr 3e-5, tiny:base pages 3:1):
 #   A = the e6 recipe (the `repeats` set weighted 7, seed 11);
 #   B = A plus the `tables` set weighted 3 (rules of dashes, padded columns), seed 13.
-# Then `training/cpu_session.sh finish TAG` exports both and benches them (bench_reader.sh) in
-# parallel; compare with BENCHMARKS.md and ship the better one only if it beats the shipped
-# model (run `cargo test -p lethe-cli --test embedded_reader` on it first, training/README.md
-# step 6). Nothing else heavy should share the cores while the runs go: it costs them steps.
+# Then `training/cpu_session.sh finish TAG` averages the two (soup.py: RUNS/soup-TAG, what the
+# twelfth session shipped), exports all three and benches them (bench_reader.sh) in parallel;
+# compare with BENCHMARKS.md and ship the best one only if it beats the shipped model (run
+# `cargo test -p lethe-cli --test embedded_reader` on it first, training/README.md step 6).
+# Nothing else heavy should share the cores while the runs go: it costs them steps.
 #
 #   training/cpu_session.sh start TAG BUDGET    (runs RUNS/h-TAG, RUNS/a-TAG, RUNS/b-TAG)
 #   training/cpu_session.sh finish TAG
@@ -24,13 +25,16 @@ cmd=${1:?start or finish}; TAG=${2:?a tag naming the runs}
 cd "$ROOT/training"
 MODEL=../models/lethe-reader
 if [ "$cmd" = finish ]; then
-  for run in a-$TAG b-$TAG; do
+  "$PY" soup.py --out "$RUNS/soup-$TAG" "$RUNS/a-$TAG" "$RUNS/b-$TAG"
+  for run in a-$TAG b-$TAG soup-$TAG; do
+    history=$RUNS/h-$TAG
+    [ "$run" = "soup-$TAG" ] && history=$RUNS/h-$TAG,$RUNS/a-$TAG,$RUNS/b-$TAG
     "$PY" export_reader.py --run "$RUNS/$run" --tokenizer tokenizer/tokenizer.json \
       --profile $MODEL/render-profile.toml --policy $MODEL/policy.toml --pages "$PAGES" \
       --generation $MODEL/generation_config.json \
-      --out "$RUNS/export-$run" --history "$RUNS/h-$TAG" --previous $MODEL/TRAINING.md
+      --out "$RUNS/export-$run" --history "$history" --previous $MODEL/TRAINING.md
   done
-  for run in a-$TAG b-$TAG; do
+  for run in a-$TAG b-$TAG soup-$TAG; do
     ( PAGES=$PAGES ./bench_reader.sh "$RUNS/export-$run" "$RUNS/bench-$run" > "$RUNS/bench-$run.log" 2>&1
       "$PY" bench_summary.py "$RUNS/bench-$run" | tee -a "$RUNS/bench-$run.log" ) &
   done

@@ -482,13 +482,17 @@ class Gen:
             return "\n".join(lines)
         if style == 1:
             indent, gap = " " * r.choice([0, 2, 2, 4]), " " * r.randint(2, 8)
-            lines = [(indent + gap.join(fit(v, c) for c, v in enumerate(row))).rstrip() for row in [head] + rows]
+
+            def aligned(cells: list[str]) -> str:
+                return (indent + gap.join(fit(v, c) for c, v in enumerate(cells))).rstrip()
+            lines = [aligned(row) for row in [head] + rows]
+            # dashes twice as often as `=`; as long as the columns, now and then a little off
             rule = indent + r.choice("--=") * (sum(width) + len(gap) * (ncol - 1) + r.choice([0, 0, r.randint(-6, 12)]))
             if r.random() < 0.6:
                 lines.insert(1, rule)
             if r.random() < 0.5:
-                lines += [rule, (indent + gap.join(fit(v, c) for c, v in enumerate(
-                    [r.choice(["total", "subtotal", "sum"])] + [""] * (ncol - 2) + [str(r.randint(0, 99999))]))).rstrip()]
+                total = [r.choice(["total", "subtotal", "sum"])] + [""] * (ncol - 2) + [str(r.randint(0, 99999))]
+                lines += [rule, aligned(total)]
             return "\n".join(lines)
         lines = ["| " + " | ".join(fit(h, c) for c, h in enumerate(head)) + " |",
                  "|" + "|".join("-" * (w + 2) for w in width) + "|"]

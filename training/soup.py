@@ -25,6 +25,8 @@ def soup(states: list[dict]) -> dict:
     """The mean of `states` (state dicts with the same keys and shapes); tensors that are not
     floating point (counters, ids) come from the first, and must be equal in all."""
     first = states[0]
+    if any(set(s) != set(first) for s in states[1:]):
+        raise ValueError("the runs' models have different tensors")
     out = {}
     for key, value in first.items():
         others = [s[key] for s in states[1:]]
@@ -36,8 +38,6 @@ def soup(states: list[dict]) -> dict:
             if any(not torch.equal(o, value) for o in others):
                 raise ValueError(f"{key}: a non-float tensor differs between runs")
             out[key] = value
-    if any(set(s) != set(first) for s in states[1:]):
-        raise ValueError("the runs' models have different tensors")
     return out
 
 

@@ -412,3 +412,5 @@ def test_soup_is_the_mean_of_the_runs_and_refuses_runs_that_do_not_match():
         soup([a, {"w": b["w"], "n": torch.tensor([6])}])
     with pytest.raises(ValueError, match="different tensors"):
         soup([a, {**b, "extra": torch.zeros(1)}])
+    with pytest.raises(ValueError, match="different tensors"):
+        soup([{**a, "extra": torch.zeros(1)}, b])
