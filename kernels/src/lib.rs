@@ -406,6 +406,24 @@ fn gemv_panel(
         // SAFETY: as above.
         (Isa::Avx512, _) => unsafe { gemv_panel_avx512(m, k, x, bp, npad, panel, acc, wide) },
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, and F16C is checked.
+        (Isa::Avx2, Panels::Half(half, h)) if m <= 2 && has_f16c() => unsafe {
+            match (half, m) {
+                (Half::Bf16, 1) => gemv_half_avx2::<true, 1>(k, x, h, npad, panel, acc),
+                (Half::Bf16, _) => gemv_half_avx2::<true, 2>(k, x, h, npad, panel, acc),
+                (Half::F16, 1) => gemv_half_avx2::<false, 1>(k, x, h, npad, panel, acc),
+                (Half::F16, _) => gemv_half_avx2::<false, 2>(k, x, h, npad, panel, acc),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, and F16C is checked.
+        (Isa::Avx2, Panels::Q8 { quants, scales, .. }) if m <= 2 && has_f16c() => unsafe {
+            match m {
+                1 => gemv_q8_avx2::<1>(k, x, quants, scales, npad, panel, acc),
+                _ => gemv_q8_avx2::<2>(k, x, quants, scales, npad, panel, acc),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         (Isa::Avx2, _) => unsafe { gemv_panel_avx2(m, k, x, bp, npad, panel, acc, wide) },
         _ => gemv_panel_rows(m, k, x, bp, npad, panel, acc, wide),
@@ -572,6 +590,156 @@ unsafe fn gemv_q8_avx512<const R: usize>(
     }
     // SAFETY: AVX-512F is enabled here.
     unsafe { store_sums(&sums, acc) };
+}
+
+/// Whether this CPU converts f16 in vector registers (every AVX2 CPU made does; checked all
+/// the same).
+fn has_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`accumulate_rows`] for AVX2: `sums[r] += x[r, i] * b`, eight lanes a register, four
+/// registers a panel row (NR = 32).
+///
+/// # Safety
+/// AVX2 must be enabled in the caller, and `x` must hold `R` rows of `k` with `i < k`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn accumulate_rows_avx2<const R: usize>(
+    sums: &mut [[std::arch::x86_64::__m256; 4]; R],
+    x: &[f32],
+    k: usize,
+    i: usize,
+    b: &[std::arch::x86_64::__m256; 4],
+) {
+    use std::arch::x86_64::*;
+    for (r, row) in sums.iter_mut().enumerate() {
+        // SAFETY: the caller's bounds on `x`; AVX2 as the caller guarantees.
+        unsafe {
+            let xv = _mm256_set1_ps(*x.as_ptr().add(r * k + i));
+            for (s, &bq) in row.iter_mut().zip(b) {
+                *s = _mm256_add_ps(*s, _mm256_mul_ps(xv, bq));
+            }
+        }
+    }
+}
+
+/// Stores a panel's AVX2 register accumulators into `acc`.
+///
+/// # Safety
+/// AVX2 must be enabled in the caller.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_sums_avx2<const R: usize>(
+    sums: &[[std::arch::x86_64::__m256; 4]; R],
+    acc: &mut PanelAcc,
+) {
+    use std::arch::x86_64::*;
+    for (row, out) in sums.iter().zip(acc.iter_mut()) {
+        for (q, s) in row.iter().enumerate() {
+            // SAFETY: each accumulator row holds NR = 32 values, 8 a register.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * q), *s) };
+        }
+    }
+}
+
+/// [`gemv_half_avx512`] for AVX2 (one or two rows: four accumulators a row stay in the sixteen
+/// registers): the panel widened in registers as it is read, not through a buffer, the same
+/// sums bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_half_avx2<const BF16: bool, const R: usize>(
+    k: usize,
+    x: &[f32],
+    h: &[u16],
+    npad: usize,
+    panel: usize,
+    acc: &mut PanelAcc,
+) {
+    use std::arch::x86_64::*;
+    assert!(R <= 2 && x.len() >= R * k && h.len() >= k * npad);
+    let mut sums = [[_mm256_setzero_ps(); 4]; R];
+    let mut pc = 0;
+    while pc < k {
+        let kc = KC.min(k - pc);
+        let base = pc * npad + panel * NR * kc;
+        for p in 0..kc {
+            let mut b = [_mm256_setzero_ps(); 4];
+            // SAFETY: as in `gemv_half_avx512`: the panel block's `kc * NR` values from `base`
+            // are inside `h`, the x reads inside `x`.
+            unsafe {
+                let at = h.as_ptr().add(base + p * NR);
+                prefetch(at.wrapping_add(PREFETCH_BYTES / 2));
+                for (q, bq) in b.iter_mut().enumerate() {
+                    let v = _mm_loadu_si128(at.add(8 * q).cast());
+                    *bq = if BF16 {
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
+                    } else {
+                        _mm256_cvtph_ps(v)
+                    };
+                }
+                accumulate_rows_avx2(&mut sums, x, k, pc + p, &b);
+            }
+        }
+        pc += kc;
+    }
+    // SAFETY: AVX2 is enabled here.
+    unsafe { store_sums_avx2(&sums, acc) };
+}
+
+/// [`gemv_q8_avx512`] for AVX2 (one or two rows), bit for bit the dequantised f32 panel's sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_q8_avx2<const R: usize>(
+    k: usize,
+    x: &[f32],
+    quants: &[i8],
+    scales: &[u16],
+    npad: usize,
+    panel: usize,
+    acc: &mut PanelAcc,
+) {
+    use std::arch::x86_64::*;
+    use widen::Q8_GROUP;
+    assert!(R <= 2 && x.len() >= R * k && quants.len() >= k * npad);
+    assert!(k.is_multiple_of(Q8_GROUP) && scales.len() >= k / Q8_GROUP * npad);
+    let mut sums = [[_mm256_setzero_ps(); 4]; R];
+    let mut pc = 0;
+    while pc < k {
+        let kc = KC.min(k - pc);
+        let base = pc * npad + panel * NR * kc;
+        for g in 0..kc / Q8_GROUP {
+            let mut scale = [_mm256_setzero_ps(); 4];
+            // SAFETY: as in `gemv_q8_avx512`: the group's NR scales and the panel block's
+            // `kc * NR` bytes from `base` are inside `scales` and `quants`.
+            unsafe {
+                let s = scales.as_ptr().add((pc / Q8_GROUP + g) * npad + panel * NR);
+                for (q, sq) in scale.iter_mut().enumerate() {
+                    *sq = _mm256_cvtph_ps(_mm_loadu_si128(s.add(8 * q).cast()));
+                }
+                for p in g * Q8_GROUP..(g + 1) * Q8_GROUP {
+                    let at = quants.as_ptr().add(base + p * NR);
+                    prefetch(at.wrapping_add(PREFETCH_BYTES));
+                    let mut b = [_mm256_setzero_ps(); 4];
+                    for (q, (bq, &sq)) in b.iter_mut().zip(&scale).enumerate() {
+                        let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(at.add(8 * q).cast()));
+                        *bq = _mm256_mul_ps(_mm256_cvtepi32_ps(v), sq);
+                    }
+                    accumulate_rows_avx2(&mut sums, x, k, pc + p, &b);
+                }
+            }
+        }
+        pc += kc;
+    }
+    // SAFETY: AVX2 is enabled here.
+    unsafe { store_sums_avx2(&sums, acc) };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1772,9 +1940,9 @@ mod tests {
         }
     }
 
-    /// Every matrix-vector kernel this CPU has, panel by panel: `held` (16-bit or q8_0; AVX-512
-    /// widens it in registers, the others through a buffer) gives bit for bit what `wide`, the
-    /// same weight in f32, gives for `m` rows of `a`.
+    /// Every matrix-vector kernel this CPU has, panel by panel: `held` (16-bit or q8_0; AVX-512,
+    /// and AVX2 at one or two rows, widen it in registers, the others through a buffer) gives
+    /// bit for bit what `wide`, the same weight in f32, gives for `m` rows of `a`.
     fn assert_panels_match_f32(kind: &str, m: usize, a: &[f32], held: &PackedB, wide: &PackedB) {
         let (k, n) = (held.k, held.n);
         let npad = n.div_ceil(NR) * NR;
@@ -1833,8 +2001,8 @@ mod tests {
                     .zip(&c32)
                     .all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same, "{kind} {m}x{n}x{k}: products differ from f32 storage");
-                // Every matrix-vector kernel this CPU has, panel by panel: AVX-512 widens in
-                // registers, the others through a buffer.
+                // Every matrix-vector kernel this CPU has, panel by panel: in registers or
+                // through a buffer.
                 if m <= GEMV_MAX_ROWS {
                     assert_panels_match_f32(kind, m, &a, &compact, &wide);
                 }
