@@ -15,7 +15,9 @@
 #   training/cpu_session.sh finish TAG
 #
 # RUNS (default /work/scratch/runs), PAGES (default /work/scratch/pages), PYTHON (default
-# /work/venv/bin/python). Needs target/release/memctl. Run it under nohup: it waits for the runs.
+# /work/venv/bin/python), SEEDS (default "11 13": run A's and B's), INIT (a run's ckpt.pt to start
+# both runs from, skipping the warm-up: the thirteenth session used the shipped soup's own run,
+# RUNS/soup-s12/ckpt.pt, whose heads were already warm). Needs target/release/memctl. Run it under nohup: it waits for the runs.
 # A run stopped early resumes from its RUNS/run/ckpt.pt when started again with the same TAG.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,8 +29,9 @@ MODEL=../models/lethe-reader
 if [ "$cmd" = finish ]; then
   "$PY" soup.py --out "$RUNS/soup-$TAG" "$RUNS/a-$TAG" "$RUNS/b-$TAG"
   for run in a-$TAG b-$TAG soup-$TAG; do
-    history=$RUNS/h-$TAG
-    [ "$run" = "soup-$TAG" ] && history=$RUNS/h-$TAG,$RUNS/a-$TAG,$RUNS/b-$TAG
+    history=""
+    [ -d "$RUNS/h-$TAG" ] && history=$RUNS/h-$TAG,
+    [ "$run" = "soup-$TAG" ] && history=$history$RUNS/a-$TAG,$RUNS/b-$TAG
     "$PY" export_reader.py --run "$RUNS/$run" --tokenizer tokenizer/tokenizer.json \
       --profile $MODEL/render-profile.toml --policy $MODEL/policy.toml --pages "$PAGES" \
       --generation $MODEL/generation_config.json \
@@ -49,16 +52,18 @@ COMMON="--tokenizer tokenizer/tokenizer.json --pages $PAGES --config $MODEL/conf
   --log-every 25 --decode-every 100000 --max-tokens 800 --probe-current 1 --probe-layer 2
   --slot-weight 0.5"
 H=$RUNS/h-$TAG
-if ! grep -q '"step": 150' "$H/log.jsonl" 2>/dev/null; then
+INIT=${INIT:-$H/ckpt.pt}
+read -r SEED_A SEED_B <<< "${SEEDS:-11 13}"
+if [ "$INIT" = "$H/ckpt.pt" ] && ! grep -q '"step": 150' "$H/log.jsonl" 2>/dev/null; then
   nice -n 5 "$PY" reader.py --stage 2 --init $MODEL --freeze-model --out "$H" $COMMON \
     --train-sets $SETS --threads 2 --steps 150 --lr 1e-3 --warmup 20 --eval-every 100000 \
     --eval-pages 4 --decode-pages 1 --modes tiny,base --ckpt-every 50 --seed 7 > "$H.log" 2>&1
 fi
-RUN="--init $H/ckpt.pt --threads 1 --warmup 30 --eval-every 250 --eval-pages 16
+RUN="--init $INIT --threads 1 --warmup 30 --eval-every 250 --eval-pages 16
   --modes tiny,tiny,tiny,base --cell-weight 0 --short-pages 0.3 --ckpt-every 50 --steps 5000
   --time-budget $BUDGET --time-limit $BUDGET --stage 3 --patch-weight 0 --lr 3e-5"
-nice -n 5 "$PY" reader.py --out "$RUNS/a-$TAG" $COMMON $RUN --train-sets $SETS --seed 11 \
+nice -n 5 "$PY" reader.py --out "$RUNS/a-$TAG" $COMMON $RUN --train-sets $SETS --seed $SEED_A \
   > "$RUNS/a-$TAG.log" 2>&1 &
 nice -n 5 "$PY" reader.py --out "$RUNS/b-$TAG" $COMMON $RUN --train-sets $SETS,train-tables:3 \
-  --seed 13 > "$RUNS/b-$TAG.log" 2>&1 &
+  --seed $SEED_B > "$RUNS/b-$TAG.log" 2>&1 &
 wait
