@@ -11,13 +11,14 @@
 # `cargo test -p lethe-cli --test embedded_reader` on it first, training/README.md step 6).
 # Nothing else heavy should share the cores while the runs go: it costs them steps.
 #
-#   training/cpu_session.sh start TAG BUDGET    (runs RUNS/h-TAG, RUNS/a-TAG, RUNS/b-TAG)
+#   training/cpu_session.sh start TAG BUDGET    (runs RUNS/h-TAG unless INIT, RUNS/a-TAG, RUNS/b-TAG)
 #   training/cpu_session.sh finish TAG
 #
 # RUNS (default /work/scratch/runs), PAGES (default /work/scratch/pages), PYTHON (default
 # /work/venv/bin/python), SEEDS (default "11 13": run A's and B's), INIT (a run's ckpt.pt to start
 # both runs from, skipping the warm-up: the thirteenth session used the shipped soup's own run,
-# RUNS/soup-s12/ckpt.pt, whose heads were already warm). Needs target/release/memctl. Run it under nohup: it waits for the runs.
+# RUNS/soup-s12/ckpt.pt, whose heads were already warm). Needs target/release/memctl. Run it
+# under nohup: it waits for the runs.
 # A run stopped early resumes from its RUNS/run/ckpt.pt when started again with the same TAG.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -406,8 +406,8 @@ fn gemv_panel(
         // SAFETY: as above.
         (Isa::Avx512, _) => unsafe { gemv_panel_avx512(m, k, x, bp, npad, panel, acc, wide) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, and F16C is checked.
-        (Isa::Avx2, Panels::Half(half, h)) if m <= 2 && has_f16c() => unsafe {
+        // SAFETY: as above (`Isa::Avx2` includes F16C).
+        (Isa::Avx2, Panels::Half(half, h)) if m <= 2 => unsafe {
             match (half, m) {
                 (Half::Bf16, 1) => gemv_half_avx2::<true, 1>(k, x, h, npad, panel, acc),
                 (Half::Bf16, _) => gemv_half_avx2::<true, 2>(k, x, h, npad, panel, acc),
@@ -416,8 +416,8 @@ fn gemv_panel(
             }
         },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, and F16C is checked.
-        (Isa::Avx2, Panels::Q8 { quants, scales, .. }) if m <= 2 && has_f16c() => unsafe {
+        // SAFETY: as above.
+        (Isa::Avx2, Panels::Q8 { quants, scales, .. }) if m <= 2 => unsafe {
             match m {
                 1 => gemv_q8_avx2::<1>(k, x, quants, scales, npad, panel, acc),
                 _ => gemv_q8_avx2::<2>(k, x, quants, scales, npad, panel, acc),
@@ -590,19 +590,6 @@ unsafe fn gemv_q8_avx512<const R: usize>(
     }
     // SAFETY: AVX-512F is enabled here.
     unsafe { store_sums(&sums, acc) };
-}
-
-/// Whether this CPU converts f16 in vector registers (every AVX2 CPU made does; checked all
-/// the same).
-fn has_f16c() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// [`accumulate_rows`] for AVX2: `sums[r] += x[r, i] * b`, eight lanes a register, four
@@ -1414,11 +1401,14 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
     }
 }
 
-/// Whether the AVX2 + FMA code paths (softmax) can run.
+/// Whether the AVX2 code paths ([`Isa::Avx2`], softmax) can run: AVX2, FMA and F16C (the
+/// matrix-vector products widen f16 in registers; every AVX2 CPU made has all three).
 fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
