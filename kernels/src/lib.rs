@@ -1426,7 +1426,8 @@ fn apply(act: Act, x: f32) -> f32 {
 }
 
 /// `gate[i] = silu(gate[i]) * up[i]` (SwiGLU's gating, `silu(x) = x / (1 + e^-x)`), with the
-/// crate's `exp` (relative error about 1e-7), 16 lanes at a time where the CPU has AVX-512F.
+/// crate's `exp` (relative error about 1e-7), 16 lanes at a time where the CPU has AVX-512F and
+/// 8 where it has AVX2 and FMA.
 ///
 /// # Panics
 /// If the slices differ in length.
@@ -1443,6 +1444,11 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
             unsafe { silu_mul_avx512(gate, up) };
             return;
         }
+        if has_fma() {
+            // SAFETY: `has_fma` found AVX2 and FMA.
+            unsafe { silu_mul_avx2(gate, up) };
+            return;
+        }
     }
     silu_mul_body(gate, up);
 }
@@ -1457,6 +1463,14 @@ fn silu_mul_body(gate: &mut [f32], up: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
+    silu_mul_body(gate, up);
+}
+
+/// [`silu_mul_body`] eight lanes at a time: the baseline build has no vector `floor` and calls
+/// `floorf` once a value. The same arithmetic, so the same results.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
     silu_mul_body(gate, up);
 }
 
