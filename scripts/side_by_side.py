@@ -21,9 +21,12 @@ own layers in f32 with a cache added (`cached_forward`); memctl runs `ocr --json
 
 Each side runs in its own child process, one at a time, so each peak RSS is its own (`ru_maxrss`
 of the child, which counts mmap-backed weight pages once, as they are touched; the mirror's
-includes every weight of the folder in f32, ours only what the command loads). Each side warms up
-(the mirror runs once untimed; memctl's figures are from separate runs) and the median of
-`--runs` is printed with the ratio (PyTorch / Lethe for times, Lethe / PyTorch for tokens/s:
+includes every weight of the folder in f32, ours only what the command loads). The sides take
+turns: each of `--runs` rounds runs one mirror child (a warm-up pass, then one timed) and then
+memctl (`encode --repeat 2`: likewise a warm-up pass, then one timed; after one untimed memctl
+run per mode for the page cache), so that a drift of the host's speed, which
+reaches 20-50% within minutes on shared machines, falls on both sides alike. The median of the
+rounds is printed with the ratio (PyTorch / Lethe for times, Lethe / PyTorch for tokens/s:
 above 1 means Lethe is faster) and the load average before the runs, which should be near 0:
 pause other work first. `--json` prints the tables as JSON.
 
@@ -200,16 +203,24 @@ def median(xs):
 def encoder_rows(a, env, mirror_env) -> list[dict]:
     rows = []
     for mode in a.modes.split(","):
-        out, torch_rss = rusage_child(
-            [sys.executable, __file__, "--torch-worker", "--model", a.model, "--image", a.image,
-             "--mode", mode, "--runs", str(a.runs), "--threads", str(a.threads)], mirror_env)
-        py = json.loads(out)
-        rust, rust_rss = [], 0
-        for run in range(a.runs + 1):
+        memctl = [a.memctl, "encode", a.image, "--mode", mode, "--model", a.model, "--json"]
+        if not a.cold:
+            memctl += ["--repeat", "2"]  # one untimed pass, one timed, as the mirror's
+        rusage_child(memctl, env)  # warm-up: the page cache, the allocator after the mirror
+        py = {"times": [], "sam": [], "clip": []}
+        rust, torch_rss, rust_rss = [], 0, 0
+        # Rounds alternate the sides, so a drift of the host's speed reaches both alike.
+        for _ in range(a.runs):
             out, rss = rusage_child(
-                [a.memctl, "encode", a.image, "--mode", mode, "--model", a.model, "--json"], env)
-            if run > 0:  # the first is the warm-up (page cache, the allocator after the mirror)
-                rust.append(json.loads(out))
+                [sys.executable, __file__, "--torch-worker", "--model", a.model, "--image",
+                 a.image, "--mode", mode, "--runs", "1", "--threads", str(a.threads)],
+                mirror_env)
+            for key, vals in json.loads(out).items():
+                if key in py:
+                    py[key] += vals
+            torch_rss = max(torch_rss, rss)
+            out, rss = rusage_child(memctl, env)
+            rust.append(json.loads(out))
             rust_rss = max(rust_rss, rss)
         t = median(py["times"])
         r = median([x["timing_s"]["encode"] for x in rust])
@@ -227,34 +238,43 @@ def encoder_rows(a, env, mirror_env) -> list[dict]:
 
 
 def decoder_rows(a, env, mirror_env) -> list[dict]:
-    out, torch_rss = rusage_child(
-        [sys.executable, __file__, "--torch-decoder-worker", "--model", a.decoder, "--image",
-         a.image, "--runs", str(a.runs), "--steps", str(a.steps), "--threads", str(a.threads)],
-        mirror_env)
-    py = json.loads(out)
-    rows = []
-    for quant in a.quants.split(","):
-        runs, rss_max = [], 0
-        for _ in range(a.runs):
+    quants = a.quants.split(",")
+    py_prefill, py_tps, torch_rss, positions = [], [], 0, None
+    runs = {q: [] for q in quants}
+    rss_max = {q: 0 for q in quants}
+    for _ in range(a.runs):  # rounds alternate the sides, as the encoder's do
+        out, rss = rusage_child(
+            [sys.executable, __file__, "--torch-decoder-worker", "--model", a.decoder, "--image",
+             a.image, "--runs", "1", "--steps", str(a.steps), "--threads", str(a.threads)],
+            mirror_env)
+        py = json.loads(out)
+        py_prefill += py["prefill"]
+        py_tps.append(py["decode_tokens_per_sec"])
+        torch_rss = max(torch_rss, rss)
+        positions = py["positions"]
+        for quant in quants:
             # Exit 3: stopped at --max-tokens, which is what a bench of fixed length wants.
             out, rss = rusage_child(
                 [a.memctl, "ocr", a.image, "--model", a.decoder, "--mode", "base", "--quant",
                  quant, "--max-tokens", str(a.steps + 1), "--no-repeat-ngram", "0", "--json"],
                 env, ok=(0, 3))
-            runs.append(json.loads(out))
-            rss_max = max(rss_max, rss)
-        positions = runs[0]["prompt_positions"]
-        if positions != py["positions"]:
-            raise SystemExit(f"prompt lengths differ: mirror {py['positions']}, memctl {positions}")
-        prefill = median([x["timings"]["prefill_secs"] for x in runs])
-        tps = median([x["timings"]["decode_tokens_per_sec"] for x in runs])
-        p_prefill, p_tps = median(py["prefill"]), py["decode_tokens_per_sec"]
+            runs[quant].append(json.loads(out))
+            rss_max[quant] = max(rss_max[quant], rss)
+    rows = []
+    for quant in quants:
+        ours = runs[quant][0]["prompt_positions"]
+        if ours != positions:
+            raise SystemExit(f"prompt lengths differ: mirror {positions}, memctl {ours}")
+        prefill = median([x["timings"]["prefill_secs"] for x in runs[quant]])
+        tps = median([x["timings"]["decode_tokens_per_sec"] for x in runs[quant]])
+        p_prefill, p_tps = median(py_prefill), median(py_tps)
         rows.append({"quant": quant, "positions": positions,
                      "prefill_pytorch_s": round(p_prefill, 3), "prefill_lethe_s": round(prefill, 3),
                      "prefill_ratio": round(p_prefill / prefill, 2),
                      "decode_pytorch_tps": round(p_tps, 2), "decode_lethe_tps": round(tps, 2),
                      "decode_ratio": round(tps / p_tps, 2),
-                     "pytorch_rss_mb": round(torch_rss / 1024), "lethe_rss_mb": round(rss_max / 1024)})
+                     "pytorch_rss_mb": round(torch_rss / 1024),
+                     "lethe_rss_mb": round(rss_max[quant] / 1024)})
     return rows
 
 
@@ -273,6 +293,9 @@ def main(argv=None) -> None:
     ap.add_argument("--mirror-default-malloc", action="store_true",
                     help="run the mirror with glibc's default allocator settings instead of "
                     "memctl's (see MIRROR_MALLOC)")
+    ap.add_argument("--cold", action="store_true",
+                    help="time memctl encode's first (cold) pass, without --repeat, which builds "
+                    "before it lack; the mirror's timed pass is still its second")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--torch-decoder-worker", action="store_true", help=argparse.SUPPRESS)
@@ -294,11 +317,12 @@ def main(argv=None) -> None:
     if a.json:
         print(json.dumps({"load_average_before": load_before, "threads": a.threads,
                           "runs": a.runs, "steps": a.steps, "mirror_malloc": malloc,
+                          "memctl_encode": "cold" if a.cold else "warm",
                           "encoder": enc, "decoder": dec}))
         return
     print(f"side by side: {Path(a.image).name}, median of {a.runs}, {a.threads} threads each, "
           f"load average {load_before:.2f} before the runs, the mirror's allocator settings: "
-          f"{malloc}")
+          f"{malloc}, memctl encode timed {'cold' if a.cold else 'warm'}")
     if enc:
         print(f"\nencoder ({a.model}); GFLOP/s = the same FLOP count over each side's time")
         print("| mode | PyTorch mirror | memctl encode | ratio (PyTorch / ours) | SAM GFLOP/s PyTorch / ours "

@@ -48,6 +48,45 @@ fn encode_writes_reference_tokens() {
 }
 
 #[test]
+fn encode_repeat_reports_a_warm_run() {
+    let res = memctl()
+        .arg("encode")
+        .arg(fixtures().join("inputs/card_500x400.png"))
+        .args(["--mode", "tiny", "--json", "--repeat", "3", "--model"])
+        .arg(fixtures().join("tiny"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["positions"], 73);
+    assert_eq!(v["warm"], true);
+    let runs: Vec<f64> = v["encode_runs_s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 3);
+    // The reported time is one of the warm runs (the first, cold, one is left out).
+    let encode = v["timing_s"]["encode"].as_f64().unwrap();
+    assert!(runs[1..].contains(&encode), "{encode} not in {runs:?}");
+
+    let res = memctl()
+        .arg("encode")
+        .arg(fixtures().join("inputs/card_500x400.png"))
+        .args(["--mode", "tiny", "--repeat", "0", "--model"])
+        .arg(fixtures().join("tiny"))
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(2), "--repeat 0 is a usage error");
+}
+
+#[test]
 fn encode_reports_missing_model_and_image() {
     let res = memctl()
         .arg("encode")
