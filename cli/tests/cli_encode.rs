@@ -4,17 +4,15 @@
 mod support;
 use support::{fixtures, memctl};
 
-#[test]
-fn encode_writes_reference_tokens() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("tokens.safetensors");
+/// `memctl encode --json` of the card fixture at tiny with the parity fixture's weights and
+/// `extra` arguments; fails the test unless it succeeds, and returns the JSON it printed.
+fn encode_card_tiny(extra: &[&str]) -> serde_json::Value {
     let res = memctl()
         .arg("encode")
         .arg(fixtures().join("inputs/card_500x400.png"))
         .args(["--mode", "tiny", "--json", "--model"])
         .arg(fixtures().join("tiny"))
-        .arg("--out")
-        .arg(&out)
+        .args(extra)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&res.stdout);
@@ -23,7 +21,15 @@ fn encode_writes_reference_tokens() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&res.stderr)
     );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[test]
+fn encode_writes_reference_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tokens.safetensors");
+    let out_arg = out.to_str().unwrap();
+    let v = encode_card_tiny(&["--out", out_arg]);
     assert_eq!(v["positions"], 73);
     assert_eq!(v["shape"], serde_json::json!([73, 64]));
 
@@ -49,20 +55,7 @@ fn encode_writes_reference_tokens() {
 
 #[test]
 fn encode_repeat_reports_a_warm_run() {
-    let res = memctl()
-        .arg("encode")
-        .arg(fixtures().join("inputs/card_500x400.png"))
-        .args(["--mode", "tiny", "--json", "--repeat", "3", "--model"])
-        .arg(fixtures().join("tiny"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert!(
-        res.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = encode_card_tiny(&["--repeat", "3"]);
     assert_eq!(v["positions"], 73);
     assert_eq!(v["warm"], true);
     let runs: Vec<f64> = v["encode_runs_s"]
