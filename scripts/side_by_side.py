@@ -260,6 +260,7 @@ def decoder_rows(a, env, mirror_env) -> list[dict]:
                 env, ok=(0, 3))
             runs[quant].append(json.loads(out))
             rss_max[quant] = max(rss_max[quant], rss)
+    p_prefill, p_tps = median(py_prefill), median(py_tps)
     rows = []
     for quant in quants:
         ours = runs[quant][0]["prompt_positions"]
@@ -267,7 +268,6 @@ def decoder_rows(a, env, mirror_env) -> list[dict]:
             raise SystemExit(f"prompt lengths differ: mirror {positions}, memctl {ours}")
         prefill = median([x["timings"]["prefill_secs"] for x in runs[quant]])
         tps = median([x["timings"]["decode_tokens_per_sec"] for x in runs[quant]])
-        p_prefill, p_tps = median(py_prefill), median(py_tps)
         rows.append({"quant": quant, "positions": positions,
                      "prefill_pytorch_s": round(p_prefill, 3), "prefill_lethe_s": round(prefill, 3),
                      "prefill_ratio": round(p_prefill / prefill, 2),
