@@ -1214,38 +1214,55 @@ struct Tile<'a> {
 #[inline(always)]
 unsafe fn store_tile(acc: &[[f32; NR]; MR], c: *mut f32, t: &Tile) {
     for (r, acc_row) in acc.iter().enumerate().take(t.mr) {
-        // SAFETY: one row of the tile, inside the block the caller vouches for.
-        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * t.ldc), t.nr) };
         let mut row = *acc_row;
-        if t.first {
-            if let Some(b) = t.bias {
-                for (x, &bv) in row.iter_mut().zip(b) {
-                    *x += bv;
-                }
-            }
+        if t.nr == NR {
+            // A whole row: lengths known at compile time, so the loops below unroll and the
+            // copy is a few vector moves instead of a `memcpy` call.
+            // SAFETY: one row of the tile, `NR` values inside the block the caller vouches
+            // for; `[f32; NR]` needs only `f32`'s alignment.
+            let dst = unsafe { &mut *c.add(r * t.ldc).cast::<[f32; NR]>() };
+            finish_row(&mut row, dst, t);
+            *dst = row;
         } else {
-            for (x, &d) in row.iter_mut().zip(dst.iter()) {
-                *x += d;
+            // SAFETY: one row of the tile, inside the block the caller vouches for.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * t.ldc), t.nr) };
+            finish_row(&mut row[..t.nr], dst, t);
+            dst.copy_from_slice(&row[..t.nr]);
+        }
+    }
+}
+
+/// One row of a tile before it is stored: the bias on the first k-block (else what C holds so
+/// far) added, and the activation applied on the last.
+#[inline(always)]
+fn finish_row(row: &mut [f32], dst: &[f32], t: &Tile) {
+    if t.first {
+        if let Some(b) = t.bias {
+            for (x, &bv) in row.iter_mut().zip(b) {
+                *x += bv;
             }
         }
-        if t.last {
-            // Plain loops (not `for_each`, which is not inlined) so that the activation
-            // vectorises at the width of the kernel this is inlined into.
-            match t.act {
-                Act::None => {}
-                Act::Gelu => {
-                    for x in row.iter_mut() {
-                        *x = apply(Act::Gelu, *x);
-                    }
+    } else {
+        for (x, &d) in row.iter_mut().zip(dst) {
+            *x += d;
+        }
+    }
+    if t.last {
+        // Plain loops (not `for_each`, which is not inlined) so that the activation
+        // vectorises at the width of the kernel this is inlined into.
+        match t.act {
+            Act::None => {}
+            Act::Gelu => {
+                for x in row.iter_mut() {
+                    *x = apply(Act::Gelu, *x);
                 }
-                Act::QuickGelu => {
-                    for x in row.iter_mut() {
-                        *x = apply(Act::QuickGelu, *x);
-                    }
+            }
+            Act::QuickGelu => {
+                for x in row.iter_mut() {
+                    *x = apply(Act::QuickGelu, *x);
                 }
             }
         }
-        dst.copy_from_slice(&row[..t.nr]);
     }
 }
 
@@ -1392,10 +1409,37 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
                     row[1] = _mm256_fmadd_ps(av, b1, row[1]);
                 }
             }
+            if t.mr == MR && t.nr == NR && t.act == Act::None {
+                let bias = t.bias.map(|b| {
+                    (
+                        _mm256_loadu_ps(b.as_ptr().add(half * 16)),
+                        _mm256_loadu_ps(b.as_ptr().add(half * 16 + 8)),
+                    )
+                });
+                for (r, row) in acc.iter().enumerate() {
+                    let cp = c.add(r * t.ldc + half * 16);
+                    let (mut v0, mut v1) = (row[0], row[1]);
+                    if t.first {
+                        if let Some((x0, x1)) = bias {
+                            v0 = _mm256_add_ps(v0, x0);
+                            v1 = _mm256_add_ps(v1, x1);
+                        }
+                    } else {
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cp));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cp.add(8)));
+                    }
+                    _mm256_storeu_ps(cp, v0);
+                    _mm256_storeu_ps(cp.add(8), v1);
+                }
+                continue;
+            }
             for (r, row) in acc.iter().enumerate() {
                 _mm256_storeu_ps(tmp[r].as_mut_ptr().add(half * 16), row[0]);
                 _mm256_storeu_ps(tmp[r].as_mut_ptr().add(half * 16 + 8), row[1]);
             }
+        }
+        if t.mr == MR && t.nr == NR && t.act == Act::None {
+            return;
         }
         store_tile(&tmp, c, t);
     }
