@@ -31,20 +31,11 @@ impl Layer {
     /// `x`: `[t, width]` of one image.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (t, c) = x.dims2()?;
-        let hd = c / self.heads;
         let qkv = self
             .qkv
             .forward(&self.layer_norm1.forward(x)?)?
-            .reshape((t, 3, self.heads, hd))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?; // [3, heads, t, hd]
-        let q = qkv.get(0)?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
-        let a = ops::attention(&q, &k, &v)?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((t, c))?;
+            .reshape((1, t, 3 * c))?;
+        let a = ops::attention(&qkv, self.heads)?.reshape((t, c))?;
         let h = (x + self.out.forward(&a)?)?;
         let hidden = self
             .fc1

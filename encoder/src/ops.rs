@@ -2,7 +2,7 @@
 //! convolutions as im2col matmuls over token-major (HWC) activations, and weight fetching with
 //! shape checks.
 
-use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor, D};
+use candle_core::{CpuStorage, DType, Storage, StorageRef, Tensor};
 use candle_nn::VarBuilder;
 
 use std::sync::Arc;
@@ -418,30 +418,34 @@ pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
     Ok(x.gelu_erf()?)
 }
 
-/// Scaled dot-product attention without mask over `[b, t, d]` inputs.
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let d = q.dim(D::Minus1)?;
-    let scale = 1.0 / (d as f64).sqrt();
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    if let (Some(qv), Some(kv), Some(vv)) = (host_view(&q), host_view(&k), host_view(&v)) {
-        let (b, t, _) = q.dims3()?;
-        let mut out = vec![0f32; b * t * d];
-        cpu::attention(
-            b,
-            t,
-            d,
-            qv.slice(),
-            kv.slice(),
-            vv.slice(),
-            scale as f32,
-            None,
-            &mut out,
-        );
-        return Ok(Tensor::from_vec(out, (b, t, d), q.device())?);
+/// Scaled dot-product attention without mask, from a fused projection's output `qkv`
+/// `[b, t, 3 * heads * hd]` (q, k, v, each head after head) to `[b, t, heads * hd]`.
+pub(crate) fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, dim3) = qkv.dims3()?;
+    let dim = dim3 / 3;
+    let hd = dim / heads;
+    let scale = 1.0 / (hd as f64).sqrt();
+    if let Some(x) = host_view(qkv) {
+        // The kernel reads each head where the projection left it and writes the output
+        // heads side by side: no copies on either side.
+        let mut out = vec![0f32; b * t * dim];
+        cpu::attention(b, heads, t, hd, x.slice(), scale as f32, None, &mut out);
+        return Ok(Tensor::from_vec(out, (b, t, dim), qkv.device())?);
     }
+    let qkv = qkv
+        .reshape((b, t, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?
+        .reshape((3, b * heads, t, hd))?;
+    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
     let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
     let probs = softmax_last_dim(&scores, v.dtype())?;
-    Ok(probs.matmul(&v)?)
+    Ok(probs
+        .matmul(&v)?
+        .reshape((b, heads, t, hd))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, t, dim))?)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -44,18 +45,24 @@ impl Attention {
         })
     }
 
+    /// `table` with `2 * side - 1` rows, resized linearly when it has another count (the
+    /// reference's `get_rel_pos`).
+    fn resized_table(table: &Tensor, side: usize) -> Result<Tensor> {
+        let len = 2 * side - 1;
+        let (rows, d) = table.dims2()?;
+        if rows == len {
+            return Ok(table.clone());
+        }
+        let host = ops::to_host(table)?;
+        let out = ops::resize_linear_rows(&host, (rows, d), len);
+        Ok(Tensor::from_vec(out, (len, d), table.device())?.to_dtype(table.dtype())?)
+    }
+
     /// The gathered relative table `R[i, j] = table[i - j + side - 1]`, `[side, side, d]`,
     /// resizing the table linearly first when it does not have `2 * side - 1` rows.
     fn rel_table(&self, table: &Tensor, side: usize) -> Result<Tensor> {
-        let len = 2 * side - 1;
-        let (rows, d) = table.dims2()?;
-        let resized = if rows != len {
-            let host = ops::to_host(table)?;
-            let out = ops::resize_linear_rows(&host, (rows, d), len);
-            Tensor::from_vec(out, (len, d), table.device())?.to_dtype(table.dtype())?
-        } else {
-            table.clone()
-        };
+        let resized = Self::resized_table(table, side)?;
+        let d = resized.dim(1)?;
         let idx: Vec<u32> = (0..side)
             .flat_map(|i| (0..side).map(move |j| (i + side - 1 - j) as u32))
             .collect();
@@ -75,6 +82,25 @@ impl Attention {
         let (b, t, dim3) = qkv.dims3()?;
         let dim = dim3 / 3;
         let (nh, hd) = (self.heads, self.head_dim);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let rh = Self::resized_table(&self.rel_pos_h, side)?;
+        let rw = Self::resized_table(&self.rel_pos_w, side)?;
+        if let (Some(x), Some(th), Some(tw)) = (
+            ops::host_view(qkv),
+            ops::host_view(&rh),
+            ops::host_view(&rw),
+        ) {
+            // On the CPU the kernel reads the heads where the projection left them and writes
+            // its output where `proj` reads it.
+            let mut out = vec![0f32; b * t * dim];
+            let rel = crate::cpu::RelPos {
+                h: th.slice(),
+                w: tw.slice(),
+                side,
+            };
+            crate::cpu::attention(b, nh, t, hd, x.slice(), scale as f32, Some(rel), &mut out);
+            return Ok(Tensor::from_vec(out, (b, t, dim), qkv.device())?);
+        }
         let qkv = qkv
             .reshape((b, t, 3, nh, hd))?
             .permute((2, 0, 3, 1, 4))?
@@ -86,8 +112,8 @@ impl Attention {
         let bh = b * nh;
 
         // Decomposed relative positions with the unscaled q.
-        let rh = self.rel_table(&self.rel_pos_h, side)?; // [qh, kh, d]
-        let rw = self.rel_table(&self.rel_pos_w, side)?; // [qw, kw, d]
+        let rh = self.rel_table(&rh, side)?; // [qh, kh, d]
+        let rw = self.rel_table(&rw, side)?; // [qw, kw, d]
         let q4 = q.reshape((bh, side, side, hd))?;
         // rel_h[b, y, x, ky] = sum_c q[b, y, x, c] Rh[y, ky, c]
         let rel_h = q4
@@ -108,36 +134,6 @@ impl Attention {
         let rel_h = rel_h.contiguous()?;
         let rel_w = rel_w.contiguous()?;
 
-        let scale = 1.0 / (hd as f64).sqrt();
-        if let (Some(qv), Some(kv), Some(vv), Some(hv), Some(wv)) = (
-            ops::host_view(&q),
-            ops::host_view(&k),
-            ops::host_view(&v),
-            ops::host_view(&rel_h),
-            ops::host_view(&rel_w),
-        ) {
-            let mut out = vec![0f32; bh * t * hd];
-            let rel = crate::cpu::RelPos {
-                h: hv.slice(),
-                w: wv.slice(),
-                side,
-            };
-            crate::cpu::attention(
-                bh,
-                t,
-                hd,
-                qv.slice(),
-                kv.slice(),
-                vv.slice(),
-                scale as f32,
-                Some(rel),
-                &mut out,
-            );
-            return Ok(Tensor::from_vec(out, (b, nh, t, hd), qkv.device())?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, t, dim))?);
-        }
         // Bound the score buffer to about 32 Mi floats.
         let chunk = ((32usize << 20) / (t * t)).clamp(1, bh);
         let mut outs = Vec::with_capacity(bh.div_ceil(chunk));
@@ -190,6 +186,60 @@ fn pad_with_row(x: &Tensor, ph: usize, pw: usize, row: &Tensor) -> Result<Tensor
     })
 }
 
+/// A token grid of `h` x `w` cut into windows of `ws` x `ws`, padded at the bottom and right.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    h: usize,
+    w: usize,
+    ws: usize,
+}
+
+impl Grid {
+    /// Windows across a row of the padded grid.
+    fn across(&self) -> usize {
+        self.w.div_ceil(self.ws)
+    }
+
+    /// `[h * w, c]` tokens (`c = fill.len()`) to `[windows, ws * ws, c]`, window after window
+    /// in row-major order, the padding filled with `fill`.
+    fn partition(&self, tokens: &[f32], fill: &[f32]) -> Vec<f32> {
+        let (c, ws, across) = (fill.len(), self.ws, self.across());
+        let mut out = vec![0f32; self.h.div_ceil(ws) * across * ws * ws * c];
+        out.par_chunks_mut(ws * ws * c)
+            .enumerate()
+            .for_each(|(win, dst)| {
+                let (y0, x0) = (win / across * ws, win % across * ws);
+                for (i, row) in dst.chunks_exact_mut(ws * c).enumerate() {
+                    for (j, token) in row.chunks_exact_mut(c).enumerate() {
+                        let (y, x) = (y0 + i, x0 + j);
+                        if y < self.h && x < self.w {
+                            token.copy_from_slice(&tokens[(y * self.w + x) * c..][..c]);
+                        } else {
+                            token.copy_from_slice(fill);
+                        }
+                    }
+                }
+            });
+        out
+    }
+
+    /// `[windows, ws * ws, c]` back to `[h * w, c]`, dropping the padding.
+    fn merge(&self, windows: &[f32], c: usize) -> Vec<f32> {
+        let (ws, across) = (self.ws, self.across());
+        let mut out = vec![0f32; self.h * self.w * c];
+        out.par_chunks_mut(self.w * c)
+            .enumerate()
+            .for_each(|(y, row)| {
+                for (x, token) in row.chunks_exact_mut(c).enumerate() {
+                    let win = y / ws * across + x / ws;
+                    let at = (win * ws * ws + (y % ws) * ws + x % ws) * c;
+                    token.copy_from_slice(&windows[at..at + c]);
+                }
+            });
+        out
+    }
+}
+
 /// One ViT block: pre-norm attention (windowed or global) and a GELU MLP.
 #[derive(Debug, Clone)]
 struct Block {
@@ -216,23 +266,37 @@ impl Block {
             let ws = self.window;
             let (ph, pw) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
             let (nh, nw) = (ph / ws, pw / ws);
-            let qkv = self.attn.qkv.forward(&xn)?.reshape((h, w, 3 * dim))?;
-            let qkv = pad_with_row(&qkv, ph, pw, &self.attn.qkv.bias_or_zeros(qkv.device())?)?;
-            let windows = qkv
-                .reshape((nh, ws, nw, ws, 3 * dim))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((nh * nw, ws * ws, 3 * dim))?;
-            let out = self
-                .attn
-                .attend(&windows, ws)?
-                .reshape((nh, nw, ws, ws, dim))?
-                .transpose(1, 2)?
-                .reshape((ph, pw, dim))?
-                .narrow(0, 0, h)?
-                .narrow(1, 0, w)?
-                .contiguous()?
-                .reshape((h * w, dim))?;
+            let qkv = self.attn.qkv.forward(&xn)?;
+            let fill = self.attn.qkv.bias_or_zeros(qkv.device())?;
+            let out = if let (Some(x), Some(f)) = (ops::host_view(&qkv), ops::host_view(&fill)) {
+                // On the CPU: one parallel copy into windows, and one back.
+                let grid = Grid { h, w, ws };
+                let windows = grid.partition(x.slice(), f.slice());
+                let windows = Tensor::from_vec(windows, (nh * nw, ws * ws, 3 * dim), qkv.device())?;
+                let out = self.attn.attend(&windows, ws)?;
+                let merged = match ops::host_view(&out) {
+                    Some(o) => grid.merge(o.slice(), dim),
+                    None => grid.merge(&ops::to_host(&out)?, dim),
+                };
+                Tensor::from_vec(merged, (h * w, dim), qkv.device())?.to_dtype(out.dtype())?
+            } else {
+                let qkv = qkv.reshape((h, w, 3 * dim))?;
+                let qkv = pad_with_row(&qkv, ph, pw, &fill)?;
+                let windows = qkv
+                    .reshape((nh, ws, nw, ws, 3 * dim))?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((nh * nw, ws * ws, 3 * dim))?;
+                self.attn
+                    .attend(&windows, ws)?
+                    .reshape((nh, nw, ws, ws, dim))?
+                    .transpose(1, 2)?
+                    .reshape((ph, pw, dim))?
+                    .narrow(0, 0, h)?
+                    .narrow(1, 0, w)?
+                    .contiguous()?
+                    .reshape((h * w, dim))?
+            };
             self.attn.proj.forward(&out)?
         } else {
             if h != w {

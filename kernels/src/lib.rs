@@ -1004,12 +1004,14 @@ impl OutPtr {
 fn pack_a_full(m: usize, k: usize, a: &MatRef) -> Vec<f32> {
     let mpad = m.div_ceil(MR) * MR;
     let mut ap = vec![0f32; mpad * k];
-    let mut pc = 0;
-    while pc < k {
-        let kc = KC.min(k - pc);
-        pack_a(a, 0, m, pc, kc, &mut ap[pc * mpad..pc * mpad + mpad * kc]);
-        pc += kc;
-    }
+    // The KC blocks are independent: packed side by side (the threads would otherwise wait
+    // for this copy, which is a fifth of a 101-row product's time).
+    ap.par_chunks_mut(mpad * KC)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let pc = i * KC;
+            pack_a(a, 0, m, pc, block.len() / mpad, block);
+        });
     ap
 }
 
@@ -1658,107 +1660,217 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
-/// Decomposed relative-position bias of SAM attention: for query `i = (y, x)` and key
-/// `(ky, kx)` the score gains `h[(b, i), ky] + w[(b, i), kx]`.
-#[derive(Clone, Copy)]
+/// SAM's decomposed relative positions for [`attention`] over a `side` x `side` token grid:
+/// the two tables of `2 * side - 1` rows of `hd` values (already resized to the grid), as the
+/// reference's `get_rel_pos` leaves them. Query `(y, x)` and key `(ky, kx)` get the bias
+/// `q . h[y - ky + side - 1] + q . w[x - kx + side - 1]` with the unscaled query.
+#[derive(Clone, Copy, Debug)]
 pub struct RelPos<'a> {
-    /// `[bh, t, side]`.
+    /// `[2 * side - 1, hd]`, along the grid's rows.
     pub h: &'a [f32],
-    /// `[bh, t, side]`.
+    /// `[2 * side - 1, hd]`, along the grid's columns.
     pub w: &'a [f32],
     /// Key grid side (`t = side * side`).
     pub side: usize,
 }
 
-/// Multi-head attention over `bh` independent `[t, hd]` query/key/value blocks:
-/// `out = softmax(q k^T * scale + bias) v`, in blocks of query rows so that the scores stay
-/// small, parallel over heads and windows.
+/// Multi-head attention straight from a fused q|k|v projection: `qkv` is `[blocks, t, 3,
+/// heads, hd]` (a `[.., t, 3 * heads * hd]` linear layer's output, as it lies) and `out`
+/// receives `[blocks, t, heads, hd]` (what the output projection reads), so no head is copied
+/// out or back. Each block and head computes `softmax(q k^T * scale + bias) v`, the bias from
+/// `rel` when given, in blocks of query rows so that the scores stay small; blocks and heads
+/// run in parallel.
+///
+/// # Panics
+/// If `qkv` or `out` is shorter than those shapes, or `rel`'s grid or tables do not match `t`
+/// and `hd`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
-    bh: usize,
+    blocks: usize,
+    heads: usize,
     t: usize,
     hd: usize,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: &[f32],
     scale: f32,
     rel: Option<RelPos>,
     out: &mut [f32],
 ) {
     const RB: usize = 256;
-    let rb_max = RB.min(t);
-    let simd = has_fma();
-    let isa = Isa::detect();
-    out[..bh * t * hd]
-        .par_chunks_mut(t * hd)
-        .enumerate()
-        .for_each_init(
-            || (vec![0f32; rb_max * t], Vec::new(), Vec::new()),
-            |(buf, kp, vp), (b, ob)| {
-                let qb = &q[b * t * hd..(b + 1) * t * hd];
-                let kb = &k[b * t * hd..(b + 1) * t * hd];
-                let vb = &v[b * t * hd..(b + 1) * t * hd];
-                pack_b_full(
-                    hd,
-                    t,
-                    &MatRef {
-                        data: kb,
-                        rs: 1,
-                        cs: hd,
-                    },
-                    kp,
-                );
-                pack_b_full(
-                    t,
-                    hd,
-                    &MatRef {
-                        data: vb,
-                        rs: hd,
-                        cs: 1,
-                    },
-                    vp,
-                );
-                let mut r0 = 0;
-                while r0 < t {
-                    let rb = RB.min(t - r0);
-                    let s = &mut buf[..rb * t];
-                    let qm = MatRef {
-                        data: &qb[r0 * hd..],
-                        rs: hd,
-                        cs: 1,
-                    };
-                    sgemm_packed(rb, t, hd, qm, kp, None, Act::None, s);
-                    let bias = rel.map(|rel| {
-                        let at = (b * t + r0) * rel.side;
-                        let len = rb * rel.side;
-                        (&rel.h[at..at + len], &rel.w[at..at + len], rel.side)
-                    });
-                    if isa == Isa::Avx512 {
-                        // SAFETY: `Isa::detect` found AVX-512F.
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            bias_softmax_avx512(s, t, scale, bias)
-                        };
-                    } else if simd {
-                        // SAFETY: `has_fma()` checked the CPU supports AVX2 and FMA.
-                        #[cfg(target_arch = "x86_64")]
-                        unsafe {
-                            bias_softmax_avx2(s, t, scale, bias)
-                        };
-                    } else {
-                        bias_softmax(s, t, scale, bias);
-                    }
-                    let pm = MatRef {
-                        data: s,
-                        rs: t,
-                        cs: 1,
-                    };
-                    let out_rows = &mut ob[r0 * hd..(r0 + rb) * hd];
-                    sgemm_packed(rb, hd, t, pm, vp, None, Act::None, out_rows);
-                    r0 += rb;
-                }
-            },
+    let width = heads * hd;
+    let ld = 3 * width;
+    assert!(
+        qkv.len() >= blocks * t * ld && out.len() >= blocks * t * width,
+        "attention over {blocks} x {t} tokens of {heads} x {hd} needs {} q|k|v and {} output \
+         values, got {} and {}",
+        blocks * t * ld,
+        blocks * t * width,
+        qkv.len(),
+        out.len()
+    );
+    if blocks == 0 || heads == 0 || t == 0 {
+        return;
+    }
+    // The relative tables as B operands (`[hd, 2 side - 1]`), packed once for every head.
+    let tables = rel.map(|rel| {
+        let n = 2 * rel.side - 1;
+        assert!(
+            rel.side * rel.side == t && rel.h.len() >= n * hd && rel.w.len() >= n * hd,
+            "relative positions of a {0} x {0} grid need {t} = {0}^2 tokens and tables of {n} \
+             x {hd}",
+            rel.side
         );
+        let pack = |table: &[f32]| {
+            let mut bp = Vec::new();
+            pack_b_full(
+                hd,
+                n,
+                &MatRef {
+                    data: table,
+                    rs: 1,
+                    cs: hd,
+                },
+                &mut bp,
+            );
+            bp
+        };
+        (pack(rel.h), pack(rel.w), rel.side)
+    });
+    let rb_max = RB.min(t);
+    let isa = Isa::detect();
+    let simd = has_fma();
+    let npad = hd.div_ceil(NR) * NR;
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..blocks * heads).into_par_iter().for_each_init(
+        || Scratch {
+            scores: vec![0f32; rb_max * t],
+            ..Scratch::default()
+        },
+        |sc, job| {
+            let (b, h) = (job / heads, job % heads);
+            // Block `b`'s head `h`: q, k and v rows `ld` apart, `width` after one another.
+            let q0 = b * t * ld + h * hd;
+            let operand = |at: usize, rows: usize| &qkv[at..at + (rows - 1) * ld + hd];
+            // B = k^T (`hd` x `t`) and B = v (`t` x `hd`), packed straight from the rows.
+            let k = MatRef {
+                data: operand(q0 + width, t),
+                rs: 1,
+                cs: ld,
+            };
+            pack_b_full(hd, t, &k, &mut sc.k);
+            let v = MatRef {
+                data: operand(q0 + 2 * width, t),
+                rs: ld,
+                cs: 1,
+            };
+            pack_b_full(t, hd, &v, &mut sc.v);
+            let mut r0 = 0;
+            while r0 < t {
+                let rb = RB.min(t - r0);
+                let s = &mut sc.scores[..rb * t];
+                let qm = MatRef {
+                    data: operand(q0 + r0 * ld, rb),
+                    rs: ld,
+                    cs: 1,
+                };
+                sgemm_packed(rb, t, hd, qm, &sc.k, None, Act::None, s);
+                let bias = tables.as_ref().map(|(th, tw, side)| {
+                    rel_bias(rb, r0, hd, qm, th, tw, *side, &mut sc.rel);
+                    let (bh, bw) = sc.rel.split_at(rb * side);
+                    (&bh[..rb * side], &bw[..rb * side], *side)
+                });
+                if isa == Isa::Avx512 {
+                    // SAFETY: `Isa::detect` found AVX-512F.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        bias_softmax_avx512(s, t, scale, bias)
+                    };
+                } else if simd {
+                    // SAFETY: `has_fma()` checked the CPU supports AVX2 and FMA.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        bias_softmax_avx2(s, t, scale, bias)
+                    };
+                } else {
+                    bias_softmax(s, t, scale, bias);
+                }
+                let pm = MatRef {
+                    data: s,
+                    rs: t,
+                    cs: 1,
+                };
+                // SAFETY: `out` holds `blocks * t * width` values (asserted above); this job
+                // alone writes rows `r0..r0 + rb` of block `b`, columns `h * hd..(h + 1) * hd`
+                // (rows `width` apart), so no two jobs touch the same element.
+                unsafe {
+                    let c = dst.at((b * t + r0) * width + h * hd);
+                    gemm_block_raw(
+                        isa,
+                        rb,
+                        t,
+                        ASrc::Raw(pm),
+                        Panels::F32(&sc.v),
+                        npad,
+                        0,
+                        hd,
+                        None,
+                        Act::None,
+                        c,
+                        width,
+                    );
+                }
+                r0 += rb;
+            }
+        },
+    );
+}
+
+/// One attention job's buffers, kept across the jobs a thread runs.
+#[derive(Default)]
+struct Scratch {
+    /// One block of query rows' scores, `[rb, t]`.
+    scores: Vec<f32>,
+    /// k^T and v packed as B.
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// The relative-position products `[rb, 2 side - 1]` for both tables, then the biases
+    /// `[rb, side]` along rows and along columns.
+    rel: Vec<f32>,
+}
+
+/// Fills `buf` with the row and column biases (`[rb, side]` each, one after the other) of the
+/// query rows `r0..r0 + rb`, whose values `q` holds: `q . table[y - ky + side - 1]` for the row
+/// table and `q . table[x - kx + side - 1]` for the column table, `(y, x)` the query's place on
+/// the grid. `th` and `tw` are the tables packed as B (`hd` x `2 side - 1`).
+#[allow(clippy::too_many_arguments)]
+fn rel_bias(
+    rb: usize,
+    r0: usize,
+    hd: usize,
+    q: MatRef,
+    th: &[f32],
+    tw: &[f32],
+    side: usize,
+    buf: &mut Vec<f32>,
+) {
+    let n = 2 * side - 1;
+    buf.resize(2 * rb * side + 2 * rb * n, 0.0);
+    let (bias, products) = buf.split_at_mut(2 * rb * side);
+    let (ph, pw) = products.split_at_mut(rb * n);
+    sgemm_packed(rb, n, hd, q, th, None, Act::None, ph);
+    sgemm_packed(rb, n, hd, q, tw, None, Act::None, pw);
+    let (bh, bw) = bias.split_at_mut(rb * side);
+    for i in 0..rb {
+        let (y, x) = ((r0 + i) / side, (r0 + i) % side);
+        let (ph, pw) = (&ph[i * n..(i + 1) * n], &pw[i * n..(i + 1) * n]);
+        for (kk, (h, w)) in bh[i * side..(i + 1) * side]
+            .iter_mut()
+            .zip(&mut bw[i * side..(i + 1) * side])
+            .enumerate()
+        {
+            *h = ph[y + side - 1 - kk];
+            *w = pw[x + side - 1 - kk];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -2199,6 +2311,92 @@ mod tests {
                 (f64::from(y) - want).abs() <= tol,
                 "silu({g}) * {u}: {y} vs {want}"
             );
+        }
+    }
+
+    /// Attention of one block and head written out the slow way, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_attention(
+        (b, h): (usize, usize),
+        heads: usize,
+        t: usize,
+        hd: usize,
+        qkv: &[f32],
+        scale: f32,
+        rel: Option<RelPos>,
+    ) -> Vec<f64> {
+        let ld = 3 * heads * hd;
+        let at = |part: usize, i: usize, c: usize| {
+            f64::from(qkv[(b * t + i) * ld + part * heads * hd + h * hd + c])
+        };
+        let dot = |i: usize, other: &dyn Fn(usize) -> f64| {
+            (0..hd).map(|c| at(0, i, c) * other(c)).sum::<f64>()
+        };
+        let mut out = vec![0f64; t * hd];
+        for i in 0..t {
+            let mut s: Vec<f64> = (0..t)
+                .map(|j| {
+                    let mut x = dot(i, &|c| at(1, j, c)) * f64::from(scale);
+                    if let Some(r) = rel {
+                        let n = r.side - 1;
+                        let (y, xx, ky, kx) = (i / r.side, i % r.side, j / r.side, j % r.side);
+                        x += dot(i, &|c| f64::from(r.h[(y + n - ky) * hd + c]));
+                        x += dot(i, &|c| f64::from(r.w[(xx + n - kx) * hd + c]));
+                    }
+                    x
+                })
+                .collect();
+            let max = s.iter().cloned().fold(f64::MIN, f64::max);
+            s.iter_mut().for_each(|x| *x = (*x - max).exp());
+            let sum: f64 = s.iter().sum();
+            for c in 0..hd {
+                out[i * hd + c] = (0..t).map(|j| s[j] / sum * at(2, j, c)).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_reads_fused_qkv_and_writes_heads_in_place() {
+        // Two blocks of three heads; a 17 x 17 grid has more query rows (289) than one row
+        // block (256), and a head width of 40 is not a whole panel.
+        for &(blocks, heads, side, hd, with_rel) in &[
+            (2, 3, 5, 16, true),
+            (1, 2, 17, 40, true),
+            (3, 2, 4, 8, false),
+        ] {
+            let t = side * side;
+            let n = 2 * side - 1;
+            let seed = (side * 100 + hd) as u32;
+            eprintln!("attention case seed {seed}: {blocks} x {heads} heads, t {t}, hd {hd}");
+            let qkv = seeded(blocks * t * 3 * heads * hd, seed);
+            let (th, tw) = (seeded(n * hd, seed + 1), seeded(n * hd, seed + 2));
+            let rel = with_rel.then_some(RelPos {
+                h: &th,
+                w: &tw,
+                side,
+            });
+            let scale = 1.0 / (hd as f32).sqrt();
+            let mut out = vec![f32::NAN; blocks * t * heads * hd];
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(3)
+                .build()
+                .unwrap();
+            pool.install(|| attention(blocks, heads, t, hd, &qkv, scale, rel, &mut out));
+            for b in 0..blocks {
+                for h in 0..heads {
+                    let want = naive_attention((b, h), heads, t, hd, &qkv, scale, rel);
+                    for i in 0..t {
+                        for c in 0..hd {
+                            let got = out[(b * t + i) * heads * hd + h * hd + c];
+                            let w = want[i * hd + c] as f32;
+                            check_one(got, w, t, || {
+                                format!("block {b} head {h} row {i} col {c} (t {t}, hd {hd})")
+                            });
+                        }
+                    }
+                }
+            }
         }
     }
 
