@@ -835,7 +835,7 @@ fn sgemm_prepacked(
     let npad = n.div_ceil(NR) * NR;
     let isa = Isa::detect();
     if threads == 1 || m * n * k < (1 << 21) {
-        gemm_block(isa, m, k, a, bp, npad, 0, n, bias, act, c, n);
+        gemm_block(isa, m, k, ASrc::Raw(a), bp, npad, 0, n, bias, act, c, n);
         return;
     }
     if m < SPLIT_COLUMNS_BELOW {
@@ -843,7 +843,7 @@ fn sgemm_prepacked(
         // each writes its columns of C in place.
         let panels = npad / NR;
         if panels < 2 {
-            gemm_block(isa, m, k, a, bp, npad, 0, n, bias, act, c, n);
+            gemm_block(isa, m, k, ASrc::Raw(a), bp, npad, 0, n, bias, act, c, n);
             return;
         }
         assert!(
@@ -866,7 +866,7 @@ fn sgemm_prepacked(
         return;
     }
     if m < 2 * MR {
-        gemm_block(isa, m, k, a, bp, npad, 0, n, bias, act, c, n);
+        gemm_block(isa, m, k, ASrc::Raw(a), bp, npad, 0, n, bias, act, c, n);
         return;
     }
     // Near-equal row ranges, multiples of MR, a few per thread for balance.
@@ -882,7 +882,20 @@ fn sgemm_prepacked(
                 rs: a.rs,
                 cs: a.cs,
             };
-            gemm_block(isa, rows, k, a_sub, bp, npad, 0, n, bias, act, cc, n);
+            gemm_block(
+                isa,
+                rows,
+                k,
+                ASrc::Raw(a_sub),
+                bp,
+                npad,
+                0,
+                n,
+                bias,
+                act,
+                cc,
+                n,
+            );
         });
 }
 
@@ -890,7 +903,7 @@ fn sgemm_prepacked(
 /// `kc` x `NR` values, zero-padded to a multiple of `NR` columns.
 fn pack_b_full(k: usize, n: usize, b: &MatRef, bp: &mut Vec<f32>) {
     let npad = n.div_ceil(NR) * NR;
-    bp.clear();
+    // Every value is written below (panels are zero-padded as they are packed).
     bp.resize(k * npad, 0.0);
     let mut pc = 0;
     while pc < k {
@@ -898,34 +911,6 @@ fn pack_b_full(k: usize, n: usize, b: &MatRef, bp: &mut Vec<f32>) {
         pack_b(b, pc, kc, 0, n, &mut bp[pc * npad..(pc + kc) * npad]);
         pc += kc;
     }
-}
-
-/// Single-threaded [`sgemm`] with B already packed by [`pack_b_full`].
-#[allow(clippy::too_many_arguments)]
-fn sgemm_packed(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: MatRef,
-    bp: &[f32],
-    bias: Option<&[f32]>,
-    act: Act,
-    c: &mut [f32],
-) {
-    gemm_block(
-        Isa::detect(),
-        m,
-        k,
-        a,
-        Panels::F32(bp),
-        n.div_ceil(NR) * NR,
-        0,
-        n,
-        bias,
-        act,
-        c,
-        n,
-    );
 }
 
 /// `c[.., ..len] = act(a B[:, j0..j0 + len] + bias[j0..])` on one thread, where `bp` holds all
@@ -936,7 +921,7 @@ fn gemm_block(
     isa: Isa,
     m: usize,
     k: usize,
-    a: MatRef,
+    a: ASrc,
     bp: Panels,
     npad: usize,
     j0: usize,
@@ -961,7 +946,7 @@ fn gemm_block(
             isa,
             m,
             k,
-            ASrc::Raw(a),
+            a,
             bp,
             npad,
             j0,
@@ -1002,17 +987,24 @@ impl OutPtr {
 /// block `pc` starts at `pc * mpad` (`mpad` = `m` rounded up to `MR`), and within it the panel
 /// of rows `i..i + MR` at `i * kc`, as [`gemm_block_raw`] reads it.
 fn pack_a_full(m: usize, k: usize, a: &MatRef) -> Vec<f32> {
+    let mut ap = Vec::new();
+    pack_a_into(m, k, a, &mut ap);
+    ap
+}
+
+/// [`pack_a_full`] into a buffer kept by the caller (resized, never read before written).
+fn pack_a_into(m: usize, k: usize, a: &MatRef, ap: &mut Vec<f32>) {
     let mpad = m.div_ceil(MR) * MR;
-    let mut ap = vec![0f32; mpad * k];
+    ap.resize(mpad * k, 0.0);
     // The KC blocks are independent: packed side by side (the threads would otherwise wait
     // for this copy, which is a fifth of a 101-row product's time).
-    ap.par_chunks_mut(mpad * KC)
+    ap[..mpad * k]
+        .par_chunks_mut(mpad * KC)
         .enumerate()
         .for_each(|(i, block)| {
             let pc = i * KC;
             pack_a(a, 0, m, pc, block.len() / mpad, block);
         });
-    ap
 }
 
 /// [`gemm_block`] writing through a raw pointer: `c` is row 0, column `j0`'s element of C.
@@ -1208,6 +1200,14 @@ struct Tile<'a> {
     act: Act,
 }
 
+impl Tile<'_> {
+    /// A whole `MR` x `NR` tile with no activation to apply in this k-block: the kernels store
+    /// it straight from their registers.
+    fn whole_without_act(&self) -> bool {
+        self.mr == MR && self.nr == NR && (self.act == Act::None || !self.last)
+    }
+}
+
 /// Stores an `MR` x `NR` accumulator block into C at `c`.
 ///
 /// # Safety
@@ -1357,7 +1357,7 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) 
                 row[1] = _mm512_fmadd_ps(av, b1, row[1]);
             }
         }
-        if t.mr == MR && t.nr == NR && t.act == Act::None {
+        if t.whole_without_act() {
             let bias = t.bias.map(|b| {
                 (
                     _mm512_loadu_ps(b.as_ptr()),
@@ -1411,7 +1411,7 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
                     row[1] = _mm256_fmadd_ps(av, b1, row[1]);
                 }
             }
-            if t.mr == MR && t.nr == NR && t.act == Act::None {
+            if t.whole_without_act() {
                 let bias = t.bias.map(|b| {
                     (
                         _mm256_loadu_ps(b.as_ptr().add(half * 16)),
@@ -1440,7 +1440,7 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
                 _mm256_storeu_ps(tmp[r].as_mut_ptr().add(half * 16 + 8), row[1]);
             }
         }
-        if t.mr == MR && t.nr == NR && t.act == Act::None {
+        if t.whole_without_act() {
             return;
         }
         store_tile(&tmp, c, t);
@@ -1772,9 +1772,17 @@ pub fn attention(
                     rs: ld,
                     cs: 1,
                 };
-                sgemm_packed(rb, t, hd, qm, &sc.k, None, Act::None, s);
+                // Packed once for the scores and both relative products.
+                pack_a_into(rb, hd, &qm, &mut sc.q);
+                let qp = ASrc::Packed {
+                    data: &sc.q,
+                    mpad: rb.div_ceil(MR) * MR,
+                };
+                let tpad = t.div_ceil(NR) * NR;
+                let kp = Panels::F32(&sc.k);
+                gemm_block(isa, rb, hd, qp, kp, tpad, 0, t, None, Act::None, s, t);
                 let bias = tables.as_ref().map(|(th, tw, side)| {
-                    rel_bias(rb, r0, hd, qm, th, tw, *side, &mut sc.rel);
+                    rel_bias(isa, rb, r0, hd, qp, th, tw, *side, &mut sc.rel);
                     let (bh, bw) = sc.rel.split_at(rb * side);
                     (&bh[..rb * side], &bw[..rb * side], *side)
                 });
@@ -1829,6 +1837,8 @@ pub fn attention(
 struct Scratch {
     /// One block of query rows' scores, `[rb, t]`.
     scores: Vec<f32>,
+    /// One block of query rows packed as A.
+    q: Vec<f32>,
     /// k^T and v packed as B.
     k: Vec<f32>,
     v: Vec<f32>,
@@ -1840,13 +1850,15 @@ struct Scratch {
 /// Fills `buf` with the row and column biases (`[rb, side]` each, one after the other) of the
 /// query rows `r0..r0 + rb`, whose values `q` holds: `q . table[y - ky + side - 1]` for the row
 /// table and `q . table[x - kx + side - 1]` for the column table, `(y, x)` the query's place on
-/// the grid. `th` and `tw` are the tables packed as B (`hd` x `2 side - 1`).
+/// the grid. `q` is those rows packed as A, `th` and `tw` the tables packed as B (`hd` x
+/// `2 side - 1`); `isa` comes from [`Isa::detect`].
 #[allow(clippy::too_many_arguments)]
 fn rel_bias(
+    isa: Isa,
     rb: usize,
     r0: usize,
     hd: usize,
-    q: MatRef,
+    q: ASrc,
     th: &[f32],
     tw: &[f32],
     side: usize,
@@ -1856,8 +1868,10 @@ fn rel_bias(
     buf.resize(2 * rb * side + 2 * rb * n, 0.0);
     let (bias, products) = buf.split_at_mut(2 * rb * side);
     let (ph, pw) = products.split_at_mut(rb * n);
-    sgemm_packed(rb, n, hd, q, th, None, Act::None, ph);
-    sgemm_packed(rb, n, hd, q, tw, None, Act::None, pw);
+    let npad = n.div_ceil(NR) * NR;
+    let (th, tw) = (Panels::F32(th), Panels::F32(tw));
+    gemm_block(isa, rb, hd, q, th, npad, 0, n, None, Act::None, ph, n);
+    gemm_block(isa, rb, hd, q, tw, npad, 0, n, None, Act::None, pw, n);
     let (bh, bw) = bias.split_at_mut(rb * side);
     for i in 0..rb {
         let (y, x) = ((r0 + i) / side, (r0 + i) % side);
@@ -2032,7 +2046,7 @@ mod tests {
                         isa,
                         m,
                         k,
-                        am,
+                        ASrc::Raw(am),
                         packed.data.panels(),
                         npad,
                         0,
@@ -2275,7 +2289,7 @@ mod tests {
         let product = |isa: Isa, act: Act| {
             let mut c = vec![0f32; m * n];
             let (a, b) = (MatRef::rows(&a, k), packed.data.panels());
-            gemm_block(isa, m, k, a, b, n, 0, n, None, act, &mut c, n);
+            gemm_block(isa, m, k, ASrc::Raw(a), b, n, 0, n, None, act, &mut c, n);
             c
         };
         for act in [Act::Gelu, Act::QuickGelu] {
