@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::DecoderConfig;
 use crate::error::Result;
-use lethe_kernels::{attend_step, KvBlocks};
+use lethe_kernels::{attend_step, causal_attention, KvBlocks};
 
 use crate::ops::{with_host_f32, Linear, Quantization, Rotary};
 
@@ -191,6 +191,11 @@ impl Attention {
             }
         };
 
+        if offset == 0 && t > 1 {
+            if let Some(out) = self.causal_on_cpu(&q, &k, &v)? {
+                return self.o_proj.forward(&out);
+            }
+        }
         let rep = self.num_heads / self.num_kv_heads;
         let (k, v) = if rep > 1 {
             (repeat_kv(&k, rep)?, repeat_kv(&v, rep)?)
@@ -210,6 +215,28 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
+    }
+
+    /// A prefill's causal attention on the CPU in f32 (`lethe_kernels::causal_attention`: the
+    /// masked scores are never computed, and the heads are written where `o_proj` reads them),
+    /// `[b, t, heads * head_dim]`; `None` elsewhere (another device or dtype).
+    fn causal_on_cpu(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+        let f32_cpu = |x: &Tensor| x.device().is_cpu() && x.dtype() == DType::F32;
+        if !(f32_cpu(q) && f32_cpu(k) && f32_cpu(v)) {
+            return Ok(None);
+        }
+        let (b, heads, t, hd) = q.dims4()?;
+        let kv_heads = k.dim(1)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; b * t * heads * hd];
+        with_host_f32(q, |q| {
+            with_host_f32(k, |k| {
+                with_host_f32(v, |v| {
+                    causal_attention(b, heads, kv_heads, t, hd, [q, k, v], scale, &mut out)
+                })
+            })
+        })???;
+        Ok(Some(Tensor::from_vec(out, (b, t, heads * hd), q.device())?))
     }
 
     /// Number of cached positions.

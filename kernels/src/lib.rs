@@ -1523,8 +1523,24 @@ unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
 /// Scales each `t`-long row of `s`, adds the decomposed relative bias (rows of `h` and `w`
 /// of length `side`), and applies softmax.
 #[inline(always)]
-fn bias_softmax(s: &mut [f32], t: usize, scale: f32, bias: Option<(&[f32], &[f32], usize)>) {
+fn bias_softmax(
+    s: &mut [f32],
+    t: usize,
+    scale: f32,
+    bias: Option<(&[f32], &[f32], usize)>,
+    causal_from: Option<usize>,
+) {
     for (i, row) in s.chunks_exact_mut(t).enumerate() {
+        // Causal rows (the first being query `r0`) see keys up to their own position: the
+        // rest get probability 0.
+        let row = match causal_from {
+            Some(r0) => {
+                let (seen, masked) = row.split_at_mut((r0 + i + 1).min(t));
+                masked.fill(0.0);
+                seen
+            }
+            None => row,
+        };
         match bias {
             Some((h, w, side)) => {
                 let rh = &h[i * side..(i + 1) * side];
@@ -1554,8 +1570,9 @@ unsafe fn bias_softmax_avx512(
     t: usize,
     scale: f32,
     bias: Option<(&[f32], &[f32], usize)>,
+    causal_from: Option<usize>,
 ) {
-    bias_softmax(s, t, scale, bias)
+    bias_softmax(s, t, scale, bias, causal_from)
 }
 
 /// [`bias_softmax`] compiled for AVX2 + FMA so that `exp` vectorises.
@@ -1566,8 +1583,9 @@ unsafe fn bias_softmax_avx2(
     t: usize,
     scale: f32,
     bias: Option<(&[f32], &[f32], usize)>,
+    causal_from: Option<usize>,
 ) {
-    bias_softmax(s, t, scale, bias)
+    bias_softmax(s, t, scale, bias, causal_from)
 }
 
 /// `exp` in f32 (Cephes range reduction and polynomial; relative error about 1e-7), written
@@ -1695,21 +1713,141 @@ pub fn attention(
     rel: Option<RelPos>,
     out: &mut [f32],
 ) {
-    const RB: usize = 256;
     let width = heads * hd;
-    let ld = 3 * width;
-    assert!(
-        qkv.len() >= blocks * t * ld && out.len() >= blocks * t * width,
-        "attention over {blocks} x {t} tokens of {heads} x {hd} needs {} q|k|v and {} output \
-         values, got {} and {}",
-        blocks * t * ld,
-        blocks * t * width,
-        qkv.len(),
-        out.len()
-    );
-    if blocks == 0 || heads == 0 || t == 0 {
+    let fused = |part: usize| Operand {
+        data: qkv.get(part * width..).unwrap_or_default(),
+        block: t * 3 * width,
+        head: hd,
+        row: 3 * width,
+    };
+    let shape = Shape {
+        blocks,
+        heads,
+        kv_heads: heads,
+        t,
+        hd,
+    };
+    let (q, k, v) = (fused(0), fused(1), fused(2));
+    attend_heads(shape, [q, k, v], scale, rel, false, out);
+}
+
+/// Causal multi-head attention (a decoder's prefill): query `i` sees keys `0..=i`. `q` is
+/// `[blocks, heads, t, hd]`, `k` and `v` `[blocks, kv_heads, t, hd]` (each kv head serves
+/// `heads / kv_heads` query heads), and `out` receives `[blocks, t, heads, hd]`, as the output
+/// projection reads it. The masked scores are never computed: each block of query rows
+/// multiplies only the keys it can see.
+///
+/// # Panics
+/// If a slice is shorter than its shape, or `heads` is not a multiple of `kv_heads`.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention(
+    blocks: usize,
+    heads: usize,
+    kv_heads: usize,
+    t: usize,
+    hd: usize,
+    [q, k, v]: [&[f32]; 3],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let split = |data, heads: usize| Operand {
+        data,
+        block: heads * t * hd,
+        head: t * hd,
+        row: hd,
+    };
+    let shape = Shape {
+        blocks,
+        heads,
+        kv_heads,
+        t,
+        hd,
+    };
+    let operands = [split(q, heads), split(k, kv_heads), split(v, kv_heads)];
+    attend_heads(shape, operands, scale, None, true, out);
+}
+
+/// The sizes of one attention call.
+#[derive(Clone, Copy)]
+struct Shape {
+    blocks: usize,
+    heads: usize,
+    kv_heads: usize,
+    t: usize,
+    hd: usize,
+}
+
+/// Where q, k or v lies in its slice: row `i` of block `b`'s head `h` is the `hd` values from
+/// `b * block + h * head + i * row`.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    block: usize,
+    head: usize,
+    row: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// The last value `heads` heads of `s` read, plus one.
+    fn extent(&self, s: Shape, heads: usize) -> usize {
+        (s.blocks - 1) * self.block + (heads - 1) * self.head + (s.t - 1) * self.row + s.hd
+    }
+
+    /// Rows `i0..i0 + n` of block `b`'s head `h` as a matrix.
+    fn rows(&self, b: usize, h: usize, i0: usize, n: usize, hd: usize) -> MatRef<'a> {
+        let at = b * self.block + h * self.head + i0 * self.row;
+        MatRef {
+            data: &self.data[at..at + (n - 1) * self.row + hd],
+            rs: self.row,
+            cs: 1,
+        }
+    }
+}
+
+/// Query rows per block of scores. A multiple of `KC`, so that a causal block's keys end on a
+/// `KC` boundary of the packed values (or at `t`) and the packing of all `t` can be read for
+/// the first keys alone.
+const RB: usize = 256;
+const _: () = assert!(RB % KC == 0);
+
+/// The body of [`attention`] and [`causal_attention`].
+fn attend_heads(
+    s: Shape,
+    [q, k, v]: [Operand; 3],
+    scale: f32,
+    rel: Option<RelPos>,
+    causal: bool,
+    out: &mut [f32],
+) {
+    let Shape {
+        blocks,
+        heads,
+        kv_heads,
+        t,
+        hd,
+    } = s;
+    if blocks == 0 || heads == 0 || t == 0 || hd == 0 {
         return;
     }
+    assert!(
+        kv_heads > 0 && heads % kv_heads == 0,
+        "{heads} query heads cannot share {kv_heads} key/value heads"
+    );
+    let width = heads * hd;
+    for (name, op, n) in [("q", &q, heads), ("k", &k, kv_heads), ("v", &v, kv_heads)] {
+        assert!(
+            op.data.len() >= op.extent(s, n),
+            "attention over {blocks} x {t} tokens of {n} x {hd} needs {} values of {name}, got {}",
+            op.extent(s, n),
+            op.data.len()
+        );
+    }
+    assert!(
+        out.len() >= blocks * t * width,
+        "attention over {blocks} x {t} tokens of {heads} x {hd} writes {} values, got {}",
+        blocks * t * width,
+        out.len()
+    );
     // The relative tables as B operands (`[hd, 2 side - 1]`), packed once for every head.
     let tables = rel.map(|rel| {
         let n = 2 * rel.side - 1;
@@ -1739,6 +1877,8 @@ pub fn attention(
     let isa = Isa::detect();
     let simd = has_fma();
     let npad = hd.div_ceil(NR) * NR;
+    let tpad = t.div_ceil(NR) * NR;
+    let group = heads / kv_heads;
     let dst = OutPtr(out.as_mut_ptr());
     (0..blocks * heads).into_par_iter().for_each_init(
         || Scratch {
@@ -1747,74 +1887,65 @@ pub fn attention(
         },
         |sc, job| {
             let (b, h) = (job / heads, job % heads);
-            // Block `b`'s head `h`: q, k and v rows `ld` apart, `width` after one another.
-            let q0 = b * t * ld + h * hd;
-            let operand = |at: usize, rows: usize| &qkv[at..at + (rows - 1) * ld + hd];
             // B = k^T (`hd` x `t`) and B = v (`t` x `hd`), packed straight from the rows.
-            let k = MatRef {
-                data: operand(q0 + width, t),
+            let km = k.rows(b, h / group, 0, t, hd);
+            let kt = MatRef {
+                data: km.data,
                 rs: 1,
-                cs: ld,
+                cs: km.rs,
             };
-            pack_b_full(hd, t, &k, &mut sc.k);
-            let v = MatRef {
-                data: operand(q0 + 2 * width, t),
-                rs: ld,
-                cs: 1,
-            };
-            pack_b_full(t, hd, &v, &mut sc.v);
+            pack_b_full(hd, t, &kt, &mut sc.k);
+            pack_b_full(t, hd, &v.rows(b, h / group, 0, t, hd), &mut sc.v);
             let mut r0 = 0;
             while r0 < t {
                 let rb = RB.min(t - r0);
-                let s = &mut sc.scores[..rb * t];
-                let qm = MatRef {
-                    data: operand(q0 + r0 * ld, rb),
-                    rs: ld,
-                    cs: 1,
-                };
+                // The keys these rows see: all, or (causal) up to the block's last row.
+                let n = if causal { r0 + rb } else { t };
+                let s = &mut sc.scores[..rb * n];
                 // Packed once for the scores and both relative products.
-                pack_a_into(rb, hd, &qm, &mut sc.q);
+                pack_a_into(rb, hd, &q.rows(b, h, r0, rb, hd), &mut sc.q);
                 let qp = ASrc::Packed {
                     data: &sc.q,
                     mpad: rb.div_ceil(MR) * MR,
                 };
-                let tpad = t.div_ceil(NR) * NR;
                 let kp = Panels::F32(&sc.k);
-                gemm_block(isa, rb, hd, qp, kp, tpad, 0, t, None, Act::None, s, t);
+                gemm_block(isa, rb, hd, qp, kp, tpad, 0, n, None, Act::None, s, n);
                 let bias = tables.as_ref().map(|(th, tw, side)| {
                     rel_bias(isa, rb, r0, hd, qp, th, tw, *side, &mut sc.rel);
                     let (bh, bw) = sc.rel.split_at(rb * side);
                     (&bh[..rb * side], &bw[..rb * side], *side)
                 });
+                let mask = causal.then_some(r0);
                 if isa == Isa::Avx512 {
                     // SAFETY: `Isa::detect` found AVX-512F.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        bias_softmax_avx512(s, t, scale, bias)
+                        bias_softmax_avx512(s, n, scale, bias, mask)
                     };
                 } else if simd {
                     // SAFETY: `has_fma()` checked the CPU supports AVX2 and FMA.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        bias_softmax_avx2(s, t, scale, bias)
+                        bias_softmax_avx2(s, n, scale, bias, mask)
                     };
                 } else {
-                    bias_softmax(s, t, scale, bias);
+                    bias_softmax(s, n, scale, bias, mask);
                 }
                 let pm = MatRef {
                     data: s,
-                    rs: t,
+                    rs: n,
                     cs: 1,
                 };
                 // SAFETY: `out` holds `blocks * t * width` values (asserted above); this job
                 // alone writes rows `r0..r0 + rb` of block `b`, columns `h * hd..(h + 1) * hd`
-                // (rows `width` apart), so no two jobs touch the same element.
+                // (rows `width` apart), so no two jobs touch the same element. `n` is `t` or a
+                // multiple of `KC` (`RB` is), so v's packing for `t` rows serves the first `n`.
                 unsafe {
                     let c = dst.at((b * t + r0) * width + h * hd);
                     gemm_block_raw(
                         isa,
                         rb,
-                        t,
+                        n,
                         ASrc::Raw(pm),
                         Panels::F32(&sc.v),
                         npad,
@@ -2262,22 +2393,27 @@ mod tests {
         let base: Vec<f32> = seeded(t * t, 7).iter().map(|v| v * 30.0).collect();
         let h = seeded(t * side, 8);
         let w = seeded(t * side, 9);
-        for bias in [None, Some((&h[..], &w[..], side))] {
+        let cases = [
+            (None, None),
+            (Some((&h[..], &w[..], side)), None),
+            (None, Some(5)),
+        ];
+        for (bias, causal) in cases {
             let mut want = base.clone();
-            bias_softmax(&mut want, t, 0.125, bias);
+            bias_softmax(&mut want, t, 0.125, bias, causal);
             #[cfg(target_arch = "x86_64")]
             {
                 if std::is_x86_feature_detected!("avx512f") {
                     let mut got = base.clone();
                     // SAFETY: AVX-512F detected.
-                    unsafe { bias_softmax_avx512(&mut got, t, 0.125, bias) };
-                    assert_eq!(got, want, "AVX-512 softmax, bias {}", bias.is_some());
+                    unsafe { bias_softmax_avx512(&mut got, t, 0.125, bias, causal) };
+                    assert_eq!(got, want, "AVX-512 softmax, {bias:?} {causal:?}");
                 }
                 if has_fma() {
                     let mut got = base.clone();
                     // SAFETY: AVX2 and FMA detected.
-                    unsafe { bias_softmax_avx2(&mut got, t, 0.125, bias) };
-                    assert_eq!(got, want, "AVX2 softmax, bias {}", bias.is_some());
+                    unsafe { bias_softmax_avx2(&mut got, t, 0.125, bias, causal) };
+                    assert_eq!(got, want, "AVX2 softmax, {bias:?} {causal:?}");
                 }
             }
         }
@@ -2408,6 +2544,68 @@ mod tests {
                                 format!("block {b} head {h} row {i} col {c} (t {t}, hd {hd})")
                             });
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn causal_attention_sees_only_earlier_keys() {
+        // Two kv heads shared by four query heads; 300 positions span two row blocks, the
+        // first of which multiplies only its own 256 keys.
+        let (blocks, heads, kv_heads, t, hd) = (2, 4, 2, 300, 24);
+        eprintln!("causal attention seeds 31-33: {blocks} x {heads} heads, t {t}, hd {hd}");
+        let q = seeded(blocks * heads * t * hd, 31);
+        let k = seeded(blocks * kv_heads * t * hd, 32);
+        let v = seeded(blocks * kv_heads * t * hd, 33);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![f32::NAN; blocks * t * heads * hd];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            causal_attention(
+                blocks,
+                heads,
+                kv_heads,
+                t,
+                hd,
+                [&q, &k, &v],
+                scale,
+                &mut out,
+            )
+        });
+        let row = |x: &[f32], b: usize, h: usize, n: usize, i: usize| {
+            let at = ((b * n + h) * t + i) * hd;
+            x[at..at + hd]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect::<Vec<_>>()
+        };
+        for b in 0..blocks {
+            for h in 0..heads {
+                let kh = h / (heads / kv_heads);
+                for i in (0..t).step_by(7).chain([255, 256, t - 1]) {
+                    let qi = row(&q, b, h, heads, i);
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            let kj = row(&k, b, kh, kv_heads, j);
+                            qi.iter().zip(&kj).map(|(x, y)| x * y).sum::<f64>() * f64::from(scale)
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..hd {
+                        let want: f64 = (0..=i)
+                            .map(|j| e[j] / sum * row(&v, b, kh, kv_heads, j)[c])
+                            .sum();
+                        let got = out[(b * t + i) * heads * hd + h * hd + c];
+                        check_one(got, want as f32, t, || {
+                            format!("block {b} head {h} row {i} col {c}")
+                        });
                     }
                 }
             }
