@@ -1808,7 +1808,7 @@ impl<'a> Operand<'a> {
 /// `KC` boundary of the packed values (or at `t`) and the packing of all `t` can be read for
 /// the first keys alone.
 const RB: usize = 256;
-const _: () = assert!(RB % KC == 0);
+const _: () = assert!(RB.is_multiple_of(KC));
 
 /// The body of [`attention`] and [`causal_attention`].
 fn attend_heads(
