@@ -1,7 +1,9 @@
 //! Lethe's CPU kernels for f32, shared by the encoder and the decoder: a packed, cache-blocked
 //! SGEMM with a 6x32 micro-kernel in AVX-512 or AVX2/FMA (a portable fallback elsewhere), fused
-//! bias and activation epilogues, multi-head attention with SAM's relative-position bias, and a
-//! decode step's attention of one query row over a KV cache ([`attend_step`]).
+//! bias and activation epilogues, multi-head attention that reads the heads where the
+//! projections left them ([`attention`], with SAM's relative-position bias; [`causal_attention`]
+//! for a decoder's prefill), and a decode step's attention of one query row over a KV cache
+//! ([`attend_step`]).
 //! They work on plain slices; the model crates wrap them for tensors.
 //!
 //! The blocking follows the BLIS design: `KC` deep panels of B (`NR` columns) stay in L1
