@@ -1340,6 +1340,37 @@ unsafe fn kernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Til
     }
 }
 
+/// Stores a whole tile's accumulators, two registers of `$w` lanes a row for columns `$col..`,
+/// straight into C at `$c`: plus the bias on the first k-block, else plus what C holds. The
+/// intrinsics name the register width; call it where the caller's `unsafe` covers the loads
+/// and stores (a whole tile inside the block `$t` describes).
+#[cfg(target_arch = "x86_64")]
+macro_rules! store_whole {
+    ($acc:expr, $c:expr, $t:expr, $col:expr, $w:expr, $load:ident, $add:ident, $store:ident) => {{
+        let bias = $t.bias.map(|b| {
+            (
+                $load(b.as_ptr().add($col)),
+                $load(b.as_ptr().add($col + $w)),
+            )
+        });
+        for (r, row) in $acc.iter().enumerate() {
+            let cp = $c.add(r * $t.ldc + $col);
+            let (mut v0, mut v1) = (row[0], row[1]);
+            if $t.first {
+                if let Some((x0, x1)) = bias {
+                    v0 = $add(v0, x0);
+                    v1 = $add(v1, x1);
+                }
+            } else {
+                v0 = $add(v0, $load(cp));
+                v1 = $add(v1, $load(cp.add($w)));
+            }
+            $store(cp, v0);
+            $store(cp.add($w), v1);
+        }
+    }};
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
@@ -1360,27 +1391,16 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) 
             }
         }
         if t.whole_without_act() {
-            let bias = t.bias.map(|b| {
-                (
-                    _mm512_loadu_ps(b.as_ptr()),
-                    _mm512_loadu_ps(b.as_ptr().add(16)),
-                )
-            });
-            for (r, row) in acc.iter().enumerate() {
-                let cp = c.add(r * t.ldc);
-                let (mut v0, mut v1) = (row[0], row[1]);
-                if t.first {
-                    if let Some((x0, x1)) = bias {
-                        v0 = _mm512_add_ps(v0, x0);
-                        v1 = _mm512_add_ps(v1, x1);
-                    }
-                } else {
-                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(cp));
-                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(cp.add(16)));
-                }
-                _mm512_storeu_ps(cp, v0);
-                _mm512_storeu_ps(cp.add(16), v1);
-            }
+            store_whole!(
+                acc,
+                c,
+                t,
+                0,
+                16,
+                _mm512_loadu_ps,
+                _mm512_add_ps,
+                _mm512_storeu_ps
+            );
             return;
         }
         let mut tmp = [[0f32; NR]; MR];
@@ -1396,7 +1416,8 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
     // SAFETY: the caller checked AVX2 and FMA; every load reads within `a` (`kc * MR` values)
-    // and `b` (`kc * NR`); the tile is stored by `store_tile`, within `t`'s bounds.
+    // and `b` (`kc * NR`); the tile is stored (by `store_whole!` or `store_tile`) within `t`'s
+    // bounds.
     unsafe {
         use std::arch::x86_64::*;
         let mut tmp = [[0f32; NR]; MR];
@@ -1414,27 +1435,17 @@ unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
                 }
             }
             if t.whole_without_act() {
-                let bias = t.bias.map(|b| {
-                    (
-                        _mm256_loadu_ps(b.as_ptr().add(half * 16)),
-                        _mm256_loadu_ps(b.as_ptr().add(half * 16 + 8)),
-                    )
-                });
-                for (r, row) in acc.iter().enumerate() {
-                    let cp = c.add(r * t.ldc + half * 16);
-                    let (mut v0, mut v1) = (row[0], row[1]);
-                    if t.first {
-                        if let Some((x0, x1)) = bias {
-                            v0 = _mm256_add_ps(v0, x0);
-                            v1 = _mm256_add_ps(v1, x1);
-                        }
-                    } else {
-                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cp));
-                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cp.add(8)));
-                    }
-                    _mm256_storeu_ps(cp, v0);
-                    _mm256_storeu_ps(cp.add(8), v1);
-                }
+                let col = half * 16;
+                store_whole!(
+                    acc,
+                    c,
+                    t,
+                    col,
+                    8,
+                    _mm256_loadu_ps,
+                    _mm256_add_ps,
+                    _mm256_storeu_ps
+                );
                 continue;
             }
             for (r, row) in acc.iter().enumerate() {
