@@ -853,7 +853,8 @@ fn sgemm_prepacked(
             "C holds {} values, not {m} x {n}",
             c.len()
         );
-        let ap = pack_a_full(m, k, &a);
+        let mut ap = Vec::new();
+        pack_a_into(m, k, &a, &mut ap);
         let mpad = m.div_ceil(MR) * MR;
         let per = panels.div_ceil(threads * 2).max(1) * NR;
         let out = OutPtr(c.as_mut_ptr());
@@ -962,7 +963,7 @@ fn gemm_block(
 }
 
 /// Where a GEMM reads A: as it lies, packed block by block as the product goes, or already
-/// packed by [`pack_a_full`] for `mpad` rows (shared by the threads of a column split).
+/// packed by [`pack_a_into`] for `mpad` rows (shared by the threads of a column split).
 #[derive(Clone, Copy)]
 enum ASrc<'a> {
     Raw(MatRef<'a>),
@@ -985,28 +986,17 @@ impl OutPtr {
     }
 }
 
-/// Packs all of A (`m` x `k`) into `MR`-row panels, one `KC` block of columns after another:
-/// block `pc` starts at `pc * mpad` (`mpad` = `m` rounded up to `MR`), and within it the panel
-/// of rows `i..i + MR` at `i * kc`, as [`gemm_block_raw`] reads it.
-fn pack_a_full(m: usize, k: usize, a: &MatRef) -> Vec<f32> {
-    let mut ap = Vec::new();
-    pack_a_into(m, k, a, &mut ap);
-    ap
-}
-
-/// [`pack_a_full`] into a buffer kept by the caller (resized, never read before written).
+/// Packs all of A (`m` x `k`) into `ap` (resized; every value written) as `MR`-row panels, one
+/// `KC` block of columns after another: block `pc` starts at `pc * mpad` (`mpad` = `m` rounded
+/// up to `MR`), and within it the panel of rows `i..i + MR` at `i * kc`, as [`gemm_block_raw`]
+/// reads it. The blocks are packed in parallel, so that a column split's threads do not wait
+/// for one of them to copy all of A.
 fn pack_a_into(m: usize, k: usize, a: &MatRef, ap: &mut Vec<f32>) {
     let mpad = m.div_ceil(MR) * MR;
     ap.resize(mpad * k, 0.0);
-    // The KC blocks are independent: packed side by side (the threads would otherwise wait
-    // for this copy, which is a fifth of a 101-row product's time).
-    ap[..mpad * k]
-        .par_chunks_mut(mpad * KC)
+    ap.par_chunks_mut(mpad * KC)
         .enumerate()
-        .for_each(|(i, block)| {
-            let pc = i * KC;
-            pack_a(a, 0, m, pc, block.len() / mpad, block);
-        });
+        .for_each(|(i, block)| pack_a(a, 0, m, i * KC, block.len() / mpad, block));
 }
 
 /// [`gemm_block`] writing through a raw pointer: `c` is row 0, column `j0`'s element of C.
