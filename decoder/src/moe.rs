@@ -97,7 +97,8 @@ pub struct Routing {
 /// The MoE block (`model.layers.N.mlp` for N >= `first_k_dense_replace`).
 #[derive(Debug, Clone)]
 pub struct Moe {
-    gate: Tensor,
+    /// The router, `[experts, hidden]`, in f32.
+    gate: Linear,
     experts: Vec<Mlp>,
     shared_experts: Option<Mlp>,
     top_k: usize,
@@ -112,6 +113,7 @@ impl Moe {
         let n = cfg.n_routed_experts.unwrap_or(0);
         let m = cfg.moe_intermediate_size;
         let gate = vb.pp("gate").get((n, h), "weight")?.to_dtype(DType::F32)?;
+        let gate = Linear::from_weight(gate, Quantization::None)?;
         let experts = (0..n)
             .map(|e| Mlp::new(vb.pp("experts").pp(e), h, m, quant))
             .collect::<Result<Vec<_>>>()?;
@@ -131,7 +133,7 @@ impl Moe {
 
     /// Routes `x` `[tokens, hidden]`: f32 gate logits, softmax, greedy top-k.
     pub fn route(&self, x: &Tensor) -> Result<Routing> {
-        let logits = x.to_dtype(DType::F32)?.matmul(&self.gate.t()?)?;
+        let logits = self.gate.forward(&x.to_dtype(DType::F32)?)?;
         let scores = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         let mut experts = Vec::with_capacity(scores.len());
         let mut weights = Vec::with_capacity(scores.len());
@@ -275,7 +277,7 @@ impl Moe {
 
     /// Bytes held by the weights.
     pub fn weight_bytes(&self) -> usize {
-        self.gate.elem_count() * 4
+        self.gate.weight_bytes()
             + self.experts.iter().map(Mlp::weight_bytes).sum::<usize>()
             + self.shared_experts.as_ref().map_or(0, Mlp::weight_bytes)
     }

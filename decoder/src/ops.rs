@@ -170,13 +170,9 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
             LinearWeight::Packed(p) => {
-                let x = x2.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                Tensor::from_vec(
-                    packed_product(p, &x, rows),
-                    (rows, self.out_dim),
-                    x2.device(),
-                )?
-                .to_dtype(x2.dtype())?
+                // Read in place when the rows are contiguous f32 (no copy).
+                let y = with_host_f32(&x2.to_dtype(DType::F32)?, |x| packed_product(p, x, rows))?;
+                Tensor::from_vec(y, (rows, self.out_dim), x2.device())?.to_dtype(x2.dtype())?
             }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             LinearWeight::Quant(q) => {
