@@ -1206,7 +1206,7 @@ impl Tile<'_> {
 /// `c.add(r * t.ldc + j)` must be valid for reads and writes for `r < t.mr`, `j < t.nr`, and
 /// untouched by other threads during the call.
 #[inline(always)]
-unsafe fn store_tile(acc: &[[f32; NR]; MR], c: *mut f32, t: &Tile) {
+unsafe fn store_tile(acc: &[[f32; NR]], c: *mut f32, t: &Tile) {
     for (r, acc_row) in acc.iter().enumerate().take(t.mr) {
         let mut row = *acc_row;
         if t.nr == NR {
@@ -1426,7 +1426,10 @@ unsafe fn kernel_avx2<const R: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut f
     // bounds.
     unsafe {
         use std::arch::x86_64::*;
-        let mut tmp = [[0f32; NR]; MR];
+        // Written whole (both halves of every row) before it is read, and only on the path
+        // that needs it: zeroing it on entry was a `memset` call a tile, 3% of an encode.
+        let mut tmp = std::mem::MaybeUninit::<[[f32; NR]; R]>::uninit();
+        let tp = tmp.as_mut_ptr().cast::<f32>();
         let ap = a.as_ptr();
         let whole = t.nr == NR && t.mr == R && (t.act == Act::None || !t.last);
         for half in 0..2 {
@@ -1456,14 +1459,14 @@ unsafe fn kernel_avx2<const R: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut f
                 continue;
             }
             for (r, row) in acc.iter().enumerate() {
-                _mm256_storeu_ps(tmp[r].as_mut_ptr().add(half * 16), row[0]);
-                _mm256_storeu_ps(tmp[r].as_mut_ptr().add(half * 16 + 8), row[1]);
+                _mm256_storeu_ps(tp.add(r * NR + half * 16), row[0]);
+                _mm256_storeu_ps(tp.add(r * NR + half * 16 + 8), row[1]);
             }
         }
         if whole {
             return;
         }
-        store_tile(&tmp, c, t);
+        store_tile(&tmp.assume_init(), c, t);
     }
 }
 
@@ -1531,7 +1534,7 @@ unsafe fn kernel_avx2_short<const R: usize>(
             }
             return;
         }
-        let mut tmp = [[0f32; NR]; MR];
+        let mut tmp = [[0f32; NR]; R];
         for r in 0..R {
             _mm256_storeu_ps(tmp[r].as_mut_ptr(), lo[r][0]);
             _mm256_storeu_ps(tmp[r].as_mut_ptr().add(8), lo[r][1]);
@@ -1616,7 +1619,9 @@ unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
 }
 
 /// Scales each `t`-long row of `s`, adds the decomposed relative bias (rows of `h` and `w`
-/// of length `side`), and applies softmax.
+/// of length `side`), and replaces it by its softmax numerators `exp(x - max)`, writing the
+/// inverse of each row's sum to `inv`: the caller scales the (much narrower) rows of
+/// `softmax . v` instead of the probabilities, a pass over the scores saved.
 #[inline(always)]
 fn bias_softmax(
     s: &mut [f32],
@@ -1624,8 +1629,9 @@ fn bias_softmax(
     scale: f32,
     bias: Option<(&[f32], &[f32], usize)>,
     causal_from: Option<usize>,
+    inv: &mut [f32],
 ) {
-    for (i, row) in s.chunks_exact_mut(t).enumerate() {
+    for (i, (row, inv)) in s.chunks_exact_mut(t).zip(inv.iter_mut()).enumerate() {
         // Causal rows (the first being query `r0`) see keys up to their own position: the
         // rest get probability 0.
         let row = match causal_from {
@@ -1652,7 +1658,8 @@ fn bias_softmax(
                 }
             }
         }
-        softmax_row(row);
+        let max = row_max(row);
+        *inv = 1.0 / exp_sum(row, max);
     }
 }
 
@@ -1666,8 +1673,9 @@ unsafe fn bias_softmax_avx512(
     scale: f32,
     bias: Option<(&[f32], &[f32], usize)>,
     causal_from: Option<usize>,
+    inv: &mut [f32],
 ) {
-    bias_softmax(s, t, scale, bias, causal_from)
+    bias_softmax(s, t, scale, bias, causal_from, inv)
 }
 
 /// [`bias_softmax`] compiled for AVX2 + FMA so that `exp` vectorises.
@@ -1679,8 +1687,9 @@ unsafe fn bias_softmax_avx2(
     scale: f32,
     bias: Option<(&[f32], &[f32], usize)>,
     causal_from: Option<usize>,
+    inv: &mut [f32],
 ) {
-    bias_softmax(s, t, scale, bias, causal_from)
+    bias_softmax(s, t, scale, bias, causal_from, inv)
 }
 
 /// `exp` in f32 (Cephes range reduction and polynomial; relative error about 1e-7), written
@@ -1744,7 +1753,17 @@ fn erf(x: f32) -> f32 {
 /// Numerically stable softmax of one row, in place.
 #[inline(always)]
 fn softmax_row(row: &mut [f32]) {
-    // Eight independent lanes so that the reductions vectorise.
+    let max = row_max(row);
+    let inv = 1.0 / exp_sum(row, max);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// The largest value of `row` (negative infinity when empty), in eight independent lanes so
+/// that the reduction vectorises.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = row.chunks_exact(8);
     for c in &mut chunks {
@@ -1752,27 +1771,32 @@ fn softmax_row(row: &mut [f32]) {
             *l = l.max(v);
         }
     }
-    let max = chunks
+    chunks
         .remainder()
         .iter()
         .chain(lanes.iter())
         .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    for v in row.iter_mut() {
-        *v = exp(*v - max);
-    }
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Replaces each value `v` of `row` by `exp(v - max)` and returns their sum, in one pass
+/// (eight lanes, then the remainder).
+#[inline(always)]
+fn exp_sum(row: &mut [f32], max: f32) -> f32 {
     let mut sums = [0f32; 8];
-    let mut chunks = row.chunks_exact(8);
+    let mut chunks = row.chunks_exact_mut(8);
     for c in &mut chunks {
-        for (l, &v) in sums.iter_mut().zip(c) {
-            *l += v;
+        for (l, v) in sums.iter_mut().zip(c.iter_mut()) {
+            *v = exp(*v - max);
+            *l += *v;
         }
     }
-    let sum: f32 = chunks.remainder().iter().sum::<f32>() + sums.iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
+    let mut rest = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        rest += *v;
     }
+    rest + sums.iter().sum::<f32>()
 }
 
 /// SAM's decomposed relative positions for [`attention`] over a `side` x `side` token grid:
@@ -1977,12 +2001,17 @@ fn attend_heads(
     let tpad = t.div_ceil(NR) * NR;
     let group = heads / kv_heads;
     let dst = OutPtr(out.as_mut_ptr());
-    (0..blocks * heads).into_par_iter().for_each_init(
-        || Scratch {
-            scores: vec![0f32; rb_max * t],
-            ..Scratch::default()
-        },
-        |sc, job| {
+    (0..blocks * heads).into_par_iter().for_each(|job| {
+        SCRATCH.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let sc = &mut *guard;
+            // Grown, never cleared: every value read is written first.
+            if sc.scores.len() < rb_max * t {
+                sc.scores.resize(rb_max * t, 0.0);
+            }
+            if sc.inv.len() < rb_max {
+                sc.inv.resize(rb_max, 0.0);
+            }
             let (b, h) = (job / heads, job % heads);
             // B = k^T (`hd` x `t`) and B = v (`t` x `hd`), packed straight from the rows.
             let km = k.rows(b, h / group, 0, t, hd);
@@ -2013,20 +2042,21 @@ fn attend_heads(
                     (&bh[..rb * side], &bw[..rb * side], *side)
                 });
                 let mask = causal.then_some(r0);
+                let inv = &mut sc.inv[..rb];
                 if isa == Isa::Avx512 {
                     // SAFETY: `Isa::detect` found AVX-512F.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        bias_softmax_avx512(s, n, scale, bias, mask)
+                        bias_softmax_avx512(s, n, scale, bias, mask, inv)
                     };
                 } else if simd {
                     // SAFETY: `has_fma()` checked the CPU supports AVX2 and FMA.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        bias_softmax_avx2(s, n, scale, bias, mask)
+                        bias_softmax_avx2(s, n, scale, bias, mask, inv)
                     };
                 } else {
-                    bias_softmax(s, n, scale, bias, mask);
+                    bias_softmax(s, n, scale, bias, mask, inv);
                 }
                 let pm = MatRef {
                     data: s,
@@ -2053,18 +2083,31 @@ fn attend_heads(
                         c,
                         width,
                     );
+                    // Each output row divided by its row's sum of numerators.
+                    for (i, &f) in sc.inv[..rb].iter().enumerate() {
+                        let row = std::slice::from_raw_parts_mut(c.add(i * width), hd);
+                        row.iter_mut().for_each(|x| *x *= f);
+                    }
                 }
                 r0 += rb;
             }
-        },
-    );
+        })
+    });
+}
+
+thread_local! {
+    /// Each thread's attention buffers, kept from job to job and call to call (allocating and
+    /// zeroing the scores for each call's jobs was 3% of an attention).
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// One attention job's buffers, kept across the jobs a thread runs.
 #[derive(Default)]
 struct Scratch {
-    /// One block of query rows' scores, `[rb, t]`.
+    /// One block of query rows' scores, `[rb, t]`, then their softmax numerators.
     scores: Vec<f32>,
+    /// The inverse of each row's sum of numerators, `[rb]`.
+    inv: Vec<f32>,
     /// One block of query rows packed as A.
     q: Vec<f32>,
     /// k^T and v packed as B.
@@ -2549,20 +2592,29 @@ mod tests {
         ];
         for (bias, causal) in cases {
             let mut want = base.clone();
-            bias_softmax(&mut want, t, 0.125, bias, causal);
+            let mut want_inv = vec![0f32; t];
+            bias_softmax(&mut want, t, 0.125, bias, causal, &mut want_inv);
+            // Numerators times the inverse sums are the softmax: each row sums to 1.
+            for (row, f) in want.chunks_exact(t).zip(&want_inv) {
+                let total: f32 = row.iter().map(|v| v * f).sum();
+                assert!((total - 1.0).abs() < 1e-5, "row sums to {total}");
+            }
             #[cfg(target_arch = "x86_64")]
             {
+                let mut got = base.clone();
+                let mut inv = vec![0f32; t];
                 if std::is_x86_feature_detected!("avx512f") {
-                    let mut got = base.clone();
                     // SAFETY: AVX-512F detected.
-                    unsafe { bias_softmax_avx512(&mut got, t, 0.125, bias, causal) };
+                    unsafe { bias_softmax_avx512(&mut got, t, 0.125, bias, causal, &mut inv) };
                     assert_eq!(got, want, "AVX-512 softmax, {bias:?} {causal:?}");
+                    assert_eq!(inv, want_inv, "AVX-512 softmax sums, {bias:?} {causal:?}");
                 }
                 if has_fma() {
                     let mut got = base.clone();
                     // SAFETY: AVX2 and FMA detected.
-                    unsafe { bias_softmax_avx2(&mut got, t, 0.125, bias, causal) };
+                    unsafe { bias_softmax_avx2(&mut got, t, 0.125, bias, causal, &mut inv) };
                     assert_eq!(got, want, "AVX2 softmax, {bias:?} {causal:?}");
+                    assert_eq!(inv, want_inv, "AVX2 softmax sums, {bias:?} {causal:?}");
                 }
             }
         }
