@@ -16,9 +16,9 @@ use crate::ops::{with_host_f32, Linear, Quantization, Rotary};
 /// One attention block (`model.layers.N.self_attn`).
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked (`[(heads + 2 kv_heads) head_dim, hidden]`):
+    /// one product instead of three over the same input.
+    qkv_proj: Linear,
     o_proj: Linear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -143,9 +143,17 @@ impl Attention {
         let nh = cfg.num_attention_heads;
         let nkv = cfg.num_kv_heads();
         Ok(Self {
-            q_proj: Linear::load(&vb.pp("q_proj"), h, nh * hd, quant)?,
-            k_proj: Linear::load(&vb.pp("k_proj"), h, nkv * hd, quant)?,
-            v_proj: Linear::load(&vb.pp("v_proj"), h, nkv * hd, quant)?,
+            qkv_proj: Linear::from_weight(
+                Tensor::cat(
+                    &[
+                        vb.pp("q_proj").get((nh * hd, h), "weight")?,
+                        vb.pp("k_proj").get((nkv * hd, h), "weight")?,
+                        vb.pp("v_proj").get((nkv * hd, h), "weight")?,
+                    ],
+                    0,
+                )?,
+                quant,
+            )?,
             o_proj: Linear::load(&vb.pp("o_proj"), nh * hd, h, quant)?,
             num_heads: nh,
             num_kv_heads: nkv,
@@ -169,9 +177,14 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.q_proj.forward(x)?, self.num_heads)?;
-        let k = split(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let qkv = self.qkv_proj.forward(x)?;
+        let (qw, kw) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let q = split(qkv.narrow(2, 0, qw)?, self.num_heads)?;
+        let k = split(qkv.narrow(2, qw, kw)?, self.num_kv_heads)?;
+        let v = split(qkv.narrow(2, qw + kw, kw)?, self.num_kv_heads)?;
         let q = rotary.apply(&q, offset)?;
         let k = rotary.apply(&k, offset)?;
 
@@ -251,10 +264,7 @@ impl Attention {
 
     /// Bytes held by the projection weights.
     pub fn weight_bytes(&self) -> usize {
-        self.q_proj.weight_bytes()
-            + self.k_proj.weight_bytes()
-            + self.v_proj.weight_bytes()
-            + self.o_proj.weight_bytes()
+        self.qkv_proj.weight_bytes() + self.o_proj.weight_bytes()
     }
 }
 
