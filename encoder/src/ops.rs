@@ -432,20 +432,34 @@ pub(crate) fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
         cpu::attention(b, heads, t, hd, x.slice(), scale as f32, None, &mut out);
         return Ok(Tensor::from_vec(out, (b, t, dim), qkv.device())?);
     }
+    let (q, k, v) = split_heads(qkv, heads)?;
+    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
+    let probs = softmax_last_dim(&scores, v.dtype())?;
+    merge_heads(&probs.matmul(&v)?, b)
+}
+
+/// The tensor path's q, k and v from a fused projection's output `[b, t, 3 * heads * hd]`:
+/// each `[b * heads, t, hd]`, contiguous.
+pub(crate) fn split_heads(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, t, dim3) = qkv.dims3()?;
+    let hd = dim3 / 3 / heads;
     let qkv = qkv
         .reshape((b, t, 3, heads, hd))?
         .permute((2, 0, 3, 1, 4))?
         .contiguous()?
         .reshape((3, b * heads, t, hd))?;
-    let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-    let scores = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? * scale)?;
-    let probs = softmax_last_dim(&scores, v.dtype())?;
-    Ok(probs
-        .matmul(&v)?
-        .reshape((b, heads, t, hd))?
+    Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
+}
+
+/// [`split_heads`]'s inverse for an attention's output: `[b * heads, t, hd]` to
+/// `[b, t, heads * hd]`.
+pub(crate) fn merge_heads(x: &Tensor, b: usize) -> Result<Tensor> {
+    let (bh, t, hd) = x.dims3()?;
+    let heads = bh / b.max(1);
+    Ok(x.reshape((b, heads, t, hd))?
         .transpose(1, 2)?
         .contiguous()?
-        .reshape((b, t, dim))?)
+        .reshape((b, t, heads * hd))?)
 }
 
 #[cfg(test)]

@@ -101,14 +101,7 @@ impl Attention {
             crate::cpu::attention(b, nh, t, hd, x.slice(), scale as f32, Some(rel), &mut out);
             return Ok(Tensor::from_vec(out, (b, t, dim), qkv.device())?);
         }
-        let qkv = qkv
-            .reshape((b, t, 3, nh, hd))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?
-            .reshape((3, b * nh, t, hd))?;
-        let q = qkv.i(0)?;
-        let k = qkv.i(1)?;
-        let v = qkv.i(2)?;
+        let (q, k, v) = ops::split_heads(qkv, nh)?;
         let bh = b * nh;
 
         // Decomposed relative positions with the unscaled q.
@@ -162,11 +155,7 @@ impl Attention {
             outs.push(probs.matmul(&vc)?);
             start += n;
         }
-        Ok(Tensor::cat(&outs, 0)?
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, dim))?)
+        ops::merge_heads(&Tensor::cat(&outs, 0)?, b)
     }
 }
 

@@ -1193,10 +1193,10 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    /// A whole `MR` x `NR` tile with no activation to apply in this k-block: the kernels store
-    /// it straight from their registers.
-    fn whole_without_act(&self) -> bool {
-        self.mr == MR && self.nr == NR && (self.act == Act::None || !self.last)
+    /// Whether the tile is all of a kernel's `rows` x `NR` and has no activation to apply in
+    /// this k-block: the kernels then store it straight from their registers.
+    fn whole_without_act(&self, rows: usize) -> bool {
+        self.mr == rows && self.nr == NR && (self.act == Act::None || !self.last)
     }
 }
 
@@ -1391,7 +1391,7 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) 
                 row[1] = _mm512_fmadd_ps(av, b1, row[1]);
             }
         }
-        if t.whole_without_act() {
+        if t.whole_without_act(MR) {
             store_whole!(
                 acc,
                 c,
@@ -1431,7 +1431,7 @@ unsafe fn kernel_avx2<const R: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut f
         let mut tmp = std::mem::MaybeUninit::<[[f32; NR]; R]>::uninit();
         let tp = tmp.as_mut_ptr().cast::<f32>();
         let ap = a.as_ptr();
-        let whole = t.nr == NR && t.mr == R && (t.act == Act::None || !t.last);
+        let whole = t.whole_without_act(R);
         for half in 0..2 {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
             let bp = b.as_ptr().add(half * 16);
@@ -1519,7 +1519,7 @@ unsafe fn kernel_avx2_short<const R: usize>(
                 hi[r][1] = _mm256_fmadd_ps(av[r], b3, hi[r][1]);
             }
         }
-        if t.nr == NR && (t.act == Act::None || !t.last) {
+        if t.whole_without_act(R) {
             for (half, acc) in [lo, hi].iter().enumerate() {
                 store_whole!(
                     acc,
@@ -2101,7 +2101,7 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// One attention job's buffers, kept across the jobs a thread runs.
+/// One attention job's buffers, kept across the jobs and calls a thread runs ([`SCRATCH`]).
 #[derive(Default)]
 struct Scratch {
     /// One block of query rows' scores, `[rb, t]`, then their softmax numerators.
