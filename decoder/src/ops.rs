@@ -204,9 +204,7 @@ pub(crate) fn with_host_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Resul
 
 /// `x W^T` for `rows` rows of `x` (row-major), with `W` packed.
 pub(crate) fn packed_product(w: &PackedB, x: &[f32], rows: usize) -> Vec<f32> {
-    let mut y = vec![0f32; rows * w.n()];
-    w.matmul(rows, MatRef::rows(x, w.k()), None, Act::None, &mut y);
-    y
+    w.matmul_vec(rows, MatRef::rows(x, w.k()), None, Act::None)
 }
 
 /// RMSNorm as the reference: normalise in f32, cast back, then multiply by the weight.

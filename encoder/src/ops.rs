@@ -148,8 +148,7 @@ impl Linear {
                     ))
                 })?;
                 let bv = self.bias.as_ref().and_then(host_view);
-                let mut out = vec![0f32; rows * out_dim];
-                packed.matmul(
+                let out = packed.matmul_vec(
                     rows,
                     MatRef {
                         data: xv.slice(),
@@ -158,7 +157,6 @@ impl Linear {
                     },
                     bv.as_ref().map(|b| b.slice()),
                     act,
-                    &mut out,
                 );
                 return Ok(Tensor::from_vec(out, out_dims, x.device())?);
             }

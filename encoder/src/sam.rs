@@ -193,40 +193,64 @@ impl Grid {
     /// in row-major order, the padding filled with `fill`.
     fn partition(&self, tokens: &[f32], fill: &[f32]) -> Vec<f32> {
         let (c, ws, across) = (fill.len(), self.ws, self.across());
-        let mut out = vec![0f32; self.h.div_ceil(ws) * across * ws * ws * c];
-        out.par_chunks_mut(ws * ws * c)
-            .enumerate()
-            .for_each(|(win, dst)| {
-                let (y0, x0) = (win / across * ws, win % across * ws);
-                for (i, row) in dst.chunks_exact_mut(ws * c).enumerate() {
-                    for (j, token) in row.chunks_exact_mut(c).enumerate() {
-                        let (y, x) = (y0 + i, x0 + j);
-                        if y < self.h && x < self.w {
-                            token.copy_from_slice(&tokens[(y * self.w + x) * c..][..c]);
-                        } else {
-                            token.copy_from_slice(fill);
-                        }
-                    }
+        tokens_in_parallel(
+            self.h.div_ceil(ws) * across * ws * ws,
+            c,
+            ws * ws,
+            |win, i| {
+                let (y, x) = (win / across * ws + i / ws, win % across * ws + i % ws);
+                if y < self.h && x < self.w {
+                    &tokens[(y * self.w + x) * c..][..c]
+                } else {
+                    fill
                 }
-            });
-        out
+            },
+        )
     }
 
     /// `[windows, ws * ws, c]` back to `[h * w, c]`, dropping the padding.
     fn merge(&self, windows: &[f32], c: usize) -> Vec<f32> {
         let (ws, across) = (self.ws, self.across());
-        let mut out = vec![0f32; self.h * self.w * c];
-        out.par_chunks_mut(self.w * c)
-            .enumerate()
-            .for_each(|(y, row)| {
-                for (x, token) in row.chunks_exact_mut(c).enumerate() {
-                    let win = y / ws * across + x / ws;
-                    let at = (win * ws * ws + (y % ws) * ws + x % ws) * c;
-                    token.copy_from_slice(&windows[at..at + c]);
-                }
-            });
-        out
+        tokens_in_parallel(self.h * self.w, c, self.w, |y, x| {
+            let win = y / ws * across + x / ws;
+            &windows[(win * ws * ws + (y % ws) * ws + x % ws) * c..][..c]
+        })
     }
+}
+
+/// `tokens` tokens of `c` values, copied in parallel in groups of `group` tokens: token `j` of
+/// group `g` is `source(g, j)`. The vector is not zeroed first (at small, zeroing the windows
+/// alone was a serial `memset` of 16 MB a block).
+///
+/// # Panics
+/// If a source is not `c` values long, or `group` does not divide `tokens`.
+fn tokens_in_parallel<'a>(
+    tokens: usize,
+    c: usize,
+    group: usize,
+    source: impl Fn(usize, usize) -> &'a [f32] + Sync,
+) -> Vec<f32> {
+    assert!(
+        c > 0 && group > 0 && tokens.is_multiple_of(group),
+        "{tokens} tokens in groups of {group}"
+    );
+    let mut out = Vec::with_capacity(tokens * c);
+    out.spare_capacity_mut()[..tokens * c]
+        .par_chunks_mut(group * c)
+        .enumerate()
+        .for_each(|(g, dst)| {
+            for (j, token) in dst.chunks_exact_mut(c).enumerate() {
+                let src = source(g, j);
+                assert_eq!(src.len(), c, "a token of {c} values");
+                for (d, &v) in token.iter_mut().zip(src) {
+                    d.write(v);
+                }
+            }
+        });
+    // SAFETY: the groups cover the `tokens * c` values exactly (`group` divides `tokens`) and
+    // every token of every group was written whole just above.
+    unsafe { out.set_len(tokens * c) };
+    out
 }
 
 /// One ViT block: pre-norm attention (windowed or global) and a GELU MLP.

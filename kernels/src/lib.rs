@@ -91,9 +91,26 @@ fn sgemm(
     act: Act,
     c: &mut [f32],
 ) {
+    assert!(
+        c.len() >= m * n,
+        "C holds {} values, not {m} x {n}",
+        c.len()
+    );
     let mut bp = Vec::new();
     pack_b_full(k, n, &b, &mut bp);
-    sgemm_prepacked(m, n, k, a, Panels::F32(&bp), bias, act, c);
+    // SAFETY: `c` holds `m * n` values (asserted above), borrowed mutably for the call.
+    unsafe {
+        sgemm_prepacked(
+            m,
+            n,
+            k,
+            a,
+            Panels::F32(&bp),
+            bias,
+            act,
+            OutPtr(c.as_mut_ptr()),
+        )
+    };
 }
 
 /// A weight matrix packed once for [`PackedB::matmul`]: `B = W^T` for a `[n, k]` row-major
@@ -274,11 +291,49 @@ impl PackedB {
     }
 
     /// `c[m, n] = act(a[m, k] B + bias)`.
+    ///
+    /// # Panics
+    /// If `c` holds fewer than `m * n` values.
     pub fn matmul(&self, m: usize, a: MatRef, bias: Option<&[f32]>, act: Act, c: &mut [f32]) {
-        if (1..=GEMV_MAX_ROWS).contains(&m) && self.k > 0 {
-            gemv_packed(m, self.n, self.k, a, self.data.panels(), bias, act, c);
-        } else {
-            sgemm_prepacked(m, self.n, self.k, a, self.data.panels(), bias, act, c);
+        assert!(
+            c.len() >= m * self.n,
+            "C holds {} values, not {m} x {}",
+            c.len(),
+            self.n
+        );
+        // SAFETY: `c` holds `m * n` values (asserted above), borrowed mutably for the call.
+        unsafe { self.matmul_raw(m, a, bias, act, c.as_mut_ptr()) }
+    }
+
+    /// [`PackedB::matmul`] into a new vector of `m * n` values, which the product writes
+    /// without zeroing them first (for a layer's output, a serial `memset` as large as the
+    /// output, 2-3% of an encode).
+    pub fn matmul_vec(&self, m: usize, a: MatRef, bias: Option<&[f32]>, act: Act) -> Vec<f32> {
+        let len = m * self.n;
+        let mut c = Vec::with_capacity(len);
+        // SAFETY: the capacity is `m * n` values; `matmul_raw` writes every one of them.
+        unsafe {
+            self.matmul_raw(m, a, bias, act, c.as_mut_ptr());
+            c.set_len(len);
+        }
+        c
+    }
+
+    /// [`PackedB::matmul`] through a pointer to C, which is only written before it is read
+    /// (every value of C is written by the first `KC` block of the product).
+    ///
+    /// # Safety
+    /// `c` must be valid for writes (and reads, once written) of `m * n` values that no other
+    /// code touches during the call.
+    unsafe fn matmul_raw(&self, m: usize, a: MatRef, bias: Option<&[f32]>, act: Act, c: *mut f32) {
+        let c = OutPtr(c);
+        // SAFETY: as the caller vouches.
+        unsafe {
+            if (1..=GEMV_MAX_ROWS).contains(&m) && self.k > 0 {
+                gemv_packed(m, self.n, self.k, a, self.data.panels(), bias, act, c);
+            } else {
+                sgemm_prepacked(m, self.n, self.k, a, self.data.panels(), bias, act, c);
+            }
         }
     }
 }
@@ -297,8 +352,11 @@ const GEMV_PARALLEL_MIN: usize = 1_500_000;
 type PanelAcc = [[f32; NR]; GEMV_MAX_ROWS];
 
 /// [`PackedB::matmul`] for `m <= GEMV_MAX_ROWS` rows.
+///
+/// # Safety
+/// As [`PackedB::matmul_raw`] (C is only written).
 #[allow(clippy::too_many_arguments)]
-fn gemv_packed(
+unsafe fn gemv_packed(
     m: usize,
     n: usize,
     k: usize,
@@ -306,7 +364,7 @@ fn gemv_packed(
     bp: Panels,
     bias: Option<&[f32]>,
     act: Act,
-    c: &mut [f32],
+    c: OutPtr,
 ) {
     let npad = n.div_ceil(NR) * NR;
     let panels = npad / NR;
@@ -350,9 +408,12 @@ fn gemv_packed(
         let j0 = panel * NR;
         let nr = NR.min(n - j0);
         for (r, acc_row) in acc.iter().enumerate().take(m) {
-            let dst = &mut c[r * n + j0..r * n + j0 + nr];
-            for (j, (d, &v)) in dst.iter_mut().zip(acc_row).enumerate() {
-                *d = apply(act, v + bias.map_or(0.0, |b| b[j0 + j]));
+            for (j, &v) in acc_row.iter().enumerate().take(nr) {
+                // SAFETY: row `r < m`, column `j0 + j < n` of the C the caller vouches for.
+                unsafe {
+                    c.at(r * n + j0 + j)
+                        .write(apply(act, v + bias.map_or(0.0, |b| b[j0 + j])))
+                };
             }
         }
     }
@@ -822,8 +883,11 @@ fn gemv_panel_body<const R: usize>(
 const SPLIT_COLUMNS_BELOW: usize = 4 * MC;
 
 /// [`sgemm`] with B packed by [`pack_b_full`], parallel when the product is large.
+///
+/// # Safety
+/// As [`PackedB::matmul_raw`].
 #[allow(clippy::too_many_arguments)]
-fn sgemm_prepacked(
+unsafe fn sgemm_prepacked(
     m: usize,
     n: usize,
     k: usize,
@@ -831,13 +895,39 @@ fn sgemm_prepacked(
     bp: Panels,
     bias: Option<&[f32]>,
     act: Act,
-    c: &mut [f32],
+    c: OutPtr,
 ) {
     let threads = rayon::current_num_threads().max(1);
     let npad = n.div_ceil(NR) * NR;
     let isa = Isa::detect();
+    // One thread's block of rows `r0..r0 + rows`, or all of them.
+    let rows_on_one = |r0: usize, rows: usize| {
+        let a = MatRef {
+            data: &a.data[r0 * a.rs..],
+            rs: a.rs,
+            cs: a.cs,
+        };
+        // SAFETY: rows `r0..r0 + rows` of the C the caller vouches for, `n` apart; the threads
+        // of a row split write disjoint rows.
+        unsafe {
+            gemm_block_raw(
+                isa,
+                rows,
+                k,
+                ASrc::Raw(a),
+                bp,
+                npad,
+                0,
+                n,
+                bias,
+                act,
+                c.at(r0 * n),
+                n,
+            )
+        }
+    };
     if threads == 1 || m * n * k < (1 << 21) {
-        gemm_block(isa, m, k, ASrc::Raw(a), bp, npad, 0, n, bias, act, c, n);
+        rows_on_one(0, m);
         return;
     }
     if m < SPLIT_COLUMNS_BELOW {
@@ -845,61 +935,32 @@ fn sgemm_prepacked(
         // each writes its columns of C in place.
         let panels = npad / NR;
         if panels < 2 {
-            gemm_block(isa, m, k, ASrc::Raw(a), bp, npad, 0, n, bias, act, c, n);
+            rows_on_one(0, m);
             return;
         }
-        assert!(
-            c.len() >= m * n,
-            "C holds {} values, not {m} x {n}",
-            c.len()
-        );
         let mut ap = Vec::new();
         pack_a_into(m, k, &a, &mut ap);
         let mpad = m.div_ceil(MR) * MR;
         let per = panels.div_ceil(threads * 2).max(1) * NR;
-        let out = OutPtr(c.as_mut_ptr());
         (0..n.div_ceil(per)).into_par_iter().for_each(|i| {
             let j0 = i * per;
             let len = per.min(n - j0);
             let a = ASrc::Packed { data: &ap, mpad };
-            // SAFETY: C holds `m x n` values (asserted above) and the parts write disjoint
-            // column ranges `j0..j0 + len` of it.
-            unsafe { gemm_block_raw(isa, m, k, a, bp, npad, j0, len, bias, act, out.at(j0), n) };
+            // SAFETY: the C the caller vouches for; the parts write disjoint column ranges
+            // `j0..j0 + len` of it.
+            unsafe { gemm_block_raw(isa, m, k, a, bp, npad, j0, len, bias, act, c.at(j0), n) };
         });
         return;
     }
     if m < 2 * MR {
-        gemm_block(isa, m, k, ASrc::Raw(a), bp, npad, 0, n, bias, act, c, n);
+        rows_on_one(0, m);
         return;
     }
     // Near-equal row ranges, multiples of MR, a few per thread for balance.
     let per = m.div_ceil(threads * 2).div_ceil(MR) * MR;
-    c[..m * n]
-        .par_chunks_mut(per * n)
-        .enumerate()
-        .for_each(|(t, cc)| {
-            let r0 = t * per;
-            let rows = cc.len() / n;
-            let a_sub = MatRef {
-                data: &a.data[r0 * a.rs..],
-                rs: a.rs,
-                cs: a.cs,
-            };
-            gemm_block(
-                isa,
-                rows,
-                k,
-                ASrc::Raw(a_sub),
-                bp,
-                npad,
-                0,
-                n,
-                bias,
-                act,
-                cc,
-                n,
-            );
-        });
+    (0..m.div_ceil(per))
+        .into_par_iter()
+        .for_each(|i| rows_on_one(i * per, per.min(m - i * per)));
 }
 
 /// Packs all of B (`k` x `n`) into `bp`: for each `KC` block of rows, `NR`-column panels of
@@ -970,7 +1031,8 @@ enum ASrc<'a> {
     Packed { data: &'a [f32], mpad: usize },
 }
 
-/// C's first element, shared by the threads of a column split (each writes its own columns).
+/// C's first element, shared by the threads of a split product (each writes its own rows or
+/// columns).
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 
@@ -980,7 +1042,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    /// The address of column `j` of row 0.
+    /// The address of the `j`-th value from C's first.
     fn at(self, j: usize) -> *mut f32 {
         self.0.wrapping_add(j)
     }
@@ -1003,7 +1065,8 @@ fn pack_a_into(m: usize, k: usize, a: &MatRef, ap: &mut Vec<f32>) {
 ///
 /// # Safety
 /// `c.add(i * ldc + j)` must be valid for writes for every `i < m`, `j < len`, and no other
-/// thread may touch those elements during the call.
+/// thread may touch those elements during the call. They may be uninitialised: each is written
+/// by the first `KC` block of the product before any later block reads it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_block_raw(
     isa: Isa,
@@ -1209,33 +1272,38 @@ impl Tile<'_> {
 /// Stores an `MR` x `NR` accumulator block into C at `c`.
 ///
 /// # Safety
-/// `c.add(r * t.ldc + j)` must be valid for reads and writes for `r < t.mr`, `j < t.nr`, and
+/// `c.add(r * t.ldc + j)` must be valid for writes for `r < t.mr`, `j < t.nr`, and for reads
+/// too unless `t.first` (the first k-block only writes C, which may be uninitialised), and
 /// untouched by other threads during the call.
 #[inline(always)]
 unsafe fn store_tile(acc: &[[f32; NR]], c: *mut f32, t: &Tile) {
     for (r, acc_row) in acc.iter().enumerate().take(t.mr) {
         let mut row = *acc_row;
+        // SAFETY: one row of the tile, inside the block the caller vouches for.
+        let dst = unsafe { c.add(r * t.ldc) };
         if t.nr == NR {
             // A whole row: lengths known at compile time, so the loops below unroll and the
             // copy is a few vector moves instead of a `memcpy` call.
-            // SAFETY: one row of the tile, `NR` values inside the block the caller vouches
-            // for; `[f32; NR]` needs only `f32`'s alignment.
-            let dst = unsafe { &mut *c.add(r * t.ldc).cast::<[f32; NR]>() };
-            finish_row(&mut row, dst, t);
-            *dst = row;
+            // SAFETY: as above, read only when the caller allows it.
+            unsafe { finish_row(&mut row, dst, t) };
+            // SAFETY: `NR` values of the row; `[f32; NR]` needs only `f32`'s alignment.
+            unsafe { dst.cast::<[f32; NR]>().write(row) };
         } else {
-            // SAFETY: one row of the tile, inside the block the caller vouches for.
-            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * t.ldc), t.nr) };
-            finish_row(&mut row[..t.nr], dst, t);
-            dst.copy_from_slice(&row[..t.nr]);
+            // SAFETY: as above.
+            unsafe { finish_row(&mut row[..t.nr], dst, t) };
+            // SAFETY: the tile's `t.nr` values of the row.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst, t.nr) };
         }
     }
 }
 
-/// One row of a tile before it is stored: the bias on the first k-block (else what C holds so
-/// far) added, and the activation applied on the last.
+/// One row of a tile before it is stored at `dst`: the bias on the first k-block (else what C
+/// holds so far, read from `dst`) added, and the activation applied on the last.
+///
+/// # Safety
+/// Unless `t.first`, `dst` must be valid for reads of `row.len()` values.
 #[inline(always)]
-fn finish_row(row: &mut [f32], dst: &[f32], t: &Tile) {
+unsafe fn finish_row(row: &mut [f32], dst: *const f32, t: &Tile) {
     if t.first {
         if let Some(b) = t.bias {
             for (x, &bv) in row.iter_mut().zip(b) {
@@ -1243,7 +1311,9 @@ fn finish_row(row: &mut [f32], dst: &[f32], t: &Tile) {
             }
         }
     } else {
-        for (x, &d) in row.iter_mut().zip(dst) {
+        // SAFETY: the caller vouches for the row after the first k-block.
+        let held = unsafe { std::slice::from_raw_parts(dst, row.len()) };
+        for (x, &d) in row.iter_mut().zip(held) {
             *x += d;
         }
     }
@@ -2473,6 +2543,48 @@ mod tests {
                     "{kind} {isa:?} {m}x{n}x{k} panel {panel}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn products_write_c_without_reading_what_it_held() {
+        // Every path of `matmul` (matrix-vector, one thread, split by columns, split by rows),
+        // several KC blocks and an activation: C filled with NaN first must come out exactly
+        // as C filled with zeros, and as `matmul_vec`'s uninitialised vector.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (case, &(m, n, k)) in [(3, 70, 300), (20, 40, 30), (65, 200, 600), (600, 64, 300)]
+            .iter()
+            .enumerate()
+        {
+            let w = seeded(n * k, 900 + case as u32);
+            let a = seeded(m * k, 950 + case as u32);
+            let bias = seeded(n, 990 + case as u32);
+            let packed = PackedB::from_rows(&w, n, k);
+            let am = MatRef::rows(&a, k);
+            let (mut zeros, mut nans) = (vec![0f32; m * n], vec![f32::NAN; m * n]);
+            let fresh = pool.install(|| {
+                packed.matmul(m, am, Some(&bias), Act::Gelu, &mut zeros);
+                packed.matmul(m, am, Some(&bias), Act::Gelu, &mut nans);
+                packed.matmul_vec(m, am, Some(&bias), Act::Gelu)
+            });
+            let want = naive_linear(m, n, k, &a, &w, &bias, Act::Gelu);
+            for (i, &y) in zeros.iter().enumerate() {
+                check_one(y, want[i], k, || format!("{m}x{n}x{k} value {i}"));
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&nans),
+                bits(&zeros),
+                "{m}x{n}x{k}: C's old values leak in"
+            );
+            assert_eq!(
+                bits(&fresh),
+                bits(&zeros),
+                "{m}x{n}x{k}: matmul_vec differs"
+            );
         }
     }
 
