@@ -51,6 +51,8 @@ pub struct Clip {
     class_embedding: Tensor,
     /// `[1 + g * g, width]` at the native grid.
     position_embedding: Tensor,
+    /// `position_embedding` resized for the grids seen so far.
+    resized_positions: ops::PerGrid,
     native_grid: usize,
     pre_layrnorm: LayerNorm,
     layers: Vec<Layer>,
@@ -89,6 +91,7 @@ impl Clip {
         Ok(Self {
             class_embedding,
             position_embedding,
+            resized_positions: ops::PerGrid::default(),
             native_grid: g,
             pre_layrnorm,
             layers,
@@ -108,13 +111,15 @@ impl Clip {
         if grid == self.native_grid {
             return Ok(self.position_embedding.clone());
         }
-        let g = self.native_grid;
-        let host = ops::to_host(&self.position_embedding.narrow(0, 1, g * g)?)?;
-        let out = ops::resize_bicubic_aa(&host, (g, g, self.width), (grid, grid));
-        let grid_t = Tensor::from_vec(out, (grid * grid, self.width), self.device())?
-            .to_dtype(self.position_embedding.dtype())?;
-        let cls = self.position_embedding.narrow(0, 0, 1)?;
-        Ok(Tensor::cat(&[&cls, &grid_t], 0)?)
+        self.resized_positions.get_or(grid, || {
+            let g = self.native_grid;
+            let host = ops::to_host(&self.position_embedding.narrow(0, 1, g * g)?)?;
+            let out = ops::resize_bicubic_aa(&host, (g, g, self.width), (grid, grid));
+            let grid_t = Tensor::from_vec(out, (grid * grid, self.width), self.device())?
+                .to_dtype(self.position_embedding.dtype())?;
+            let cls = self.position_embedding.narrow(0, 0, 1)?;
+            Ok(Tensor::cat(&[&cls, &grid_t], 0)?)
+        })
     }
 
     /// Runs CLIP on SAM features `[n, t, width]` (t a square grid). Returns `[n, t, width]`

@@ -11,7 +11,6 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
-use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -193,7 +192,7 @@ impl Grid {
     /// in row-major order, the padding filled with `fill`.
     fn partition(&self, tokens: &[f32], fill: &[f32]) -> Vec<f32> {
         let (c, ws, across) = (fill.len(), self.ws, self.across());
-        tokens_in_parallel(
+        ops::tokens_in_parallel(
             self.h.div_ceil(ws) * across * ws * ws,
             c,
             ws * ws,
@@ -211,46 +210,11 @@ impl Grid {
     /// `[windows, ws * ws, c]` back to `[h * w, c]`, dropping the padding.
     fn merge(&self, windows: &[f32], c: usize) -> Vec<f32> {
         let (ws, across) = (self.ws, self.across());
-        tokens_in_parallel(self.h * self.w, c, self.w, |y, x| {
+        ops::tokens_in_parallel(self.h * self.w, c, self.w, |y, x| {
             let win = y / ws * across + x / ws;
             &windows[(win * ws * ws + (y % ws) * ws + x % ws) * c..][..c]
         })
     }
-}
-
-/// `tokens` tokens of `c` values, copied in parallel in groups of `group` tokens: token `j` of
-/// group `g` is `source(g, j)`. The vector is not zeroed first (at small, zeroing the windows
-/// alone was a serial `memset` of 16 MB a block).
-///
-/// # Panics
-/// If a source is not `c` values long, or `group` does not divide `tokens`.
-fn tokens_in_parallel<'a>(
-    tokens: usize,
-    c: usize,
-    group: usize,
-    source: impl Fn(usize, usize) -> &'a [f32] + Sync,
-) -> Vec<f32> {
-    assert!(
-        c > 0 && group > 0 && tokens.is_multiple_of(group),
-        "{tokens} tokens in groups of {group}"
-    );
-    let mut out = Vec::with_capacity(tokens * c);
-    out.spare_capacity_mut()[..tokens * c]
-        .par_chunks_mut(group * c)
-        .enumerate()
-        .for_each(|(g, dst)| {
-            for (j, token) in dst.chunks_exact_mut(c).enumerate() {
-                let src = source(g, j);
-                assert_eq!(src.len(), c, "a token of {c} values");
-                for (d, &v) in token.iter_mut().zip(src) {
-                    d.write(v);
-                }
-            }
-        });
-    // SAFETY: the groups cover the `tokens * c` values exactly (`group` divides `tokens`) and
-    // every token of every group was written whole just above.
-    unsafe { out.set_len(tokens * c) };
-    out
 }
 
 /// One ViT block: pre-norm attention (windowed or global) and a GELU MLP.
@@ -338,6 +302,8 @@ pub struct Sam {
     patch_size: usize,
     /// `[g, g, width]` at the native grid.
     pos_embed: Tensor,
+    /// `pos_embed` resized for the grids seen so far.
+    resized_pos: ops::PerGrid,
     blocks: Vec<Block>,
     neck0: Linear,
     neck1: LayerNorm,
@@ -406,6 +372,7 @@ impl Sam {
             patch,
             patch_size: p,
             pos_embed,
+            resized_pos: ops::PerGrid::default(),
             blocks,
             neck0: Linear::from_weight(n0.reshape((oc, c))?, None)?,
             neck1: LayerNorm::load(&vb.pp("neck.1"), oc, EPS)?,
@@ -430,12 +397,14 @@ impl Sam {
         if g == grid {
             return Ok(self.pos_embed.clone());
         }
-        let host = ops::to_host(&self.pos_embed)?;
-        let out = ops::resize_bicubic_aa(&host, (g, g, c), (grid, grid));
-        Ok(
-            Tensor::from_vec(out, (grid, grid, c), self.pos_embed.device())?
-                .to_dtype(self.pos_embed.dtype())?,
-        )
+        self.resized_pos.get_or(grid, || {
+            let host = ops::to_host(&self.pos_embed)?;
+            let out = ops::resize_bicubic_aa(&host, (g, g, c), (grid, grid));
+            Ok(
+                Tensor::from_vec(out, (grid, grid, c), self.pos_embed.device())?
+                    .to_dtype(self.pos_embed.dtype())?,
+            )
+        })
     }
 
     /// The relative tables block `block` uses at a `side` x `side` attention grid,
