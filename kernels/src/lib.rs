@@ -2344,6 +2344,15 @@ mod tests {
             .collect()
     }
 
+    /// Seeded `a` (`m` x `k`), weight (`n` x `k`) and bias (`n`) for a test case.
+    fn seeded_layer(m: usize, n: usize, k: usize, seed: u32) -> [Vec<f32>; 3] {
+        [
+            seeded(m * k, seed),
+            seeded(n * k, seed + 100),
+            seeded(n, seed + 200),
+        ]
+    }
+
     /// Every micro-kernel this machine can run, the portable one first.
     fn available_isas() -> Vec<Isa> {
         let mut isas = vec![Isa::Portable];
@@ -2382,9 +2391,7 @@ mod tests {
         .iter()
         .enumerate()
         {
-            let a = seeded(m * k, 1 + case as u32);
-            let w = seeded(n * k, 100 + case as u32);
-            let bias = seeded(n, 200 + case as u32);
+            let [a, w, bias] = seeded_layer(m, n, k, 1 + case as u32);
             let packed = PackedB::from_rows(&w, n, k);
             let am = MatRef {
                 data: &a,
@@ -2559,9 +2566,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let w = seeded(n * k, 900 + case as u32);
-            let a = seeded(m * k, 950 + case as u32);
-            let bias = seeded(n, 990 + case as u32);
+            let [a, w, bias] = seeded_layer(m, n, k, 900 + case as u32);
             let packed = PackedB::from_rows(&w, n, k);
             let am = MatRef::rows(&a, k);
             let (mut zeros, mut nans) = (vec![0f32; m * n], vec![f32::NAN; m * n]);
