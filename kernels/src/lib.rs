@@ -135,18 +135,12 @@ impl std::fmt::Debug for PackedB {
 
 impl PackedB {
     /// Packs the transpose of row-major `w` (`n` rows of `k`).
+    ///
+    /// # Panics
+    /// If `w` holds fewer than `n * k` values.
     pub fn from_rows(w: &[f32], n: usize, k: usize) -> Self {
-        let mut data = Vec::new();
-        pack_b_full(
-            k,
-            n,
-            &MatRef {
-                data: w,
-                rs: 1,
-                cs: k,
-            },
-            &mut data,
-        );
+        let mut data = vec![0f32; k * n.div_ceil(NR) * NR];
+        pack_rows(w, n, k, &mut data, |x| x);
         Self {
             data: Store::F32(data),
             k,
@@ -158,27 +152,20 @@ impl PackedB {
     /// exactly a bf16 (else an f16) value, as the weights of a checkpoint stored in bf16 or f16
     /// are once widened to f32. Products are bit-for-bit those of [`PackedB::from_rows`]: each
     /// panel is widened back to f32 just before the micro-kernel reads it.
+    ///
+    /// # Panics
+    /// If `w` holds fewer than `n * k` values.
     pub fn from_rows_compact(w: &[f32], n: usize, k: usize) -> Self {
         let Some(half) = widen::exact_half(&w[..n * k]) else {
             return Self::from_rows(w, n, k);
         };
-        // Packed one KC block at a time in f32, each narrowed into place: the load holds the
-        // 16-bit result plus one block, never the whole weight in f32 a second time.
-        let npad = n.div_ceil(NR) * NR;
-        let mut out = vec![0u16; k * npad];
-        let src = MatRef {
-            data: w,
-            rs: 1,
-            cs: k,
-        };
-        let mut block = Vec::new();
-        let mut pc = 0;
-        while pc < k {
-            let kc = KC.min(k - pc);
-            block.resize(kc * npad, 0.0);
-            pack_b(&src, pc, kc, 0, n, &mut block);
-            widen::narrow(half, &block, &mut out[pc * npad..(pc + kc) * npad]);
-            pc += kc;
+        // Narrowed as it is packed: the load holds the 16-bit result and `w`, never a second
+        // f32 copy.
+        let mut out = vec![0u16; k * n.div_ceil(NR) * NR];
+        // One build of the packing per form, so that no value goes through a `match`.
+        match half {
+            Half::Bf16 => pack_rows(w, n, k, &mut out, |x| (x.to_bits() >> 16) as u16),
+            Half::F16 => pack_rows(w, n, k, &mut out, |x| half::f16::from_f32(x).to_bits()),
         }
         Self {
             data: Store::Half(half, out),
@@ -207,32 +194,31 @@ impl PackedB {
             w.len()
         );
         let npad = n.div_ceil(NR) * NR;
-        let mut scales = vec![0u16; k / Q8_GROUP * npad];
+        let groups = k / Q8_GROUP;
+        // Each row quantised on its own (in parallel), its scales kept by row, then laid out
+        // `[k / 32, npad]`.
         let mut rows = vec![0i8; n * k];
-        for (col, (q, v)) in rows.chunks_exact_mut(k).zip(w.chunks_exact(k)).enumerate() {
-            for (g, (q, v)) in q
-                .chunks_exact_mut(Q8_GROUP)
-                .zip(v.chunks_exact(Q8_GROUP))
-                .enumerate()
-            {
-                scales[g * npad + col] = widen::quantize_q8(v, q);
-            }
-        }
-        // The panels' order (as `pack_b_full` lays out f32): for each `KC` block of inputs,
-        // `NR`-column panels of `kc` x `NR` values.
-        let mut quants = vec![0i8; k * npad];
-        for (col, row) in rows.chunks_exact(k).enumerate() {
-            let (panel, j) = (col / NR, col % NR);
-            let mut pc = 0;
-            while pc < k {
-                let kc = KC.min(k - pc);
-                let base = pc * npad + panel * NR * kc + j;
-                for (p, &q) in row[pc..pc + kc].iter().enumerate() {
-                    quants[base + p * NR] = q;
+        let mut row_scales = vec![0u16; n * groups];
+        rows.par_chunks_exact_mut(k)
+            .zip(row_scales.par_chunks_exact_mut(groups))
+            .zip(w[..n * k].par_chunks_exact(k))
+            .for_each(|((q, d), v)| {
+                for ((q, d), v) in q
+                    .chunks_exact_mut(Q8_GROUP)
+                    .zip(d)
+                    .zip(v.chunks_exact(Q8_GROUP))
+                {
+                    *d = widen::quantize_q8(v, q);
                 }
-                pc += kc;
+            });
+        let mut scales = vec![0u16; groups * npad];
+        for (col, d) in row_scales.chunks_exact(groups).enumerate() {
+            for (g, &d) in d.iter().enumerate() {
+                scales[g * npad + col] = d;
             }
         }
+        let mut quants = vec![0i8; k * npad];
+        pack_rows(&rows, n, k, &mut quants, |q| q);
         Self {
             data: Store::Q8 {
                 quants,
@@ -961,6 +947,61 @@ unsafe fn sgemm_prepacked(
     (0..m.div_ceil(per))
         .into_par_iter()
         .for_each(|i| rows_on_one(i * per, per.min(m - i * per)));
+}
+
+/// Lays out the transpose of row-major `w` (`n` rows of `k`) as [`pack_b_full`] lays out B,
+/// each value through `f`, into `out` (`k` x `n` rounded up to `NR`, zeros where the last panel
+/// is padded). A weight's load: each panel of each `KC` block is a job for rayon, written from
+/// `NR` rows of `w` read in order.
+///
+/// # Panics
+/// If `w` holds fewer than `n * k` values or `out` is not `k * npad` long.
+fn pack_rows<S, T>(w: &[S], n: usize, k: usize, out: &mut [T], f: impl Fn(S) -> T + Sync)
+where
+    S: Copy + Sync,
+    T: Copy + Default + Send,
+{
+    let npad = n.div_ceil(NR) * NR;
+    assert!(
+        w.len() >= n * k,
+        "{} values for a {n} x {k} weight",
+        w.len()
+    );
+    assert_eq!(out.len(), k * npad, "packing a {n} x {k} weight");
+    if out.is_empty() {
+        return;
+    }
+    out.par_chunks_mut(KC * npad)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let pc = block * KC;
+            let kc = out.len() / npad;
+            out.par_chunks_mut(NR * kc)
+                .enumerate()
+                .for_each(|(panel, out)| {
+                    let j0 = panel * NR;
+                    let lanes = NR.min(n - j0);
+                    // Eight inputs of every row at a time, turned in a small block on the
+                    // stack, so that both `w` and `out` are read and written in order.
+                    let mut block = [[T::default(); NR]; 8];
+                    let mut p0 = 0;
+                    while p0 < kc {
+                        let len = 8.min(kc - p0);
+                        let rows = w[j0 * k..n * k].chunks_exact(k).take(lanes);
+                        for (l, row) in rows.enumerate() {
+                            let inputs = &row[pc + p0..pc + p0 + len];
+                            for (b, &v) in block.iter_mut().zip(inputs) {
+                                b[l] = f(v);
+                            }
+                        }
+                        for (dp, b) in block[..len].iter().enumerate() {
+                            let at = (p0 + dp) * NR;
+                            out[at..at + lanes].copy_from_slice(&b[..lanes]);
+                        }
+                        p0 += len;
+                    }
+                });
+        });
 }
 
 /// Packs all of B (`k` x `n`) into `bp`: for each `KC` block of rows, `NR`-column panels of

@@ -39,26 +39,22 @@ pub enum Half {
 /// The 16-bit form that holds every value of `data` exactly (bf16 is tried first), or `None`
 /// when some value has neither: what a checkpoint stored in 16 bits gives once widened to f32.
 pub fn exact_half(data: &[f32]) -> Option<Half> {
-    if data.iter().all(|x| x.to_bits() & 0xffff == 0) {
+    use rayon::prelude::*;
+    // Chunks checked in parallel; within one, an OR of the low halves (which vectorises).
+    const CHUNK: usize = 1 << 16;
+    if data
+        .par_chunks(CHUNK)
+        .all(|c| c.iter().fold(0, |low, x| low | (x.to_bits() & 0xffff)) == 0)
+    {
         return Some(Half::Bf16);
     }
-    if data
-        .iter()
-        .all(|&x| f16::from_f32(x).to_f32().to_bits() == x.to_bits())
-    {
+    if data.par_chunks(CHUNK).all(|c| {
+        c.iter()
+            .all(|&x| f16::from_f32(x).to_f32().to_bits() == x.to_bits())
+    }) {
         return Some(Half::F16);
     }
     None
-}
-
-/// Writes `src` in the form `half` (which must hold each value exactly) into `dst`.
-pub(crate) fn narrow(half: Half, src: &[f32], dst: &mut [u16]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = match half {
-            Half::Bf16 => (x.to_bits() >> 16) as u16,
-            Half::F16 => f16::from_f32(x).to_bits(),
-        };
-    }
 }
 
 impl Store {
@@ -285,9 +281,21 @@ mod tests {
         assert_eq!(exact_half(&bf), Some(Half::Bf16));
         assert_eq!(exact_half(&h), Some(Half::F16));
         assert_eq!(exact_half(&[0.1f32, 1.0]), None);
+        // Checked in chunks: one value past the first chunk decides.
+        let mut long = vec![0.5f32; 3 << 16];
+        assert_eq!(exact_half(&long), Some(Half::Bf16));
+        long[(3 << 16) - 1] = h[0];
+        assert_eq!(exact_half(&long), Some(Half::F16));
+        long[1 << 16] = 0.1;
+        assert_eq!(exact_half(&long), None);
         for (half, data) in [(Half::Bf16, &bf[..]), (Half::F16, &h[..])] {
-            let mut values = vec![0u16; data.len()];
-            narrow(half, data, &mut values);
+            let values = data
+                .iter()
+                .map(|&x| match half {
+                    Half::Bf16 => (x.to_bits() >> 16) as u16,
+                    Half::F16 => f16::from_f32(x).to_bits(),
+                })
+                .collect();
             let store = Store::Half(half, values);
             let mut buf = vec![0f32; data.len()];
             let got = store.panels().slice(0, data.len(), &mut buf).to_vec();

@@ -171,6 +171,16 @@ impl Checkpoint {
         // The bytes go straight into the tensor's own storage (safetensors is little-endian, as
         // is every target this builds for), so a tensor costs one buffer, not two.
         let tensor = match entry.dtype {
+            // Widened here on every core: candle's `to_dtype` converts on one thread, and for a
+            // bf16 checkpoint loaded as f32 that was a quarter of the load.
+            DType::BF16 if dtype == DType::F32 => {
+                let wide = widen(&read_typed::<half::bf16>(entry, read)?, half::bf16::to_f32);
+                return Tensor::from_vec(wide, shape, device);
+            }
+            DType::F16 if dtype == DType::F32 => {
+                let wide = widen(&read_typed::<half::f16>(entry, read)?, half::f16::to_f32);
+                return Tensor::from_vec(wide, shape, device);
+            }
             DType::BF16 => Tensor::from_vec(read_typed::<half::bf16>(entry, read)?, shape, device)?,
             DType::F16 => Tensor::from_vec(read_typed::<half::f16>(entry, read)?, shape, device)?,
             DType::F32 => Tensor::from_vec(read_typed::<f32>(entry, read)?, shape, device)?,
@@ -191,6 +201,20 @@ impl Checkpoint {
     pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self), dtype, device.clone())
     }
+}
+
+/// `values` converted to f32 by `f`, in parallel chunks.
+fn widen<T: Copy + Sync>(values: &[T], f: impl Fn(T) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; values.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(values.par_chunks(1 << 16))
+        .for_each(|(out, values)| {
+            for (o, &v) in out.iter_mut().zip(values) {
+                *o = f(v);
+            }
+        });
+    out
 }
 
 /// A plain number type whose every bit pattern is a value (so bytes read from a file are one).
@@ -267,12 +291,33 @@ mod tests {
             ("a.weight".to_string(), a),
             ("b.bias".to_string(), b.to_dtype(DType::BF16).unwrap()),
             ("c".to_string(), Tensor::new(&[7u32, 9], &dev).unwrap()),
+            // Larger than one chunk of the parallel widening, with subnormals, zeros of both
+            // signs and values beyond f16's range (infinite once stored in f16).
+            (
+                "d".to_string(),
+                spread(70_001, &dev).to_dtype(DType::F16).unwrap(),
+            ),
+            (
+                "e".to_string(),
+                spread(70_001, &dev).to_dtype(DType::BF16).unwrap(),
+            ),
         ]
         .into_iter()
         .collect();
         let path = dir.join("model.safetensors");
         candle_core::safetensors::save(&tensors, &path).unwrap();
         path
+    }
+
+    /// `n` values from -1e5 to 1e5 on a cubic, so that most are small and some tiny.
+    fn spread(n: usize, dev: &Device) -> Tensor {
+        let values: Vec<f32> = (0..n)
+            .map(|i| {
+                let x = 2.0 * i as f32 / (n - 1) as f32 - 1.0;
+                1e5 * x * x * x
+            })
+            .collect();
+        Tensor::from_vec(values, n, dev).unwrap()
     }
 
     #[test]
@@ -282,7 +327,7 @@ mod tests {
         let ours = Checkpoint::open(std::slice::from_ref(&path)).unwrap();
         // SAFETY: a file this test wrote and nobody changes.
         let mmap = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.unwrap();
-        for name in ["a.weight", "b.bias", "c"] {
+        for name in ["a.weight", "b.bias", "c", "d", "e"] {
             for dtype in [DType::F32, DType::BF16, DType::F16] {
                 if name == "c" && dtype != DType::F32 {
                     continue;
