@@ -518,7 +518,8 @@ pub(crate) fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
         // The kernel reads each head where the projection left it and writes the output
         // heads side by side: no copies on either side.
         let mut out = vec![0f32; b * t * dim];
-        cpu::attention(b, heads, t, hd, x.slice(), scale as f32, None, &mut out);
+        let x = x.slice();
+        cpu::attention(b, heads, t, hd, x, scale as f32, None, None, &mut out);
         return Ok(Tensor::from_vec(out, (b, t, dim), qkv.device())?);
     }
     let (q, k, v) = split_heads(qkv, heads)?;

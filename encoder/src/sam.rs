@@ -72,12 +72,13 @@ impl Attention {
     /// `x`: `[b, side * side, dim]` token grids (windows or whole images). Returns the same shape.
     fn forward(&self, x: &Tensor, side: usize) -> Result<Tensor> {
         self.proj
-            .forward(&self.attend(&self.qkv.forward(x)?, side)?)
+            .forward(&self.attend(&self.qkv.forward(x)?, side, None)?)
     }
 
     /// The attention between the `qkv` projection and `proj`: `qkv` `[b, side * side, 3 * dim]`
-    /// in, `[b, side * side, dim]` out.
-    fn attend(&self, qkv: &Tensor, side: usize) -> Result<Tensor> {
+    /// in, `[b, side * side, dim]` out. With `queries`, the CPU kernel computes only the first
+    /// `queries[i]` rows of grid `i` (the others are zeros; the caller drops them).
+    fn attend(&self, qkv: &Tensor, side: usize, queries: Option<&[usize]>) -> Result<Tensor> {
         let (b, t, dim3) = qkv.dims3()?;
         let dim = dim3 / 3;
         let (nh, hd) = (self.heads, self.head_dim);
@@ -97,7 +98,8 @@ impl Attention {
                 w: tw.slice(),
                 side,
             };
-            crate::cpu::attention(b, nh, t, hd, x.slice(), scale as f32, Some(rel), &mut out);
+            let x = x.slice();
+            crate::cpu::attention(b, nh, t, hd, x, scale as f32, Some(rel), queries, &mut out);
             return Ok(Tensor::from_vec(out, (b, t, dim), qkv.device())?);
         }
         let (q, k, v) = ops::split_heads(qkv, nh)?;
@@ -207,6 +209,16 @@ impl Grid {
         )
     }
 
+    /// For each window, the query rows whose outputs [`Grid::merge`] keeps, as a prefix: the
+    /// window's rows that hold real tokens, whole (a bottom-edge window of tiny's 32 x 32 grid
+    /// has 4 of its 14 rows; their padded columns are computed too).
+    fn queries(&self) -> Vec<usize> {
+        let (ws, across) = (self.ws, self.across());
+        (0..self.h.div_ceil(ws) * across)
+            .map(|win| (self.h - win / across * ws).min(ws) * ws)
+            .collect()
+    }
+
     /// `[windows, ws * ws, c]` back to `[h * w, c]`, dropping the padding.
     fn merge(&self, windows: &[f32], c: usize) -> Vec<f32> {
         let (ws, across) = (self.ws, self.across());
@@ -250,7 +262,7 @@ impl Block {
                 let grid = Grid { h, w, ws };
                 let windows = grid.partition(x.slice(), f.slice());
                 let windows = Tensor::from_vec(windows, (nh * nw, ws * ws, 3 * dim), qkv.device())?;
-                let out = self.attn.attend(&windows, ws)?;
+                let out = self.attn.attend(&windows, ws, Some(&grid.queries()))?;
                 let merged = match ops::host_view(&out) {
                     Some(o) => grid.merge(o.slice(), dim),
                     None => grid.merge(&ops::to_host(&out)?, dim),
@@ -265,7 +277,7 @@ impl Block {
                     .contiguous()?
                     .reshape((nh * nw, ws * ws, 3 * dim))?;
                 self.attn
-                    .attend(&windows, ws)?
+                    .attend(&windows, ws, None)?
                     .reshape((nh, nw, ws, ws, dim))?
                     .transpose(1, 2)?
                     .reshape((ph, pw, dim))?
@@ -521,5 +533,38 @@ impl Sam {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.pos_embed.device()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_queries_cover_every_kept_token_in_whole_rows() {
+        // Tiny's grid, small's, base's, a grid of whole windows and a ragged one.
+        for (h, w) in [(32, 32), (40, 40), (64, 64), (28, 28), (15, 30)] {
+            let grid = Grid { h, w, ws: 14 };
+            let queries = grid.queries();
+            let windows = h.div_ceil(14) * grid.across();
+            assert_eq!(queries.len(), windows, "{h} x {w}");
+            // The windows' last real row, from the tokens merge keeps.
+            let mut last = vec![0; windows];
+            for y in 0..h {
+                for x in 0..w {
+                    let win = y / 14 * grid.across() + x / 14;
+                    last[win] = last[win].max(y % 14 + 1);
+                }
+            }
+            let want: Vec<usize> = last.iter().map(|rows| rows * 14).collect();
+            assert_eq!(queries, want, "{h} x {w}");
+        }
+        let tiny = Grid {
+            h: 32,
+            w: 32,
+            ws: 14,
+        }
+        .queries();
+        assert_eq!(tiny, [196, 196, 196, 196, 196, 196, 56, 56, 56]);
     }
 }

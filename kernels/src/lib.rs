@@ -1946,9 +1946,14 @@ pub struct RelPos<'a> {
 /// `rel` when given, in blocks of query rows so that the scores stay small; blocks and heads
 /// run in parallel.
 ///
+/// `queries`, when given, holds for each block how many of its query rows are wanted: the
+/// first that many are computed (against all `t` keys) and the rest of that block's rows of
+/// `out` are left as they are. SAM's windows at the bottom edge of a grid are mostly padding,
+/// whose outputs the model drops.
+///
 /// # Panics
-/// If `qkv` or `out` is shorter than those shapes, or `rel`'s grid or tables do not match `t`
-/// and `hd`.
+/// If `qkv` or `out` is shorter than those shapes, `queries` does not have one count of at
+/// most `t` per block, or `rel`'s grid or tables do not match `t` and `hd`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     blocks: usize,
@@ -1958,8 +1963,16 @@ pub fn attention(
     qkv: &[f32],
     scale: f32,
     rel: Option<RelPos>,
+    queries: Option<&[usize]>,
     out: &mut [f32],
 ) {
+    if let Some(queries) = queries {
+        assert!(
+            queries.len() == blocks && queries.iter().all(|&n| n <= t),
+            "{} query counts for {blocks} blocks of {t} tokens: {queries:?}",
+            queries.len()
+        );
+    }
     let width = heads * hd;
     let fused = |part: usize| Operand {
         data: qkv.get(part * width..).unwrap_or_default(),
@@ -1975,7 +1988,7 @@ pub fn attention(
         hd,
     };
     let (q, k, v) = (fused(0), fused(1), fused(2));
-    attend_heads(shape, [q, k, v], scale, rel, false, out);
+    attend_heads(shape, [q, k, v], scale, rel, Rows::Wanted(queries), out);
 }
 
 /// Causal multi-head attention (a decoder's prefill): query `i` sees keys `0..=i`. `q` is
@@ -2011,7 +2024,7 @@ pub fn causal_attention(
         hd,
     };
     let operands = [split(q, heads), split(k, kv_heads), split(v, kv_heads)];
-    attend_heads(shape, operands, scale, None, true, out);
+    attend_heads(shape, operands, scale, None, Rows::Causal, out);
 }
 
 /// The sizes of one attention call.
@@ -2057,15 +2070,25 @@ impl<'a> Operand<'a> {
 const RB: usize = 256;
 const _: () = assert!(RB.is_multiple_of(KC));
 
+/// Which query rows see which keys.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// Every key; a prefix of each block's rows when counts are given ([`attention`]).
+    Wanted(Option<&'a [usize]>),
+    /// All rows; row `i` sees keys `0..=i` ([`causal_attention`]).
+    Causal,
+}
+
 /// The body of [`attention`] and [`causal_attention`].
 fn attend_heads(
     s: Shape,
     [q, k, v]: [Operand; 3],
     scale: f32,
     rel: Option<RelPos>,
-    causal: bool,
+    rows: Rows,
     out: &mut [f32],
 ) {
+    let causal = matches!(rows, Rows::Causal);
     let Shape {
         blocks,
         heads,
@@ -2139,6 +2162,14 @@ fn attend_heads(
                 sc.inv.resize(rb_max, 0.0);
             }
             let (b, h) = (job / heads, job % heads);
+            // The query rows wanted: all, or a prefix.
+            let tq = match rows {
+                Rows::Wanted(Some(counts)) => counts[b],
+                _ => t,
+            };
+            if tq == 0 {
+                return;
+            }
             // B = k^T (`hd` x `t`) and B = v (`t` x `hd`), packed straight from the rows.
             let km = k.rows(b, h / group, 0, t, hd);
             let kt = MatRef {
@@ -2149,8 +2180,8 @@ fn attend_heads(
             pack_b_full(hd, t, &kt, &mut sc.k);
             pack_b_full(t, hd, &v.rows(b, h / group, 0, t, hd), &mut sc.v);
             let mut r0 = 0;
-            while r0 < t {
-                let rb = RB.min(t - r0);
+            while r0 < tq {
+                let rb = RB.min(tq - r0);
                 // The keys these rows see: all, or (causal) up to the block's last row.
                 let n = if causal { r0 + rb } else { t };
                 let s = &mut sc.scores[..rb * n];
@@ -2906,7 +2937,50 @@ mod tests {
                 .num_threads(3)
                 .build()
                 .unwrap();
-            pool.install(|| attention(blocks, heads, t, hd, &qkv, scale, rel, &mut out));
+            pool.install(|| attention(blocks, heads, t, hd, &qkv, scale, rel, None, &mut out));
+            // Then only a prefix of each block's rows (none, a part of the first row block,
+            // past it, all), over C full of NaN: those rows must be the same bits, the others
+            // untouched.
+            let counts: Vec<usize> = [0, t / 3, t.min(RB + 5), t]
+                .into_iter()
+                .cycle()
+                .skip(blocks % 2)
+                .take(blocks)
+                .collect();
+            let mut part = vec![f32::NAN; out.len()];
+            pool.install(|| {
+                attention(
+                    blocks,
+                    heads,
+                    t,
+                    hd,
+                    &qkv,
+                    scale,
+                    rel,
+                    Some(&counts),
+                    &mut part,
+                )
+            });
+            let block = t * heads * hd;
+            for (b, ((got, want), &count)) in part
+                .chunks(block)
+                .zip(out.chunks(block))
+                .zip(&counts)
+                .enumerate()
+            {
+                let wanted = count * heads * hd;
+                assert!(
+                    got[..wanted]
+                        .iter()
+                        .zip(&want[..wanted])
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "block {b}: the first {count} rows differ from the full attention's"
+                );
+                assert!(
+                    got[wanted..].iter().all(|g| g.is_nan()),
+                    "block {b}: rows past the first {count} were written"
+                );
+            }
             for b in 0..blocks {
                 for h in 0..heads {
                     let want = naive_attention((b, h), heads, t, hd, &qkv, scale, rel);
