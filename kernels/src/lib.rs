@@ -1163,12 +1163,25 @@ unsafe fn gemm_block_raw(
                         }
                         ASrc::Packed { data, mpad } => &data[pc * mpad + ic * kc..],
                     };
+                    // A bf16 panel read by a few tiles only is widened in the AVX2 kernel's
+                    // registers; one read by many is widened once, here.
+                    let direct = match bp {
+                        Panels::Half(Half::Bf16, bits)
+                            if isa == Isa::Avx2 && mc.div_ceil(MR) <= DIRECT_TILES =>
+                        {
+                            Some(bits)
+                        }
+                        _ => None,
+                    };
                     let mut jr = 0;
                     while jr < nc {
                         let nr = NR.min(nc - jr);
                         let panel = (j0 + jc + jr) / NR;
-                        // Widened once here when held in 16 bits, then read by every tile.
-                        let bpanel = bp.slice(pc * npad + panel * NR * kc, NR * kc, &mut wide);
+                        let at = pc * npad + panel * NR * kc;
+                        let bpanel = match direct {
+                            Some(bits) => B::Bf16(&bits[at..at + NR * kc]),
+                            None => B::F32(bp.slice(at, NR * kc, &mut wide)),
+                        };
                         let mut ir = 0;
                         while ir < mc {
                             let mr = MR.min(mc - ir);
@@ -1187,7 +1200,21 @@ unsafe fn gemm_block_raw(
                             // SAFETY: `isa` was detected on this CPU; the panels hold
                             // `kc * MR` / `kc * NR` values and the tile stays inside the
                             // caller's block of C (`mr`/`nr` clip the edges).
-                            unsafe { kernel(isa, kc, apanel, bpanel, c.add(c0), &tile) };
+                            unsafe {
+                                match bpanel {
+                                    B::F32(b) => kernel(isa, kc, apanel, b, c.add(c0), &tile),
+                                    #[cfg(target_arch = "x86_64")]
+                                    B::Bf16(b) => kernel_avx2_rows::<true>(
+                                        kc,
+                                        apanel,
+                                        b.as_ptr().cast(),
+                                        c.add(c0),
+                                        &tile,
+                                    ),
+                                    #[cfg(not(target_arch = "x86_64"))]
+                                    B::Bf16(_) => unreachable!("no AVX2 off x86-64"),
+                                }
+                            };
                             ir += MR;
                         }
                         jr += NR;
@@ -1200,6 +1227,18 @@ unsafe fn gemm_block_raw(
         }
         WIDE.with(|w| *w.borrow_mut() = wide);
     });
+}
+
+/// Up to this many tiles a panel, the AVX2 kernel reads bf16 panels as they are held and
+/// widens them in registers: for the few rows of a routed expert, widening each panel into a
+/// buffer first cost as much as a fifth of the product.
+const DIRECT_TILES: usize = 3;
+
+/// One panel of B as a tile reads it.
+#[derive(Clone, Copy)]
+enum B<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
 }
 
 thread_local! {
@@ -1446,21 +1485,53 @@ unsafe fn kernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Til
         Isa::Avx512 => unsafe { kernel_avx512(kc, a, b, c, t) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            // A product's last tile multiplies only its own rows (a routed expert's 26 rows
-            // were five whole tiles, 30 rows' work: 76 -> 86 GFLOP/s on one Zen 3 core).
-            match t.mr {
-                1 => kernel_avx2_short::<1>(kc, a, b, c, t),
-                2 => kernel_avx2_short::<2>(kc, a, b, c, t),
-                3 => kernel_avx2_short::<3>(kc, a, b, c, t),
-                4 => kernel_avx2::<4>(kc, a, b, c, t),
-                5 => kernel_avx2::<5>(kc, a, b, c, t),
-                _ => kernel_avx2::<MR>(kc, a, b, c, t),
-            }
-        },
+        Isa::Avx2 => unsafe { kernel_avx2_rows::<false>(kc, a, b.as_ptr().cast(), c, t) },
         // SAFETY: as above.
         _ => unsafe { kernel_portable(kc, a, b, c, t) },
     }
+}
+
+/// An AVX2 tile of `t.mr` rows (see [`kernel`]), B read as f32 or, with `BF16`, as bf16 bits
+/// widened in registers.
+///
+/// # Safety
+/// As [`kernel_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn kernel_avx2_rows<const BF16: bool>(
+    kc: usize,
+    a: &[f32],
+    b: *const u8,
+    c: *mut f32,
+    t: &Tile,
+) {
+    // SAFETY: as the caller vouches.
+    unsafe {
+        // A product's last tile multiplies only its own rows (a routed expert's 26 rows
+        // were five whole tiles, 30 rows' work: 76 -> 86 GFLOP/s on one Zen 3 core).
+        match t.mr {
+            1 => kernel_avx2_short::<1, BF16>(kc, a, b, c, t),
+            2 => kernel_avx2_short::<2, BF16>(kc, a, b, c, t),
+            3 => kernel_avx2_short::<3, BF16>(kc, a, b, c, t),
+            4 => kernel_avx2::<4, BF16>(kc, a, b, c, t),
+            5 => kernel_avx2::<5, BF16>(kc, a, b, c, t),
+            _ => kernel_avx2::<MR, BF16>(kc, a, b, c, t),
+        }
+    }
+}
+
+/// Eight lanes of a B panel from `$b` (a byte pointer) at value `$at`: f32, or with `$bf16`
+/// bf16 bits widened in registers (zero-extended to 32 bits, moved to the upper half).
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_b {
+    ($bf16:expr, $b:expr, $at:expr) => {
+        if $bf16 {
+            let bits = _mm_loadu_si128($b.cast::<u16>().add($at).cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(bits)))
+        } else {
+            _mm256_loadu_ps($b.cast::<f32>().add($at))
+        }
+    };
 }
 
 /// Stores a whole tile's accumulators, two registers of `$w` lanes a row for columns `$col..`,
@@ -1552,7 +1623,13 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) 
 /// As [`kernel`], with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2<const R: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
+unsafe fn kernel_avx2<const R: usize, const BF16: bool>(
+    kc: usize,
+    a: &[f32],
+    b: *const u8,
+    c: *mut f32,
+    t: &Tile,
+) {
     // SAFETY: the caller checked AVX2 and FMA; every load reads within `a` (`kc * MR` values)
     // and `b` (`kc * NR`); the tile is stored (by `store_whole!` or `store_tile`) within `t`'s
     // bounds.
@@ -1566,10 +1643,9 @@ unsafe fn kernel_avx2<const R: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut f
         let whole = t.whole(R);
         for half in 0..2 {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            let bp = b.as_ptr().add(half * 16);
             for p in 0..kc {
-                let b0 = _mm256_loadu_ps(bp.add(p * NR));
-                let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+                let b0 = load_b!(BF16, b, p * NR + half * 16);
+                let b1 = load_b!(BF16, b, p * NR + half * 16 + 8);
                 for (r, row) in acc.iter_mut().enumerate() {
                     let av = _mm256_broadcast_ss(&*ap.add(p * MR + r));
                     row[0] = _mm256_fmadd_ps(av, b0, row[0]);
@@ -1611,10 +1687,10 @@ unsafe fn kernel_avx2<const R: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut f
 /// As [`kernel_avx2`], with `t.mr == R`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2_short<const R: usize>(
+unsafe fn kernel_avx2_short<const R: usize, const BF16: bool>(
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    b: *const u8,
     c: *mut f32,
     t: &Tile,
 ) {
@@ -1626,7 +1702,6 @@ unsafe fn kernel_avx2_short<const R: usize>(
         let mut lo = [[_mm256_setzero_ps(); 2]; R];
         let mut hi = [[_mm256_setzero_ps(); 2]; R];
         let ap = a.as_ptr();
-        let bp = b.as_ptr();
         for p in 0..kc {
             // The row values first, then one B vector at a time (at three rows, 12
             // accumulators, 3 broadcasts and one B vector fill the 16 registers).
@@ -1634,19 +1709,19 @@ unsafe fn kernel_avx2_short<const R: usize>(
             for (r, v) in av.iter_mut().enumerate() {
                 *v = _mm256_broadcast_ss(&*ap.add(p * MR + r));
             }
-            let b0 = _mm256_loadu_ps(bp.add(p * NR));
+            let b0 = load_b!(BF16, b, p * NR);
             for r in 0..R {
                 lo[r][0] = _mm256_fmadd_ps(av[r], b0, lo[r][0]);
             }
-            let b1 = _mm256_loadu_ps(bp.add(p * NR + 8));
+            let b1 = load_b!(BF16, b, p * NR + 8);
             for r in 0..R {
                 lo[r][1] = _mm256_fmadd_ps(av[r], b1, lo[r][1]);
             }
-            let b2 = _mm256_loadu_ps(bp.add(p * NR + 16));
+            let b2 = load_b!(BF16, b, p * NR + 16);
             for r in 0..R {
                 hi[r][0] = _mm256_fmadd_ps(av[r], b2, hi[r][0]);
             }
-            let b3 = _mm256_loadu_ps(bp.add(p * NR + 24));
+            let b3 = load_b!(BF16, b, p * NR + 24);
             for r in 0..R {
                 hi[r][1] = _mm256_fmadd_ps(av[r], b3, hi[r][1]);
             }
@@ -2670,13 +2745,18 @@ mod tests {
         let to_bf16 = |x: f32| f32::from_bits(x.to_bits() & 0xffff_0000);
         let to_f16 = |x: f32| half::f16::from_f32(x).to_f32();
         // Matrix-vector products (1-4 rows, one split over the threads) and GEMMs (ragged,
-        // several KC blocks, split by columns and by rows).
+        // several KC blocks, split by columns and by rows). Up to `DIRECT_TILES` tiles, the
+        // AVX2 kernels read bf16 panels as held (7, 10 and 17 rows on one thread, 16 split by
+        // columns: every short and whole tile height).
         let shapes = [
             (1, 45, 300),
             (2, 100, 300),
             (3, 1600, 1000),
             (4, 32, 17),
             (7, 45, 300),
+            (10, 70, 300),
+            (17, 100, 600),
+            (16, 1000, 300),
             (150, 33, 513),
             (65, 1000, 64),
             (300, 200, 700),
