@@ -1617,10 +1617,11 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) 
 }
 
 /// The AVX2 micro-kernel for a tile of `R` rows (4 to `MR`, `t.mr == R`; [`kernel_avx2_short`]
-/// takes fewer): the `NR` columns in two halves of 16, `2 R` accumulators each.
+/// takes fewer): the `NR` columns in two halves of 16, `2 R` accumulators each. `b` points at
+/// the panel's `kc * NR` values: f32, or with `BF16` bf16 bits widened as they are loaded.
 ///
 /// # Safety
-/// As [`kernel`], with AVX2 and FMA.
+/// As [`kernel`], with AVX2 and FMA, and `b` valid for reads of `kc * NR` values of its type.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel_avx2<const R: usize, const BF16: bool>(
@@ -1631,8 +1632,8 @@ unsafe fn kernel_avx2<const R: usize, const BF16: bool>(
     t: &Tile,
 ) {
     // SAFETY: the caller checked AVX2 and FMA; every load reads within `a` (`kc * MR` values)
-    // and `b` (`kc * NR`); the tile is stored (by `store_whole!` or `store_tile`) within `t`'s
-    // bounds.
+    // and `b` (`kc * NR` of its type); the tile is stored (by `store_whole!` or `store_tile`)
+    // within `t`'s bounds.
     unsafe {
         use std::arch::x86_64::*;
         // Written whole (both halves of every row) before it is read, and only on the path
