@@ -204,7 +204,7 @@ impl Checkpoint {
 }
 
 /// `values` converted to f32 by `f`, in parallel chunks, into a vector that is not zeroed
-/// first (a serial `memset` of every f32 weight was a tenth of a load).
+/// first (glibc zeroes reused heap memory for `vec![0.0; n]` in one serial `memset`).
 fn widen<T: Copy + Sync>(values: &[T], f: impl Fn(T) -> f32 + Sync) -> Vec<f32> {
     use rayon::prelude::*;
     let mut out = Vec::with_capacity(values.len());
