@@ -143,7 +143,7 @@ impl Attention {
         let nh = cfg.num_attention_heads;
         let nkv = cfg.num_kv_heads();
         Ok(Self {
-            qkv_proj: Linear::from_weight(
+            qkv_proj: Linear::from_given(
                 Tensor::cat(
                     &[
                         vb.pp("q_proj").get((nh * hd, h), "weight")?,
@@ -152,6 +152,7 @@ impl Attention {
                     ],
                     0,
                 )?,
+                vb.dtype(),
                 quant,
             )?,
             o_proj: Linear::load(&vb.pp("o_proj"), nh * hd, h, quant)?,

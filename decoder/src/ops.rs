@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
 use candle_nn::VarBuilder;
-use lethe_kernels::{Act, MatRef, PackedB};
+use lethe_kernels::{Act, Half, MatRef, PackedB};
 
 use crate::error::{Error, Result};
 
@@ -104,7 +104,29 @@ impl Linear {
         quant: Quantization,
     ) -> Result<Self> {
         let w = vb.get((out_dim, in_dim), "weight")?;
-        Self::from_weight(w, quant)
+        Self::from_given(w, vb.dtype(), quant)
+    }
+
+    /// Wraps a `[out, in]` weight as a `VarBuilder` computing in `compute` gave it: in that
+    /// dtype, or, from a CPU builder keeping half (`Checkpoint::var_builder_keeping_half`), in
+    /// the 16 bits it was stored in, which are packed as they are unless `quant` quantises.
+    pub fn from_given(w: Tensor, compute: DType, quant: Quantization) -> Result<Self> {
+        if w.dtype() == compute {
+            return Self::from_weight(w, quant);
+        }
+        let (out_dim, in_dim) = w.dims2()?;
+        if quant.ggml_type(in_dim).is_none() {
+            let packed = lethe_weights::with_half_bits(&w, |dtype, bits| {
+                PackedB::from_rows_half(bits, half_form(dtype), out_dim, in_dim)
+            });
+            if let Some(p) = packed {
+                return Ok(Self {
+                    weight: LinearWeight::Packed(Arc::new(p)),
+                    out_dim,
+                });
+            }
+        }
+        Self::from_weight(lethe_weights::to_f32(&w)?.to_dtype(compute)?, quant)
     }
 
     /// Wraps a `[out, in]` weight.
@@ -202,6 +224,15 @@ pub(crate) fn with_host_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Resul
     Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
 }
 
+/// The kernels' name for a 16-bit float dtype (bf16 or f16).
+fn half_form(dtype: DType) -> Half {
+    if dtype == DType::BF16 {
+        Half::Bf16
+    } else {
+        Half::F16
+    }
+}
+
 /// `x W^T` for `rows` rows of `x` (row-major), with `W` packed.
 pub(crate) fn packed_product(w: &PackedB, x: &[f32], rows: usize) -> Vec<f32> {
     w.matmul_vec(rows, MatRef::rows(x, w.k()), None, Act::None)
@@ -218,7 +249,7 @@ impl RmsNorm {
     /// Reads `weight` of shape `[dim]` under `vb`.
     pub fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
+            weight: lethe_weights::to_f32(&vb.get(dim, "weight")?)?.to_dtype(vb.dtype())?,
             eps,
         })
     }

@@ -244,3 +244,96 @@ fn a_bf16_checkpoint_is_held_in_half_the_bytes_with_the_same_rows() {
         .unwrap();
     assert_eq!(max_abs_diff(&rows.squeeze(0).unwrap(), &want), 0.0);
 }
+
+/// The tiny fixture written to a folder with every float tensor rounded to `dtype`, stored in
+/// `dtype` (`stored`) or widened to f32.
+fn rounded_copy(dtype: DType, stored: bool) -> tempfile::TempDir {
+    let src = common::fixtures().join("tiny");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| {
+                let t = if t.dtype().is_float() {
+                    let r = t.to_dtype(dtype).unwrap();
+                    if stored {
+                        r
+                    } else {
+                        r.to_dtype(DType::F32).unwrap()
+                    }
+                } else {
+                    t
+                };
+                (name, t)
+            })
+            .collect();
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn a_16_bit_checkpoint_loads_as_its_values_widened_to_f32() {
+    // Stored in 16 bits, the weights are packed from their bits; stored as the same values in
+    // f32, narrowed after a scan. Both must give the same model, bit for bit.
+    let case = load_case("card_tiny");
+    let image = case["image_embeds"].clone();
+    let p = build_prompt(
+        &FakeTokenizer,
+        DEFAULT_PROMPT,
+        &[image.dim(0).unwrap()],
+        0,
+        1000,
+    )
+    .unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let (kept, wide) = (rounded_copy(dtype, true), rounded_copy(dtype, false));
+        for quant in [Quantization::None, Quantization::Q8_0] {
+            let dev = Device::Cpu;
+            let mut a = DecoderModel::load(kept.path(), &dev, quant).unwrap();
+            let mut b = DecoderModel::load(wide.path(), &dev, quant).unwrap();
+            assert_eq!(
+                a.weight_bytes(),
+                b.weight_bytes(),
+                "{dtype:?} {}",
+                quant.name()
+            );
+            let e = a.embed_prompt(&p.ids, 1000, Some(&image)).unwrap();
+            let eb = b.embed_prompt(&p.ids, 1000, Some(&image)).unwrap();
+            assert_eq!(max_abs_diff(&e, &eb), 0.0);
+            let la = a.forward_with(&e, 0, LogitsFor::All, None).unwrap();
+            let lb = b.forward_with(&e, 0, LogitsFor::All, None).unwrap();
+            let bits = |t: &Tensor| {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(
+                bits(&la),
+                bits(&lb),
+                "{dtype:?} {}: logits differ",
+                quant.name()
+            );
+            assert_eq!(greedy(&mut a, &p.ids, &e, 8), greedy(&mut b, &p.ids, &e, 8));
+        }
+        // The encoder's weights, from the same folders.
+        let image =
+            lethe_encoder::load_image(common::fixtures().join("inputs/card_500x400.png")).unwrap();
+        for mode in [lethe_encoder::Mode::Tiny, lethe_encoder::Mode::Base] {
+            let views = lethe_encoder::preprocess(&image, mode).unwrap();
+            let [a, b] = [&kept, &wide].map(|dir| {
+                let enc = lethe_encoder::Encoder::builder()
+                    .model_dir(dir.path())
+                    .device(Device::Cpu)
+                    .build()
+                    .unwrap();
+                let v = enc.encode(&views).unwrap();
+                assert_eq!(v.dtype(), DType::F32);
+                v.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            });
+            assert!(a.iter().any(|x| *x != 0.0));
+            let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{dtype:?} {mode:?}: image embeddings differ");
+        }
+    }
+}

@@ -105,8 +105,14 @@ impl EncoderBuilder {
         }
         let cfg = Config::from_file(dir.join("config.json"))?;
         let files = safetensors_files(&dir)?;
-        // Tensors are read one at a time, so loading needs the weights kept plus one tensor.
-        let vb = lethe_weights::Checkpoint::open(&files)?.var_builder(dtype, &device);
+        // Tensors are read one at a time, so loading needs the weights kept plus one tensor. On
+        // the CPU, 16-bit weights are packed from their stored bits, never widened to f32.
+        let checkpoint = lethe_weights::Checkpoint::open(&files)?;
+        let vb = if dtype == DType::F32 && device.is_cpu() {
+            checkpoint.var_builder_keeping_half(&device)
+        } else {
+            checkpoint.var_builder(dtype, &device)
+        };
         Encoder::new(&cfg, vb)
     }
 }

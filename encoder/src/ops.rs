@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-use crate::cpu::{self, Act, MatRef, PackedB};
+use crate::cpu::{self, Act, Half, MatRef, PackedB};
 use crate::error::{Error, Result};
 
 /// Read access to the f32 values of a contiguous CPU tensor.
@@ -44,8 +44,23 @@ pub(crate) fn host_view(t: &Tensor) -> Option<HostView<'_>> {
     })
 }
 
-/// Fetches `name` under `vb` as f32 and checks its shape, naming the full tensor path on error.
+/// Fetches `name` under `vb` in `vb`'s dtype and checks its shape, naming the full tensor path
+/// on error.
 pub(crate) fn get(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
+    in_dtype(vb, get_as_given(vb, shape, name)?)
+}
+
+/// `t` in `vb`'s dtype: a 16-bit tensor from a builder keeping half
+/// ([`lethe_weights::Checkpoint::var_builder_keeping_half`]) widened, any other as it is.
+fn in_dtype(vb: &VarBuilder, t: Tensor) -> Result<Tensor> {
+    if t.dtype() == vb.dtype() {
+        return Ok(t);
+    }
+    Ok(lethe_weights::to_f32(&t)?.to_dtype(vb.dtype())?)
+}
+
+/// [`get`] in the dtype `vb` gives it in: from a builder keeping half, 16 bits as stored.
+fn get_as_given(vb: &VarBuilder, shape: &[usize], name: &str) -> Result<Tensor> {
     let full = if vb.prefix().is_empty() {
         name.to_owned()
     } else {
@@ -85,13 +100,31 @@ enum Weight {
 impl Linear {
     /// Loads `weight` `[out, in]` and `bias` `[out]` (when `bias`) under `vb`.
     pub(crate) fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = get(vb, &[out_dim, in_dim], "weight")?;
+        let weight = get_as_given(vb, &[out_dim, in_dim], "weight")?;
         let bias = if bias {
             Some(get(vb, &[out_dim], "bias")?)
         } else {
             None
         };
-        Self::from_weight(weight, bias)
+        if weight.dtype() != vb.dtype() {
+            // Stored in 16 bits and given so for an f32 encoder: packed from its bits, with no
+            // f32 copy and no scan for an exact form.
+            let packed = lethe_weights::with_half_bits(&weight, |dtype, bits| {
+                let form = if dtype == DType::BF16 {
+                    Half::Bf16
+                } else {
+                    Half::F16
+                };
+                PackedB::from_rows_half(bits, form, out_dim, in_dim)
+            });
+            if let Some(p) = packed {
+                return Ok(Self {
+                    weight: Weight::Packed(Arc::new(p)),
+                    bias,
+                });
+            }
+        }
+        Self::from_weight(in_dtype(vb, weight)?, bias)
     }
 
     /// From an already shaped `[out, in]` weight.

@@ -174,6 +174,22 @@ impl PackedB {
         }
     }
 
+    /// Packs row-major 16-bit values of the form `half` (`n` rows of `k`, as a checkpoint
+    /// stores them) as they are: what [`PackedB::from_rows_compact`] holds for the same values
+    /// widened to f32, without the f32 copy or the scan for an exact form.
+    ///
+    /// # Panics
+    /// If `w` holds fewer than `n * k` values.
+    pub fn from_rows_half(w: &[u16], half: Half, n: usize, k: usize) -> Self {
+        let mut out = vec![0u16; k * n.div_ceil(NR) * NR];
+        pack_rows(w, n, k, &mut out, |x| x);
+        Self {
+            data: Store::Half(half, out),
+            k,
+            n,
+        }
+    }
+
     /// Quantises row-major `w` (`n` rows of `k`) to `q8_0` as ggml's reference does (32 inputs
     /// of a row share an f16 scale, one signed byte a value) and holds it in the panels' order:
     /// about a quarter of the f32 bytes. Each panel is widened to f32 as it is read, so products
@@ -2773,6 +2789,23 @@ mod tests {
                 let wide = PackedB::from_rows(&w, n, k);
                 let compact = PackedB::from_rows_compact(&w, n, k);
                 assert_eq!(compact.storage(), kind);
+                // Packed from the stored bits: the same panels as narrowed from f32.
+                let (form, bits): (Half, Vec<u16>) = match kind {
+                    "bf16" => (
+                        Half::Bf16,
+                        w.iter().map(|x| (x.to_bits() >> 16) as u16).collect(),
+                    ),
+                    _ => (
+                        Half::F16,
+                        w.iter()
+                            .map(|&x| half::f16::from_f32(x).to_bits())
+                            .collect(),
+                    ),
+                };
+                let stored = PackedB::from_rows_half(&bits, form, n, k);
+                assert_eq!(stored.storage(), kind);
+                assert_eq!(stored.to_rows(), compact.to_rows(), "{kind} {m}x{n}x{k}");
+                assert_eq!(stored.bytes(), compact.bytes());
                 assert_eq!(compact.bytes() * 2, wide.bytes());
                 let (mut c16, mut c32) = (vec![0f32; m * n], vec![0f32; m * n]);
                 let am = MatRef::rows(&a, k);

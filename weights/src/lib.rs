@@ -46,6 +46,9 @@ struct Entry {
 pub struct Checkpoint {
     files: Vec<(PathBuf, Mutex<File>)>,
     tensors: HashMap<String, Entry>,
+    /// Whether a [`VarBuilder`] asking for f32 gets bf16 and f16 tensors as stored
+    /// ([`Checkpoint::var_builder_keeping_half`]).
+    keep_half: bool,
 }
 
 fn err(path: &Path, msg: impl std::fmt::Display) -> candle_core::Error {
@@ -75,6 +78,7 @@ impl Checkpoint {
         let mut out = Checkpoint {
             files: Vec::with_capacity(files.len()),
             tensors: HashMap::new(),
+            keep_half: false,
         };
         for (index, path) in files.iter().enumerate() {
             let mut file = File::open(path).map_err(|e| err(path, e))?;
@@ -201,6 +205,53 @@ impl Checkpoint {
     pub fn var_builder(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self), dtype, device.clone())
     }
+
+    /// A `VarBuilder` of dtype f32 over this checkpoint that gives bf16 and f16 tensors as they
+    /// are stored, 16 bits a value, and converts every other tensor to f32: for loaders that
+    /// keep 16-bit weights as they are (packing their bits), so that no f32 copy of a weight is
+    /// ever made. Such a loader converts what it uses in f32 itself.
+    pub fn var_builder_keeping_half(mut self, device: &Device) -> VarBuilder<'static> {
+        self.keep_half = true;
+        VarBuilder::from_backend(Box::new(self), DType::F32, device.clone())
+    }
+
+    /// The dtype `name` is given in when `dtype` is asked for: its stored 16-bit form when
+    /// keeping half and f32 is asked for, else `dtype`.
+    fn dtype_for(&self, name: &str, dtype: DType) -> DType {
+        match self.tensors.get(name).map(|e| e.dtype) {
+            Some(stored @ (DType::BF16 | DType::F16)) if self.keep_half && dtype == DType::F32 => {
+                stored
+            }
+            _ => dtype,
+        }
+    }
+}
+
+/// Calls `f` with the dtype and the bits of a contiguous CPU bf16 or f16 tensor (such as
+/// [`Checkpoint::var_builder_keeping_half`] gives), or returns `None` for any other tensor.
+pub fn with_half_bits<T>(t: &Tensor, f: impl FnOnce(DType, &[u16]) -> T) -> Option<T> {
+    use candle_core::{CpuStorage, Storage};
+    use half::slice::HalfFloatSliceExt;
+    let (guard, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*guard {
+        Storage::Cpu(CpuStorage::BF16(v)) => Some(f(DType::BF16, v[start..end].reinterpret_cast())),
+        Storage::Cpu(CpuStorage::F16(v)) => Some(f(DType::F16, v[start..end].reinterpret_cast())),
+        _ => None,
+    }
+}
+
+/// `t` in f32: a CPU bf16 or f16 tensor widened on every core (candle's `to_dtype` uses one),
+/// any other through `to_dtype`.
+pub fn to_f32(t: &Tensor) -> candle_core::Result<Tensor> {
+    let wide = with_half_bits(t, |dtype, bits| match dtype {
+        DType::BF16 => widen(bits, |b| half::bf16::from_bits(b).to_f32()),
+        _ => widen(bits, |b| half::f16::from_bits(b).to_f32()),
+    });
+    match wide {
+        Some(values) => Tensor::from_vec(values, t.shape(), t.device()),
+        None => t.to_dtype(DType::F32),
+    }
 }
 
 /// `values` converted to f32 by `f`, in parallel chunks, into a vector that is not zeroed
@@ -259,7 +310,7 @@ impl SimpleBackend for Checkpoint {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.load(name, dtype, dev)?;
+        let tensor = self.load(name, self.dtype_for(name, dtype), dev)?;
         if tensor.shape() != &s {
             return Err(candle_core::Error::UnexpectedShape {
                 msg: format!("shape mismatch for {name}"),
@@ -272,7 +323,7 @@ impl SimpleBackend for Checkpoint {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.load(name, dtype, dev)
+        self.load(name, self.dtype_for(name, dtype), dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
@@ -368,6 +419,71 @@ mod tests {
             "a wrong shape is refused"
         );
         assert!(vb.get(4, "missing").is_err());
+    }
+
+    #[test]
+    fn keeping_half_gives_16_bit_tensors_as_stored_and_the_rest_in_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path());
+        let plain = Checkpoint::open(std::slice::from_ref(&path))
+            .unwrap()
+            .var_builder(DType::F32, &Device::Cpu);
+        let kept = Checkpoint::open(std::slice::from_ref(&path))
+            .unwrap()
+            .var_builder_keeping_half(&Device::Cpu);
+        // SAFETY: a file this test wrote and nobody changes.
+        let mmap = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.unwrap();
+        for (name, shape, given) in [
+            ("a.weight", vec![2, 3, 4], DType::F32),
+            ("b.bias", vec![10], DType::BF16),
+            ("c", vec![2], DType::F32),
+            ("d", vec![70_001], DType::F16),
+            ("e", vec![70_001], DType::BF16),
+        ] {
+            let got = kept.get(shape.as_slice(), name).unwrap();
+            assert_eq!(got.dtype(), given, "{name}");
+            let want = mmap.load(name, &Device::Cpu).unwrap();
+            let bits = |t: &Tensor| {
+                t.to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                bits(&got.flatten_all().unwrap()),
+                bits(&want.flatten_all().unwrap()),
+                "{name}"
+            );
+            // Asked for in another dtype, it converts as the plain builder does.
+            let as_f16 = kept.get_unchecked_dtype(name, DType::F16);
+            let plain_f16 = plain.get_unchecked_dtype(name, DType::F16);
+            match (as_f16, plain_f16) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.dtype(), DType::F16);
+                    assert_eq!(
+                        bits(&a.flatten_all().unwrap()),
+                        bits(&b.flatten_all().unwrap())
+                    );
+                }
+                (a, b) => assert_eq!(a.is_err(), b.is_err(), "{name}"),
+            }
+            let f32s = plain.get(shape.as_slice(), name).unwrap();
+            assert_eq!(f32s.dtype(), DType::F32);
+            let widened = to_f32(&got).unwrap();
+            assert_eq!(widened.dtype(), DType::F32);
+            assert_eq!(
+                bits(&widened.flatten_all().unwrap()),
+                bits(&f32s.flatten_all().unwrap()),
+                "{name}"
+            );
+            assert_eq!(
+                with_half_bits(&got, |_, b| b.len()).is_some(),
+                given != DType::F32
+            );
+        }
     }
 
     #[test]
