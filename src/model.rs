@@ -121,9 +121,12 @@ impl Reading {
 pub struct OcrModel {
     name: String,
     encoder: Encoder,
-    /// The decoder keeps its KV cache between steps: one reading at a time holds it, while
-    /// encoding runs on any number of threads.
-    decoder: Mutex<DecoderModel>,
+    /// The decoder as loaded. Each reading generates on its own copy (the weights are shared;
+    /// the copy holds the reading's KV cache), so readings run side by side on any number of
+    /// threads, as encoding does.
+    decoder: DecoderModel,
+    /// Copies that finished a reading, their caches cleared, for the next ones.
+    idle_decoders: Mutex<Vec<DecoderModel>>,
     tokenizer: Tokenizer,
     image_token_id: u32,
     generation: GenerationConfig,
@@ -315,7 +318,8 @@ impl OcrModel {
         Ok(Self {
             name,
             encoder,
-            decoder: Mutex::new(decoder),
+            decoder,
+            idle_decoders: Mutex::new(Vec::new()),
             tokenizer,
             image_token_id,
             generation,
@@ -427,9 +431,9 @@ impl OcrModel {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Reading> {
         let positions = embeds.dim(0)?;
-        // A reading that panicked leaves no state the next one depends on: generation resets
-        // the KV cache before its prefill.
-        let mut decoder = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = || self.idle_decoders.lock().unwrap_or_else(|p| p.into_inner());
+        // A copy of the decoder for this reading alone (one that panicked is simply dropped).
+        let mut decoder = idle().pop().unwrap_or_else(|| self.decoder.clone());
         let cfg = decoder.config();
         let prompt = build_prompt(
             &self.tokenizer,
@@ -465,6 +469,8 @@ impl OcrModel {
                 on_text(&rest);
             }
         }
+        decoder.clear_kv_cache();
+        idle().push(decoder);
         let text = self.tokenizer.decode(&out.tokens, skip)?;
         Ok(Reading {
             text,

@@ -46,6 +46,40 @@ fn streamed_pieces_make_the_text_and_greedy_repeats_itself() {
 }
 
 #[test]
+fn readings_side_by_side_read_as_readings_one_at_a_time() {
+    // Each reading generates on its own copy of the decoder, so threads sharing one model do
+    // not wait for each other, and each gets what it would alone.
+    let model = tiny(options(16)).unwrap();
+    let pages = [
+        ("inputs/card_500x400.png", Mode::Tiny),
+        ("inputs/doc_900x1400.png", Mode::Small),
+        ("inputs/wide_2000x700.png", Mode::Base),
+    ];
+    let read = |(file, mode): (&str, Mode)| {
+        model
+            .read_file(&fixtures().join(file), mode, &mut |_| true)
+            .unwrap()
+            .text
+    };
+    let alone: Vec<String> = pages.iter().map(|&p| read(p)).collect();
+    assert!(alone.iter().all(|t| !t.is_empty()));
+    let together: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|t| {
+                let read = &read;
+                s.spawn(move || (0..3).map(|i| read(pages[(i + t) % 3])).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (t, texts) in together.iter().enumerate() {
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(text, &alone[(i + t) % 3], "thread {t}, reading {i}");
+        }
+    }
+}
+
+#[test]
 fn the_callback_stops_generation() {
     let model = tiny(options(64)).unwrap();
     let page = fixtures().join("inputs/card_500x400.png");
