@@ -318,9 +318,9 @@ pub fn score_pages(
     let bar = progress(ids.len() as u64, "reading pages back");
     let now = u64::MAX / 2;
     let recalled = read_side_by_side(&ids, |id| {
-        let recalled = lethe.recall(RecallTarget::Page(id), now);
+        let recalled = lethe.recall(RecallTarget::Page(id), now)?;
         bar.inc(1);
-        recalled
+        Ok(recalled)
     })?;
     let mut by_tier: BTreeMap<Tier, Vec<lethe_cli::metrics::PageScores>> = BTreeMap::new();
     for recalled in recalled {
@@ -369,8 +369,8 @@ const READINGS_AT_ONCE: usize = 4;
 /// first error.
 fn read_side_by_side<T: Copy + Sync, R: Send>(
     items: &[T],
-    read: impl Fn(T) -> lethe::Result<R> + Sync,
-) -> lethe::Result<Vec<R>> {
+    read: impl Fn(T) -> anyhow::Result<R> + Sync,
+) -> anyhow::Result<Vec<R>> {
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
@@ -393,7 +393,7 @@ fn read_side_by_side<T: Copy + Sync, R: Send>(
             }
             Ok(done)
         })
-        .collect::<lethe::Result<_>>()?;
+        .collect::<anyhow::Result<_>>()?;
     let mut done: Vec<(usize, R)> = done.into_iter().flatten().collect();
     done.sort_by_key(|(i, _)| *i);
     Ok(done.into_iter().map(|(_, r)| r).collect())
@@ -473,7 +473,7 @@ mod tests {
         let e = read_side_by_side(&items, |i| {
             read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if i == 3 {
-                Err(lethe::Error::Invalid("page 3 is unreadable".into()))
+                bail!("page 3 is unreadable")
             } else {
                 Ok(i)
             }
