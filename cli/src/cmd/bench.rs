@@ -16,6 +16,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -130,12 +131,13 @@ pub struct Args {
 
 /// A decoder that reads a page image back to text: the encoder + decoder pipeline, a local
 /// checkpoint, or a remote endpoint.
-pub trait PageReader {
+pub trait PageReader: Sync {
     /// A name for the report, e.g. `deepseek-ocr (/models/DeepSeek-OCR)` or `embedded`.
     fn name(&self) -> String;
     /// Reads one page image (PNG bytes) in `mode` (the reader pre-processes it as the mode says:
     /// stretch, pad or tile) and returns the decoded text.
-    fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String>;
+    /// Readings may run side by side on several threads.
+    fn read(&self, png: &[u8], mode: Mode) -> anyhow::Result<String>;
     /// Warnings about the readings so far (e.g. pages cut off by the token limit); any makes the
     /// command exit with code 3.
     fn warnings(&self) -> Vec<String> {
@@ -174,7 +176,7 @@ pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
             name: format!("{} at {}", remote.model(), remote.endpoint()),
             remote,
             max_tokens: args.model.max_tokens,
-            hit_limit: 0,
+            hit_limit: AtomicUsize::new(0),
         })));
     }
     let quantization = common::parse_quant(&args.model.quant)?;
@@ -192,7 +194,7 @@ pub fn page_reader(args: &Args) -> anyhow::Result<Option<Box<dyn PageReader>>> {
         model,
         name,
         max_tokens: args.model.max_tokens,
-        hit_limit: 0,
+        hit_limit: AtomicUsize::new(0),
     })))
 }
 
@@ -221,7 +223,8 @@ pub struct RemoteReader {
     remote: RemoteDecoder,
     name: String,
     max_tokens: usize,
-    hit_limit: usize,
+    /// Readings that stopped at `max_tokens`.
+    hit_limit: AtomicUsize,
 }
 
 impl PageReader for RemoteReader {
@@ -237,17 +240,18 @@ impl PageReader for RemoteReader {
         None
     }
 
-    fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
+    fn read(&self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
         let reading = self
             .remote
             .read_image(png, "image/png")
             .with_context(|| format!("reading the page at {mode} remotely"))?;
-        self.hit_limit += usize::from(reading.hit_limit);
+        self.hit_limit
+            .fetch_add(usize::from(reading.hit_limit), Ordering::Relaxed);
         Ok(reading.text)
     }
 
     fn warnings(&self) -> Vec<String> {
-        limit_warning(self.hit_limit, self.max_tokens)
+        limit_warning(self.hit_limit.load(Ordering::Relaxed), self.max_tokens)
     }
 }
 
@@ -266,7 +270,8 @@ pub struct OcrReader {
     model: OcrModel,
     name: String,
     max_tokens: usize,
-    hit_limit: usize,
+    /// Readings that stopped at `max_tokens`.
+    hit_limit: AtomicUsize,
 }
 
 impl PageReader for OcrReader {
@@ -282,18 +287,19 @@ impl PageReader for OcrReader {
         self.model.modes()
     }
 
-    fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
+    fn read(&self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
         let image = PageImage::from_png(png).context("decoding the page image")?;
         let reading = self
             .model
             .read(&image, mode, None)
             .with_context(|| format!("reading the page at {mode}"))?;
-        self.hit_limit += usize::from(reading.hit_limit);
+        self.hit_limit
+            .fetch_add(usize::from(reading.hit_limit), Ordering::Relaxed);
         Ok(reading.text)
     }
 
     fn warnings(&self) -> Vec<String> {
-        limit_warning(self.hit_limit, self.max_tokens)
+        limit_warning(self.hit_limit.load(Ordering::Relaxed), self.max_tokens)
     }
 }
 
@@ -411,7 +417,7 @@ pub fn run_with(
     reader: Option<Box<dyn PageReader>>,
     renderer: Option<Box<dyn PageRenderer>>,
 ) -> anyhow::Result<ExitCode> {
-    let Some(mut reader) = reader else {
+    let Some(reader) = reader else {
         bail!(
             "memctl bench measures recall, and recall needs a model to read the pages back: \
              --model none leaves nothing to measure (use the embedded reader, the default, or a \
@@ -428,7 +434,7 @@ pub fn run_with(
     };
     let report = if let (Some(images), Some(truth)) = (&args.images, &args.truth) {
         let pages = load_truth(images, truth)?;
-        bench_images(&pages, &args.modes, reader.as_mut(), &scoring)?
+        bench_images(&pages, &args.modes, reader.as_ref(), &scoring)?
     } else {
         let Some(mut renderer) = renderer else {
             bail!(
@@ -440,7 +446,7 @@ pub fn run_with(
             &args.transcripts,
             &args.modes,
             renderer.as_mut(),
-            reader.as_mut(),
+            reader.as_ref(),
             &scoring,
         )?
     };
@@ -600,7 +606,7 @@ impl Scoring<'_> {
         page: &SourcePage,
         png: &[u8],
         mode: Mode,
-        reader: &mut dyn PageReader,
+        reader: &dyn PageReader,
     ) -> anyhow::Result<[PageRecord; 2]> {
         let (positions, nominal) = match &self.provider {
             Some(p) => {
@@ -646,7 +652,7 @@ pub fn bench_transcripts(
     transcripts: &[PathBuf],
     modes: &[Mode],
     renderer: &mut dyn PageRenderer,
-    reader: &mut dyn PageReader,
+    reader: &dyn PageReader,
     scoring: &Scoring,
 ) -> anyhow::Result<BenchReport> {
     let bar = progress(0)?;
@@ -657,21 +663,20 @@ pub fn bench_transcripts(
             .paginate(path)
             .with_context(|| format!("paginating {doc}"))?;
         bar.inc_length((texts.len() * modes.len()) as u64);
-        for (i, text) in texts.into_iter().enumerate() {
-            let page = SourcePage::new(&doc, i, text, scoring.tokenizer)?;
-            for &mode in modes {
-                bar.set_message(format!("{doc} page {} at {mode}", i + 1));
-                let png = renderer
-                    .render(i, mode)
-                    .with_context(|| format!("rendering {doc} page {} at {mode}", i + 1))?;
-                records.extend(
-                    scoring
-                        .view(&page, &png, mode, reader)
-                        .with_context(|| format!("{doc} page {} at {mode}", i + 1))?,
-                );
-                bar.inc(1);
+        let mut texts = texts.into_iter().enumerate().peekable();
+        while texts.peek().is_some() {
+            let mut batch = Batch::default();
+            for (i, text) in texts.by_ref().take(PAGES_AT_ONCE) {
+                let page = SourcePage::new(&doc, i, text, scoring.tokenizer)?;
+                for &mode in modes {
+                    let png = renderer
+                        .render(i, mode)
+                        .with_context(|| format!("rendering {doc} page {} at {mode}", i + 1))?;
+                    batch.views.push((batch.pages.len(), mode, png));
+                }
+                batch.pages.push((format!("{doc} page {}", i + 1), page));
             }
-            records.push(page.uncompressed());
+            batch.score(reader, scoring, &bar, &mut records)?;
         }
     }
     bar.finish_and_clear();
@@ -682,28 +687,72 @@ pub fn bench_transcripts(
 pub fn bench_images(
     pages: &[TruthPage],
     modes: &[Mode],
-    reader: &mut dyn PageReader,
+    reader: &dyn PageReader,
     scoring: &Scoring,
 ) -> anyhow::Result<BenchReport> {
     let bar = progress(pages.len() * modes.len())?;
     let mut records = Vec::new();
-    for (i, truth) in pages.iter().enumerate() {
-        let name = truth.image.display().to_string();
-        let png = fs::read(&truth.image).with_context(|| format!("reading {name}"))?;
-        let page = SourcePage::new(&name, i, truth.text.as_str(), scoring.tokenizer)?;
-        for &mode in modes {
-            bar.set_message(format!("{name} at {mode}"));
-            records.extend(
-                scoring
-                    .view(&page, &png, mode, reader)
-                    .with_context(|| format!("{name} at {mode}"))?,
-            );
-            bar.inc(1);
+    for (c, chunk) in pages.chunks(PAGES_AT_ONCE).enumerate() {
+        let mut batch = Batch::default();
+        for (j, truth) in chunk.iter().enumerate() {
+            let name = truth.image.display().to_string();
+            let png = fs::read(&truth.image).with_context(|| format!("reading {name}"))?;
+            let i = c * PAGES_AT_ONCE + j;
+            let page = SourcePage::new(&name, i, truth.text.as_str(), scoring.tokenizer)?;
+            for &mode in modes {
+                batch.views.push((batch.pages.len(), mode, png.clone()));
+            }
+            batch.pages.push((name, page));
         }
-        records.push(page.uncompressed());
+        batch.score(reader, scoring, &bar, &mut records)?;
     }
     bar.finish_and_clear();
     scoring.report(records, reader)
+}
+
+/// Pages drawn (or read from disk) before their views are read side by side: enough to keep
+/// the lanes busy, few enough that their PNGs stay small beside the model.
+const PAGES_AT_ONCE: usize = 16;
+
+/// A few pages and their views (page index, mode, PNG), read side by side.
+#[derive(Default)]
+struct Batch {
+    /// Each page's label for messages, and the page.
+    pages: Vec<(String, SourcePage)>,
+    views: Vec<(usize, Mode, Vec<u8>)>,
+}
+
+impl Batch {
+    /// Reads and scores every view side by side ([`common::read_side_by_side`]) and appends, per
+    /// page in order, its views' records and then its uncompressed record.
+    fn score(
+        self,
+        reader: &dyn PageReader,
+        scoring: &Scoring,
+        bar: &ProgressBar,
+        records: &mut Vec<PageRecord>,
+    ) -> anyhow::Result<()> {
+        let order: Vec<usize> = (0..self.views.len()).collect();
+        let lanes = rayon::current_num_threads().clamp(1, common::READINGS_AT_ONCE);
+        let scored = common::read_side_by_side(&order, lanes, |v| {
+            let (p, mode, png) = &self.views[v];
+            let (label, page) = &self.pages[*p];
+            bar.set_message(format!("{label} at {mode}"));
+            let view = scoring
+                .view(page, png, *mode, reader)
+                .with_context(|| format!("{label} at {mode}"))?;
+            bar.inc(1);
+            Ok(view)
+        })?;
+        let mut scored = self.views.iter().zip(scored).peekable();
+        for (p, (_, page)) in self.pages.iter().enumerate() {
+            while let Some((_, view)) = scored.next_if(|((q, _, _), _)| *q == p) {
+                records.extend(view);
+            }
+            records.push(page.uncompressed());
+        }
+        Ok(())
+    }
 }
 
 /// Writes report.json, report.csv, recall.svg and recall.png into `out`; returns their paths.
@@ -772,7 +821,7 @@ mod tests {
             "fake".to_owned()
         }
 
-        fn read(&mut self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
+        fn read(&self, png: &[u8], mode: Mode) -> anyhow::Result<String> {
             let (w, _) = png_size(png)?;
             let text = &self.pages[w as usize - 1];
             let words: Vec<&str> = text.split_whitespace().collect();
@@ -791,12 +840,12 @@ mod tests {
         fs::write(&path, text.join(" ")).unwrap();
         let mut renderer = FakeRenderer { pages: vec![] };
         let pages = renderer.paginate(&path).unwrap();
-        let mut reader = FakeReader { pages };
+        let reader = FakeReader { pages };
         let report = bench_transcripts(
             &[path],
             &[Mode::Tiny, Mode::Gundam],
             &mut renderer,
-            &mut reader,
+            &reader,
             &Scoring {
                 provider: None,
                 tokenizer: &WhitespaceTokenizer,
@@ -865,13 +914,13 @@ mod tests {
         assert_eq!(from_jsonl, from_dir);
         assert_eq!(from_jsonl[1].image, images.join("b.png"));
 
-        let mut reader = FakeReader {
+        let reader = FakeReader {
             pages: vec!["alpha".to_owned(), "gamma".to_owned()],
         };
         let report = bench_images(
             &from_jsonl,
             &[Mode::Base],
-            &mut reader,
+            &reader,
             &Scoring {
                 provider: None,
                 tokenizer: &WhitespaceTokenizer,

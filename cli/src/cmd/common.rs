@@ -361,14 +361,14 @@ pub fn score_pages(
 /// The most pages read at once. Each reading holds its own KV cache and activations (about
 /// 0.3 GB for the real checkpoint in f32), so this bounds the memory on a machine with many
 /// cores.
-const READINGS_AT_ONCE: usize = 4;
+pub const READINGS_AT_ONCE: usize = 4;
 
 /// `read` of every item of `items`, in their order, run side by side on rayon's workers in
 /// `lanes` lanes that each take the next item when done with one. A decode step of a small reader is too
 /// little work to split over the cores, so whole readings are: on 2 cores the README's first
 /// command (16 pages read back by the embedded reader) went from 15-18 s to 9-10 s. Stops at the
 /// first error.
-fn read_side_by_side<T: Copy + Sync, R: Send>(
+pub fn read_side_by_side<T: Copy + Sync, R: Send>(
     items: &[T],
     lanes: usize,
     read: impl Fn(T) -> anyhow::Result<R> + Sync,

@@ -43,7 +43,7 @@ impl std::str::FromStr for Keep {
 ///
 /// Compression ratios are only meaningful with the tokenizer named, so every report carries
 /// [`TextTokenizer::name`].
-pub trait TextTokenizer {
+pub trait TextTokenizer: Sync {
     /// A name for reports, e.g. `deepseek-ocr (assets/tokenizer/tokenizer.json)`.
     fn name(&self) -> String;
     /// The number of tokens `text` encodes to (no special tokens).
