@@ -2,7 +2,7 @@
 //! checkpoint folder or embedded in the build, joined the way DeepSeek-OCR's `infer()` joins them.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -117,6 +117,73 @@ impl Reading {
     }
 }
 
+/// The copies of an [`OcrModel`]'s decoder that readings generate on: at most
+/// [`Copies::most`] lent at once (each holds a KV cache and a reading's activations, about
+/// 0.3 GB for the real checkpoint in f32), the rest kept idle for the next readings.
+#[derive(Default)]
+struct Copies {
+    state: Mutex<CopiesState>,
+    returned: Condvar,
+}
+
+#[derive(Default)]
+struct CopiesState {
+    idle: Vec<DecoderModel>,
+    lent: usize,
+}
+
+impl Copies {
+    /// Readings at once: one a core, up to 4.
+    fn most() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+    }
+
+    fn state(&self) -> MutexGuard<'_, CopiesState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of `template` for one reading (an idle one, else a new one), once fewer than
+    /// [`Copies::most`] are lent.
+    fn lend<'a>(&'a self, template: &DecoderModel) -> Lent<'a> {
+        let mut state = self.state();
+        while state.lent >= Self::most() {
+            state = self.returned.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.lent += 1;
+        let decoder = state.idle.pop().unwrap_or_else(|| template.clone());
+        Lent {
+            copies: self,
+            decoder: Some(decoder),
+        }
+    }
+}
+
+/// A decoder copy lent to one reading, given back when dropped: its cache cleared, or dropped
+/// itself if the reading panicked.
+struct Lent<'a> {
+    copies: &'a Copies,
+    decoder: Option<DecoderModel>,
+}
+
+impl Lent<'_> {
+    fn decoder(&mut self) -> &mut DecoderModel {
+        self.decoder.as_mut().expect("lent until dropped")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let decoder = self.decoder.take();
+        let mut state = self.copies.state();
+        state.lent -= 1;
+        if let Some(mut decoder) = decoder.filter(|_| !std::thread::panicking()) {
+            decoder.clear_kv_cache();
+            state.idle.push(decoder);
+        }
+        self.copies.returned.notify_one();
+    }
+}
+
 /// DeepSeek-OCR (or a model of the same family): the embedded reader, or a checkpoint folder.
 pub struct OcrModel {
     name: String,
@@ -125,8 +192,8 @@ pub struct OcrModel {
     /// the copy holds the reading's KV cache), so readings run side by side on any number of
     /// threads, as encoding does.
     decoder: DecoderModel,
-    /// Copies that finished a reading, their caches cleared, for the next ones.
-    idle_decoders: Mutex<Vec<DecoderModel>>,
+    /// The copies lent to readings and those waiting for the next.
+    copies: Copies,
     tokenizer: Tokenizer,
     image_token_id: u32,
     generation: GenerationConfig,
@@ -319,7 +386,7 @@ impl OcrModel {
             name,
             encoder,
             decoder,
-            idle_decoders: Mutex::new(Vec::new()),
+            copies: Copies::default(),
             tokenizer,
             image_token_id,
             generation,
@@ -431,9 +498,8 @@ impl OcrModel {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Reading> {
         let positions = embeds.dim(0)?;
-        let idle = || self.idle_decoders.lock().unwrap_or_else(|p| p.into_inner());
-        // A copy of the decoder for this reading alone (one that panicked is simply dropped).
-        let mut decoder = idle().pop().unwrap_or_else(|| self.decoder.clone());
+        let mut lent = self.copies.lend(&self.decoder);
+        let decoder = lent.decoder();
         let cfg = decoder.config();
         let prompt = build_prompt(
             &self.tokenizer,
@@ -447,7 +513,7 @@ impl OcrModel {
         let mut stream = self.tokenizer.stream(skip);
         let mut stream_err = None;
         let out = generate(
-            &mut decoder,
+            decoder,
             &prompt.ids,
             &input,
             &self.generation,
@@ -469,8 +535,7 @@ impl OcrModel {
                 on_text(&rest);
             }
         }
-        decoder.clear_kv_cache();
-        idle().push(decoder);
+        drop(lent);
         let text = self.tokenizer.decode(&out.tokens, skip)?;
         Ok(Reading {
             text,

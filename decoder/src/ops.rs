@@ -107,7 +107,7 @@ impl Linear {
         Self::from_given(w, vb.dtype(), quant)
     }
 
-    /// Wraps a `[out, in]` weight as a `VarBuilder` computing in `compute` gave it: in that
+    /// Wraps a `[out, in]` weight as a `VarBuilder` of dtype `compute` returned it: in that
     /// dtype, or, from a CPU builder keeping half (`Checkpoint::var_builder_keeping_half`), in
     /// the 16 bits it was stored in, which are packed as they are unless `quant` quantises.
     pub fn from_given(w: Tensor, compute: DType, quant: Quantization) -> Result<Self> {

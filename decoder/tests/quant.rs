@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::{load_case, max_abs_diff, FakeTokenizer};
 use lethe_decoder::{
-    build_prompt, generate, DecoderConfig, DecoderModel, GenerationConfig, LogitsFor, Quantization,
-    DEFAULT_PROMPT,
+    build_prompt, generate, DecoderConfig, DecoderModel, GenerationConfig, LogitsFor, Prompt,
+    Quantization, DEFAULT_PROMPT,
 };
 
 fn greedy(model: &mut DecoderModel, ids: &[u32], embeds: &Tensor, n: usize) -> Vec<u32> {
@@ -23,6 +23,20 @@ fn greedy(model: &mut DecoderModel, ids: &[u32], embeds: &Tensor, n: usize) -> V
         .tokens
 }
 
+/// A fixture case's image embeddings and the default prompt around them.
+fn case_prompt(name: &str) -> (Tensor, Prompt) {
+    let image = load_case(name)["image_embeds"].clone();
+    let p = build_prompt(
+        &FakeTokenizer,
+        DEFAULT_PROMPT,
+        &[image.dim(0).unwrap()],
+        0,
+        1000,
+    )
+    .unwrap();
+    (image, p)
+}
+
 #[test]
 fn quantised_tiny_model_tracks_f32() {
     let mut f32m = common::tiny_model(Quantization::None);
@@ -34,16 +48,7 @@ fn quantised_tiny_model_tracks_f32() {
         let mut agree = 0usize;
         let mut total = 0usize;
         for name in ["card_tiny", "doc_small", "wide_base"] {
-            let case = load_case(name);
-            let image = case["image_embeds"].clone();
-            let p = build_prompt(
-                &FakeTokenizer,
-                DEFAULT_PROMPT,
-                &[image.dim(0).unwrap()],
-                0,
-                1000,
-            )
-            .unwrap();
+            let (image, p) = case_prompt(name);
             let e = f32m.embed_prompt(&p.ids, 1000, Some(&image)).unwrap();
             let a = f32m.forward(&e, 0).unwrap();
             let b = qm.forward(&e, 0).unwrap();
@@ -277,16 +282,7 @@ fn rounded_copy(dtype: DType, stored: bool) -> tempfile::TempDir {
 fn a_16_bit_checkpoint_loads_as_its_values_widened_to_f32() {
     // Stored in 16 bits, the weights are packed from their bits; stored as the same values in
     // f32, narrowed after a scan. Both must give the same model, bit for bit.
-    let case = load_case("card_tiny");
-    let image = case["image_embeds"].clone();
-    let p = build_prompt(
-        &FakeTokenizer,
-        DEFAULT_PROMPT,
-        &[image.dim(0).unwrap()],
-        0,
-        1000,
-    )
-    .unwrap();
+    let (image, p) = case_prompt("card_tiny");
     for dtype in [DType::BF16, DType::F16] {
         let (kept, wide) = (rounded_copy(dtype, true), rounded_copy(dtype, false));
         for quant in [Quantization::None, Quantization::Q8_0] {

@@ -90,8 +90,9 @@ pub(crate) struct Linear {
 /// A linear layer's weight as it is kept.
 #[derive(Debug, Clone)]
 enum Weight {
-    /// f32 in CPU memory: packed once at load for the CPU kernels, in 16 bits when every value
-    /// is exactly bf16 or f16 (the `[out, in]` tensor is dropped, so the weights are held once).
+    /// For the CPU kernels, packed once at load: from a checkpoint's stored 16 bits as they are,
+    /// or from f32 values, in 16 bits when every value is exactly bf16 or f16 (the `[out, in]`
+    /// tensor is dropped, so the weights are held once).
     Packed(Arc<PackedB>),
     /// Any other dtype or device: the `[out, in]` tensor, for candle's matmul.
     Tensor(Tensor),

@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -672,7 +673,7 @@ pub fn bench_transcripts(
                     let png = renderer
                         .render(i, mode)
                         .with_context(|| format!("rendering {doc} page {} at {mode}", i + 1))?;
-                    batch.views.push((batch.pages.len(), mode, png));
+                    batch.views.push((batch.pages.len(), mode, png.into()));
                 }
                 batch.pages.push((format!("{doc} page {}", i + 1), page));
             }
@@ -696,11 +697,15 @@ pub fn bench_images(
         let mut batch = Batch::default();
         for (j, truth) in chunk.iter().enumerate() {
             let name = truth.image.display().to_string();
-            let png = fs::read(&truth.image).with_context(|| format!("reading {name}"))?;
+            let png: Arc<[u8]> = fs::read(&truth.image)
+                .with_context(|| format!("reading {name}"))?
+                .into();
             let i = c * PAGES_AT_ONCE + j;
             let page = SourcePage::new(&name, i, truth.text.as_str(), scoring.tokenizer)?;
             for &mode in modes {
-                batch.views.push((batch.pages.len(), mode, png.clone()));
+                batch
+                    .views
+                    .push((batch.pages.len(), mode, Arc::clone(&png)));
             }
             batch.pages.push((name, page));
         }
@@ -719,7 +724,9 @@ const PAGES_AT_ONCE: usize = 16;
 struct Batch {
     /// Each page's label for messages, and the page.
     pages: Vec<(String, SourcePage)>,
-    views: Vec<(usize, Mode, Vec<u8>)>,
+    /// Each view: its page's index in `pages`, the mode, the PNG (one shared by a page's views
+    /// when the page is an image file).
+    views: Vec<(usize, Mode, Arc<[u8]>)>,
 }
 
 impl Batch {

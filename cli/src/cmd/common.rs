@@ -295,7 +295,7 @@ pub struct RecallRow {
 /// Decodes the pages of `scope` that kept their text and scores them, per tier: every page, or
 /// `per_tier` pages of each tier spread evenly over its pages (oldest to newest).
 pub fn score_pages(
-    lethe: &mut Lethe,
+    lethe: &Lethe,
     scope: &Scope,
     per_tier: Option<usize>,
 ) -> anyhow::Result<Vec<RecallRow>> {
@@ -377,27 +377,28 @@ pub fn read_side_by_side<T: Copy + Sync, R: Send>(
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let done: Vec<Vec<(usize, R)>> = (0..lanes.max(1))
+    // No more lanes than workers, so that every lane starts at once (a lane waiting inside a
+    // reading's own parallel work never picks up another lane's whole loop).
+    let lanes = lanes.clamp(1, rayon::current_num_threads().max(1));
+    let mut done: Vec<(usize, anyhow::Result<R>)> = (0..lanes)
         .into_par_iter()
-        .map(|_| {
+        .flat_map_iter(|_| {
             let mut done = Vec::new();
             while !failed.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&item) = items.get(i) else { break };
-                match read(item) {
-                    Ok(r) => done.push((i, r)),
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        return Err(e);
-                    }
+                let r = read(item);
+                if r.is_err() {
+                    failed.store(true, Ordering::Relaxed);
                 }
+                done.push((i, r));
             }
-            Ok(done)
+            done
         })
-        .collect::<anyhow::Result<_>>()?;
-    let mut done: Vec<(usize, R)> = done.into_iter().flatten().collect();
+        .collect();
+    // In the items' order, so the error is the first failing item's, as reading in turn gives.
     done.sort_by_key(|(i, _)| *i);
-    Ok(done.into_iter().map(|(_, r)| r).collect())
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// `n` items of `items` spread evenly (first and last included), or all when there are fewer.

@@ -100,11 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let compaction = lethe.compact().context("compacting the store")?;
     let report = lethe.report()?;
     let recall = match lethe.model() {
-        Some(_) => Some(common::score_pages(
-            &mut lethe,
-            &scope,
-            args.recall_pages.0,
-        )?),
+        Some(_) => Some(common::score_pages(&lethe, &scope, args.recall_pages.0)?),
         None => None,
     };
     if args.json {

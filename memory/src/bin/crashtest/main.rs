@@ -21,7 +21,8 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use lethe_memory::{
-    Due, Layout, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, TokenCache, Transition,
+    Due, Layout, NewPage, NewTurn, PageId, PageRecord, Scope, Stamp, Store, StoreOptions,
+    TokenCache, Transition,
 };
 
 mod data;
@@ -190,7 +191,13 @@ fn compact(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn hold(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let store = Store::open(dir)?;
+    // A short wait: the test that starts this closed the store a moment ago, and a child process
+    // another test is starting may still hold that lock through an inherited descriptor.
+    let opts = StoreOptions::builder()
+        .path(dir)
+        .wait(Some(std::time::Duration::from_secs(10)))
+        .build()?;
+    let store = Store::open_with(opts)?;
     println!("ready");
     std::io::stdout().flush()?;
     for line in std::io::stdin().lock().lines() {
