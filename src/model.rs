@@ -133,9 +133,12 @@ struct CopiesState {
 }
 
 impl Copies {
-    /// Readings at once: one a core, up to 4.
+    /// Readings at once: one a rayon worker, up to 4. No fewer than the lanes `memctl` reads
+    /// pages in (one a worker, up to 4): a worker that runs a second lane on top of its first
+    /// while it waits inside a reading's parallel work must never wait here for the copy held
+    /// below it.
     fn most() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+        rayon::current_num_threads().clamp(1, 4)
     }
 
     fn state(&self) -> MutexGuard<'_, CopiesState> {

@@ -360,7 +360,8 @@ pub fn score_pages(
 
 /// The most pages read at once. Each reading holds its own KV cache and activations (about
 /// 0.3 GB for the real checkpoint in f32), so this bounds the memory on a machine with many
-/// cores.
+/// cores. `OcrModel` lends as many decoder copies at once (one a rayon worker, up to 4): keep
+/// the two equal.
 pub const READINGS_AT_ONCE: usize = 4;
 
 /// `read` of every item of `items`, in their order, run side by side on rayon's workers in
