@@ -179,18 +179,14 @@ impl DecoderModel {
         let cfg = DecoderConfig::from_file(dir.join("config.json"))?;
         let files = safetensors_files(dir)?;
         let dtype = compute_dtype(device);
-        let checkpoint =
-            lethe_weights::Checkpoint::open(&files).map_err(|source| Error::Weights {
-                origin: dir.display().to_string(),
-                source,
-            })?;
         // On the CPU, 16-bit weights are packed from their stored bits: no f32 copy, and no
         // scan for an exact 16-bit form.
-        let vb = if dtype == DType::F32 && device.is_cpu() {
-            checkpoint.var_builder_keeping_half(device)
-        } else {
-            checkpoint.var_builder(dtype, device)
-        };
+        let vb = lethe_weights::Checkpoint::open(&files)
+            .map_err(|source| Error::Weights {
+                origin: dir.display().to_string(),
+                source,
+            })?
+            .var_builder_for(dtype, device);
         Self::new(&cfg, vb, quant).map_err(|e| match e {
             Error::Candle(source) => Error::Weights {
                 origin: dir.display().to_string(),

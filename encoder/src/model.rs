@@ -107,12 +107,7 @@ impl EncoderBuilder {
         let files = safetensors_files(&dir)?;
         // Tensors are read one at a time, so loading needs the weights kept plus one tensor. On
         // the CPU, 16-bit weights are packed from their stored bits, never widened to f32.
-        let checkpoint = lethe_weights::Checkpoint::open(&files)?;
-        let vb = if dtype == DType::F32 && device.is_cpu() {
-            checkpoint.var_builder_keeping_half(&device)
-        } else {
-            checkpoint.var_builder(dtype, &device)
-        };
+        let vb = lethe_weights::Checkpoint::open(&files)?.var_builder_for(dtype, &device);
         Encoder::new(&cfg, vb)
     }
 }

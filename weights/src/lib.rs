@@ -215,6 +215,17 @@ impl Checkpoint {
         VarBuilder::from_backend(Box::new(self), DType::F32, device.clone())
     }
 
+    /// The `VarBuilder` a model's loader takes: for f32 on the CPU, one keeping half
+    /// ([`Checkpoint::var_builder_keeping_half`]: 16-bit weights packed from their bits);
+    /// otherwise one converting every tensor to `dtype`.
+    pub fn var_builder_for(self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        if dtype == DType::F32 && device.is_cpu() {
+            self.var_builder_keeping_half(device)
+        } else {
+            self.var_builder(dtype, device)
+        }
+    }
+
     /// The dtype `name` is given in when `dtype` is asked for: its stored 16-bit form when
     /// keeping half and f32 is asked for, else `dtype`.
     fn dtype_for(&self, name: &str, dtype: DType) -> DType {
@@ -431,6 +442,17 @@ mod tests {
         let kept = Checkpoint::open(std::slice::from_ref(&path))
             .unwrap()
             .var_builder_keeping_half(&Device::Cpu);
+        // What a model's loader gets: keeping half for f32 on the CPU, converting otherwise.
+        let open = || Checkpoint::open(std::slice::from_ref(&path)).unwrap();
+        let e = |vb: VarBuilder| vb.get(70_001, "e").unwrap().dtype();
+        assert_eq!(
+            e(open().var_builder_for(DType::F32, &Device::Cpu)),
+            DType::BF16
+        );
+        assert_eq!(
+            e(open().var_builder_for(DType::F16, &Device::Cpu)),
+            DType::F16
+        );
         // SAFETY: a file this test wrote and nobody changes.
         let mmap = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.unwrap();
         for (name, shape, given) in [
