@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Storage, Tensor, D};
 use candle_nn::VarBuilder;
-use lethe_kernels::{Act, Half, MatRef, PackedB};
+use lethe_kernels::{Act, MatRef, PackedB};
 
 use crate::error::{Error, Result};
 
@@ -116,10 +116,7 @@ impl Linear {
         }
         let (out_dim, in_dim) = w.dims2()?;
         if quant.ggml_type(in_dim).is_none() {
-            let packed = lethe_weights::with_half_bits(&w, |dtype, bits| {
-                PackedB::from_rows_half(bits, half_form(dtype), out_dim, in_dim)
-            });
-            if let Some(p) = packed {
+            if let Some(p) = lethe_weights::packed_from_bits(&w) {
                 return Ok(Self {
                     weight: LinearWeight::Packed(Arc::new(p)),
                     out_dim,
@@ -222,15 +219,6 @@ pub(crate) fn with_host_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Resul
         }
     }
     Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
-}
-
-/// The kernels' name for a 16-bit float dtype (bf16 or f16).
-fn half_form(dtype: DType) -> Half {
-    if dtype == DType::BF16 {
-        Half::Bf16
-    } else {
-        Half::F16
-    }
 }
 
 /// `x W^T` for `rows` rows of `x` (row-major), with `W` packed.

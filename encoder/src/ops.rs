@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-use crate::cpu::{self, Act, Half, MatRef, PackedB};
+use crate::cpu::{self, Act, MatRef, PackedB};
 use crate::error::{Error, Result};
 
 /// Read access to the f32 values of a contiguous CPU tensor.
@@ -110,15 +110,7 @@ impl Linear {
         if weight.dtype() != vb.dtype() {
             // Stored in 16 bits and given so for an f32 encoder: packed from its bits, with no
             // f32 copy and no scan for an exact form.
-            let packed = lethe_weights::with_half_bits(&weight, |dtype, bits| {
-                let form = if dtype == DType::BF16 {
-                    Half::Bf16
-                } else {
-                    Half::F16
-                };
-                PackedB::from_rows_half(bits, form, out_dim, in_dim)
-            });
-            if let Some(p) = packed {
+            if let Some(p) = lethe_weights::packed_from_bits(&weight) {
                 return Ok(Self {
                     weight: Weight::Packed(Arc::new(p)),
                     bias,

@@ -238,9 +238,24 @@ impl Checkpoint {
     }
 }
 
-/// Calls `f` with the dtype and the bits of a contiguous CPU bf16 or f16 tensor (such as
-/// [`Checkpoint::var_builder_keeping_half`] gives), or returns `None` for any other tensor.
-pub fn with_half_bits<T>(t: &Tensor, f: impl FnOnce(DType, &[u16]) -> T) -> Option<T> {
+/// A linear layer's `[out, in]` weight packed for `lethe-kernels` from the bits it was stored in,
+/// when it is a contiguous CPU bf16 or f16 tensor (such as
+/// [`Checkpoint::var_builder_keeping_half`] gives); `None` for any other tensor.
+pub fn packed_from_bits(w: &Tensor) -> Option<lethe_kernels::PackedB> {
+    let (out_dim, in_dim) = w.dims2().ok()?;
+    with_half_bits(w, |dtype, bits| {
+        let form = if dtype == DType::BF16 {
+            lethe_kernels::Half::Bf16
+        } else {
+            lethe_kernels::Half::F16
+        };
+        lethe_kernels::PackedB::from_rows_half(bits, form, out_dim, in_dim)
+    })
+}
+
+/// Calls `f` with the dtype and the bits of a contiguous CPU bf16 or f16 tensor, or returns
+/// `None` for any other tensor.
+fn with_half_bits<T>(t: &Tensor, f: impl FnOnce(DType, &[u16]) -> T) -> Option<T> {
     use candle_core::{CpuStorage, Storage};
     use half::slice::HalfFloatSliceExt;
     let (guard, layout) = t.storage_and_layout();
@@ -505,6 +520,17 @@ mod tests {
                 with_half_bits(&got, |_, b| b.len()).is_some(),
                 given != DType::F32
             );
+            if given != DType::F32 {
+                // Packed as a one-row weight: the stored values, widened.
+                let row = got.flatten_all().unwrap().unsqueeze(0).unwrap();
+                let packed = packed_from_bits(&row).unwrap();
+                let values = Tensor::new(packed.to_rows(), &Device::Cpu).unwrap();
+                assert_eq!(bits(&values), bits(&f32s.flatten_all().unwrap()), "{name}");
+            } else {
+                assert!(
+                    packed_from_bits(&f32s.flatten_all().unwrap().unsqueeze(0).unwrap()).is_none()
+                );
+            }
         }
     }
 
