@@ -74,7 +74,7 @@ pub use provider::{
     PROVIDERS_TOML,
 };
 pub use provider_context::{ProviderContext, ProviderPage, TextAccounting};
-pub use read::{Context, ContextPage, Recall, RecallTarget, RecalledPage};
+pub use read::{read_side_by_side, Context, ContextPage, Recall, RecallTarget, RecalledPage};
 pub use remote::{RemoteDecoder, RemoteOptions, RemoteReading};
 pub use report::{Report, TierReport};
 

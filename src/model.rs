@@ -118,8 +118,7 @@ impl Reading {
 }
 
 /// The copies of an [`OcrModel`]'s decoder that readings generate on: at most
-/// [`Copies::most`] lent at once (each holds a KV cache and a reading's activations, about
-/// 0.3 GB for the real checkpoint in f32), the rest kept idle for the next readings.
+/// [`readings_at_once`] lent at once, the rest kept idle for the next readings.
 #[derive(Default)]
 struct Copies {
     state: Mutex<CopiesState>,
@@ -132,24 +131,28 @@ struct CopiesState {
     lent: usize,
 }
 
-impl Copies {
-    /// Readings at once: one a rayon worker, up to 4. No fewer than the lanes `memctl` reads
-    /// pages in (one a worker, up to 4): a worker that runs a second lane on top of its first
-    /// while it waits inside a reading's parallel work must never wait here for the copy held
-    /// below it.
-    fn most() -> usize {
-        rayon::current_num_threads().clamp(1, 4)
-    }
+/// Readings at once: one a rayon worker, up to 4. Each holds its own KV cache and activations
+/// (about 0.3 GB for the real checkpoint in f32), so this bounds the memory on a machine with
+/// many cores; [`crate::read_side_by_side`] reads in as many lanes.
+pub(crate) fn readings_at_once() -> usize {
+    rayon::current_num_threads().clamp(1, 4)
+}
 
+impl Copies {
     fn state(&self) -> MutexGuard<'_, CopiesState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A copy of `template` for one reading (an idle one, else a new one), once fewer than
-    /// [`Copies::most`] are lent.
+    /// [`readings_at_once`] are lent. A rayon worker never waits here: a worker waiting inside
+    /// a reading's parallel work may run another reading's lane ([`crate::read_side_by_side`])
+    /// on top of its own, or a job of another worker's reading, and waiting then could wait for
+    /// the copy held beneath it. So past the bound, a worker's reading takes one more copy (not
+    /// kept when given back): the bound holds for the threads that call in from outside the
+    /// pool, such as a service's requests.
     fn lend<'a>(&'a self, template: &DecoderModel) -> Lent<'a> {
         let mut state = self.state();
-        while state.lent >= Self::most() {
+        while state.lent >= readings_at_once() && rayon::current_thread_index().is_none() {
             state = self.returned.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.lent += 1;
@@ -161,8 +164,9 @@ impl Copies {
     }
 }
 
-/// A decoder copy lent to one reading, given back when dropped: its cache cleared, or dropped
-/// itself if the reading panicked.
+/// A decoder copy lent to one reading, given back when dropped: kept idle with its cache
+/// cleared, or dropped itself if the reading panicked or [`readings_at_once`] copies are
+/// already kept.
 struct Lent<'a> {
     copies: &'a Copies,
     decoder: Option<DecoderModel>,
@@ -179,7 +183,8 @@ impl Drop for Lent<'_> {
         let decoder = self.decoder.take();
         let mut state = self.copies.state();
         state.lent -= 1;
-        if let Some(mut decoder) = decoder.filter(|_| !std::thread::panicking()) {
+        let kept = state.idle.len() + state.lent < readings_at_once();
+        if let Some(mut decoder) = decoder.filter(|_| kept && !std::thread::panicking()) {
             decoder.clear_kv_cache();
             state.idle.push(decoder);
         }
@@ -614,5 +619,55 @@ impl VisionTokens {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn past_the_bound_a_thread_from_outside_waits_and_a_rayon_worker_takes_one_more_copy() {
+        let model = OcrModel::embedded(OcrOptions::default()).unwrap();
+        let most = readings_at_once();
+        let mut held: Vec<Lent<'_>> = (0..most)
+            .map(|_| model.copies.lend(&model.decoder))
+            .collect();
+        std::thread::scope(|s| {
+            // A thread of its own waits until a copy is given back.
+            let (sent, got) = mpsc::channel();
+            let model = &model;
+            s.spawn(move || {
+                let lent = model.copies.lend(&model.decoder);
+                sent.send(()).unwrap();
+                drop(lent);
+            });
+            // A rayon worker may be waiting inside a reading of its own, so it does not wait:
+            // it takes one more copy, which is not kept when given back.
+            let (lent_then, idle_after) = rayon::join(
+                || {
+                    let lent = model.copies.lend(&model.decoder);
+                    let lent_then = model.copies.state().lent;
+                    drop(lent);
+                    (lent_then, model.copies.state().idle.len())
+                },
+                || (),
+            )
+            .0;
+            assert_eq!(lent_then, most + 1);
+            assert_eq!(idle_after, 0, "the copy past the bound is dropped");
+            assert!(
+                got.recv_timeout(Duration::from_millis(200)).is_err(),
+                "the outside thread waits while {most} copies are lent"
+            );
+            held.pop();
+            got.recv_timeout(Duration::from_secs(60))
+                .expect("a copy given back goes to the waiting thread");
+        });
+        drop(held);
+        let state = model.copies.state();
+        assert_eq!((state.lent, state.idle.len()), (0, most));
     }
 }

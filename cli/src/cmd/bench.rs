@@ -730,7 +730,7 @@ struct Batch {
 }
 
 impl Batch {
-    /// Reads and scores every view side by side ([`common::read_side_by_side`]) and appends, per
+    /// Reads and scores every view side by side ([`lethe::read_side_by_side`]) and appends, per
     /// page in order, its views' records and then its uncompressed record.
     fn score(
         self,
@@ -739,17 +739,14 @@ impl Batch {
         bar: &ProgressBar,
         records: &mut Vec<PageRecord>,
     ) -> anyhow::Result<()> {
-        let order: Vec<usize> = (0..self.views.len()).collect();
-        let lanes = rayon::current_num_threads().clamp(1, common::READINGS_AT_ONCE);
-        let scored = common::read_side_by_side(&order, lanes, |v| {
-            let (p, mode, png) = &self.views[v];
+        let scored = lethe::read_side_by_side(&self.views, |(p, mode, png)| {
             let (label, page) = &self.pages[*p];
             bar.set_message(format!("{label} at {mode}"));
             let view = scoring
                 .view(page, png, *mode, reader)
                 .with_context(|| format!("{label} at {mode}"))?;
             bar.inc(1);
-            Ok(view)
+            anyhow::Ok(view)
         })?;
         let mut scored = self.views.iter().zip(scored).peekable();
         for (p, (_, page)) in self.pages.iter().enumerate() {

@@ -317,11 +317,10 @@ pub fn score_pages(
     let ids: Vec<lethe_memory::PageId> = tiers.into_values().flatten().collect();
     let bar = progress(ids.len() as u64, "reading pages back");
     let now = u64::MAX / 2;
-    let lanes = rayon::current_num_threads().clamp(1, READINGS_AT_ONCE);
-    let recalled = read_side_by_side(&ids, lanes, |id| {
+    let recalled = lethe::read_side_by_side(&ids, |&id| {
         let recalled = lethe.recall(RecallTarget::Page(id), now)?;
         bar.inc(1);
-        Ok(recalled)
+        anyhow::Ok(recalled)
     })?;
     let mut by_tier: BTreeMap<Tier, Vec<lethe_cli::metrics::PageScores>> = BTreeMap::new();
     for recalled in recalled {
@@ -356,50 +355,6 @@ pub fn score_pages(
             }
         })
         .collect())
-}
-
-/// The most pages read at once. Each reading holds its own KV cache and activations (about
-/// 0.3 GB for the real checkpoint in f32), so this bounds the memory on a machine with many
-/// cores. `OcrModel` lends as many decoder copies at once (one a rayon worker, up to 4): keep
-/// the two equal.
-pub const READINGS_AT_ONCE: usize = 4;
-
-/// `read` of every item of `items`, in their order, run side by side on rayon's workers in
-/// `lanes` lanes that each take the next item when done with one. A decode step of a small reader is too
-/// little work to split over the cores, so whole readings are: on 2 cores the README's first
-/// command (16 pages read back by the embedded reader) went from 15-18 s to 9-10 s. Stops at the
-/// first error.
-pub fn read_side_by_side<T: Copy + Sync, R: Send>(
-    items: &[T],
-    lanes: usize,
-    read: impl Fn(T) -> anyhow::Result<R> + Sync,
-) -> anyhow::Result<Vec<R>> {
-    use rayon::prelude::*;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    // No more lanes than workers, so that every lane starts at once (a lane waiting inside a
-    // reading's own parallel work never picks up another lane's whole loop).
-    let lanes = lanes.clamp(1, rayon::current_num_threads().max(1));
-    let mut done: Vec<(usize, anyhow::Result<R>)> = (0..lanes)
-        .into_par_iter()
-        .flat_map_iter(|_| {
-            let mut done = Vec::new();
-            while !failed.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&item) = items.get(i) else { break };
-                let r = read(item);
-                if r.is_err() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-                done.push((i, r));
-            }
-            done
-        })
-        .collect();
-    // In the items' order, so the error is the first failing item's, as reading in turn gives.
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// `n` items of `items` spread evenly (first and last included), or all when there are fewer.
@@ -457,36 +412,5 @@ pub fn human_bytes(n: u64) -> String {
         _ if value < 10.0 => format!("{value:.2} {}", units[unit]),
         _ if value < 100.0 => format!("{value:.1} {}", units[unit]),
         _ => format!("{value:.0} {}", units[unit]),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn readings_side_by_side_come_back_in_order_and_stop_at_an_error() {
-        for lanes in [1, 2, 4] {
-            for n in [0usize, 1, 2, 7, 50] {
-                let items: Vec<usize> = (0..n).collect();
-                let got = read_side_by_side(&items, lanes, |i| Ok(i * 10)).unwrap();
-                assert_eq!(got, items.iter().map(|i| i * 10).collect::<Vec<_>>());
-            }
-            let items: Vec<usize> = (0..50).collect();
-            let read = std::sync::atomic::AtomicUsize::new(0);
-            let e = read_side_by_side(&items, lanes, |i| {
-                read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i == 3 {
-                    bail!("page 3 is unreadable")
-                }
-                Ok(i)
-            })
-            .unwrap_err();
-            assert!(e.to_string().contains("page 3"), "{e}");
-            if lanes == 1 {
-                // In one lane, nothing after the failing page is read.
-                assert_eq!(read.into_inner(), 4);
-            }
-        }
     }
 }
