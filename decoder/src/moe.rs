@@ -114,9 +114,18 @@ impl Moe {
         let m = cfg.moe_intermediate_size;
         let gate = vb.pp("gate").get((n, h), "weight")?.to_dtype(DType::F32)?;
         let gate = Linear::from_weight(gate, Quantization::None)?;
-        let experts = (0..n)
-            .map(|e| Mlp::new(vb.pp("experts").pp(e), h, m, quant))
-            .collect::<Result<Vec<_>>>()?;
+        let expert = |e: usize| Mlp::new(vb.pp("experts").pp(e), h, m, quant);
+        // On the CPU, experts load side by side: one's read overlaps another's packing (each
+        // is a few MB, read on one worker).
+        let experts = if vb.device().is_cpu() {
+            use rayon::prelude::*;
+            (0..n)
+                .into_par_iter()
+                .map(expert)
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            (0..n).map(expert).collect::<Result<Vec<_>>>()?
+        };
         let shared_experts = match cfg.n_shared_experts {
             Some(s) if s > 0 => Some(Mlp::new(vb.pp("shared_experts"), h, m * s, quant)?),
             _ => None,
