@@ -182,7 +182,7 @@ impl PackedB {
     /// If `w` holds fewer than `n * k` values.
     pub fn from_rows_half(w: &[u16], half: Half, n: usize, k: usize) -> Self {
         let mut out = vec![0u16; k * n.div_ceil(NR) * NR];
-        pack_rows(w, n, k, &mut out, |x| x);
+        pack_rows_u16(w, n, k, &mut out);
         Self {
             data: Store::Half(half, out),
             k,
@@ -977,6 +977,45 @@ where
     S: Copy + Sync,
     T: Copy + Default + Send,
 {
+    pack_rows_turning(w, n, k, out, f, |_, _, _| false);
+}
+
+/// [`pack_rows`] of 16-bit values kept as they are: a whole panel's eight inputs at a time
+/// turned in registers (AVX2) where the CPU has them, at about a quarter of the scalar turn's
+/// time.
+fn pack_rows_u16(w: &[u16], n: usize, k: usize, out: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        return pack_rows_turning(
+            w,
+            n,
+            k,
+            out,
+            |x| x,
+            |src, stride, dst| {
+                // SAFETY: AVX2 was detected above; `turn_32x8_u16_avx2` checks the bounds.
+                unsafe { turn_32x8_u16_avx2(src, stride, dst) };
+                true
+            },
+        );
+    }
+    pack_rows(w, n, k, out, |x| x);
+}
+
+/// [`pack_rows`], with `whole(src, k, dst)` offered each whole `NR` x 8 block first: `src`
+/// starts at the block's first value (row after row `k` apart) and `dst` is the block's eight
+/// rows of `NR` outputs; it returns false to leave the block to the scalar turn.
+fn pack_rows_turning<S, T>(
+    w: &[S],
+    n: usize,
+    k: usize,
+    out: &mut [T],
+    f: impl Fn(S) -> T + Sync,
+    whole: impl Fn(&[S], usize, &mut [T]) -> bool + Sync,
+) where
+    S: Copy + Sync,
+    T: Copy + Default + Send,
+{
     let npad = n.div_ceil(NR) * NR;
     assert!(
         w.len() >= n * k,
@@ -1003,6 +1042,17 @@ where
                     let mut p0 = 0;
                     while p0 < kc {
                         let len = 8.min(kc - p0);
+                        if lanes == NR
+                            && len == 8
+                            && whole(
+                                &w[j0 * k + pc + p0..(j0 + NR - 1) * k + pc + p0 + 8],
+                                k,
+                                &mut out[p0 * NR..(p0 + 8) * NR],
+                            )
+                        {
+                            p0 += 8;
+                            continue;
+                        }
                         let rows = w[j0 * k..n * k].chunks_exact(k).take(lanes);
                         for (l, row) in rows.enumerate() {
                             let inputs = &row[pc + p0..pc + p0 + len];
@@ -1018,6 +1068,63 @@ where
                     }
                 });
         });
+}
+
+/// Turns a block of 16-bit values: `NR` (32) rows of eight, `stride` apart in `src`, into eight
+/// rows of 32 in `dst`. Each of two halves loads rows `r` and `r + 8` into the two lanes of a
+/// register and turns both 8 x 8 squares at once (16-, 32-, then 64-bit interleaves), so that
+/// each result register holds one input of 16 rows.
+///
+/// # Panics
+/// If `src` is shorter than `31 * stride + 8` or `dst` than 256.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn turn_32x8_u16_avx2(src: &[u16], stride: usize, dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    assert!(src.len() >= 31 * stride + 8 && dst.len() >= 8 * NR);
+    for half in 0..2 {
+        let row = |r: usize| {
+            let at = (half * 16 + r) * stride;
+            // SAFETY: `at + 8 <= src.len()` by the assertion above (r < 16, half < 2).
+            unsafe { _mm_loadu_si128(src.as_ptr().add(at).cast()) }
+        };
+        let a: [__m256i; 8] = std::array::from_fn(|r| _mm256_set_m128i(row(r + 8), row(r)));
+        let t = [
+            _mm256_unpacklo_epi16(a[0], a[1]),
+            _mm256_unpackhi_epi16(a[0], a[1]),
+            _mm256_unpacklo_epi16(a[2], a[3]),
+            _mm256_unpackhi_epi16(a[2], a[3]),
+            _mm256_unpacklo_epi16(a[4], a[5]),
+            _mm256_unpackhi_epi16(a[4], a[5]),
+            _mm256_unpacklo_epi16(a[6], a[7]),
+            _mm256_unpackhi_epi16(a[6], a[7]),
+        ];
+        let u = [
+            _mm256_unpacklo_epi32(t[0], t[2]),
+            _mm256_unpackhi_epi32(t[0], t[2]),
+            _mm256_unpacklo_epi32(t[1], t[3]),
+            _mm256_unpackhi_epi32(t[1], t[3]),
+            _mm256_unpacklo_epi32(t[4], t[6]),
+            _mm256_unpackhi_epi32(t[4], t[6]),
+            _mm256_unpacklo_epi32(t[5], t[7]),
+            _mm256_unpackhi_epi32(t[5], t[7]),
+        ];
+        // Input p of rows 0-7 (low lane) and 8-15 (high lane).
+        let v = [
+            _mm256_unpacklo_epi64(u[0], u[4]),
+            _mm256_unpackhi_epi64(u[0], u[4]),
+            _mm256_unpacklo_epi64(u[1], u[5]),
+            _mm256_unpackhi_epi64(u[1], u[5]),
+            _mm256_unpacklo_epi64(u[2], u[6]),
+            _mm256_unpackhi_epi64(u[2], u[6]),
+            _mm256_unpacklo_epi64(u[3], u[7]),
+            _mm256_unpackhi_epi64(u[3], u[7]),
+        ];
+        for (p, v) in v.into_iter().enumerate() {
+            // SAFETY: `p * NR + half * 16 + 16 <= 8 * NR <= dst.len()`.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(p * NR + half * 16).cast(), v) };
+        }
+    }
 }
 
 /// Packs all of B (`k` x `n`) into `bp`: for each `KC` block of rows, `NR`-column panels of
