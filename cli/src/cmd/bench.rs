@@ -668,6 +668,7 @@ pub fn bench_transcripts(
         while texts.peek().is_some() {
             let mut batch = Batch::default();
             for (i, text) in texts.by_ref().take(PAGES_AT_ONCE) {
+                bar.set_message(format!("rendering {doc} page {}", i + 1));
                 let page = SourcePage::new(&doc, i, text, scoring.tokenizer)?;
                 for &mode in modes {
                     let png = renderer
@@ -697,6 +698,7 @@ pub fn bench_images(
         let mut batch = Batch::default();
         for (j, truth) in chunk.iter().enumerate() {
             let name = truth.image.display().to_string();
+            bar.set_message(format!("loading {name}"));
             let png: Arc<[u8]> = fs::read(&truth.image)
                 .with_context(|| format!("reading {name}"))?
                 .into();
