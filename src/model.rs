@@ -117,8 +117,9 @@ impl Reading {
     }
 }
 
-/// The copies of an [`OcrModel`]'s decoder that readings generate on: at most
-/// [`readings_at_once`] lent at once, the rest kept idle for the next readings.
+/// The copies of an [`OcrModel`]'s decoder that readings generate on: [`readings_at_once`]
+/// lent to threads from outside rayon's pool at most (and as many again to the lanes of
+/// [`crate::read_side_by_side`]), at most that many kept idle for the next readings.
 #[derive(Default)]
 struct Copies {
     state: Mutex<CopiesState>,
@@ -148,8 +149,9 @@ impl Copies {
     /// a reading's parallel work may run another reading's lane ([`crate::read_side_by_side`])
     /// on top of its own, or a job of another worker's reading, and waiting then could wait for
     /// the copy held beneath it. So past the bound, a worker's reading takes one more copy (not
-    /// kept when given back): the bound holds for the threads that call in from outside the
-    /// pool, such as a service's requests.
+    /// kept when given back). Threads from outside the pool (a service's requests) wait at the
+    /// bound, and the lanes on workers are bounded by their permits (`read_side_by_side`), so
+    /// at most twice the bound are lent at once.
     fn lend<'a>(&'a self, template: &DecoderModel) -> Lent<'a> {
         let mut state = self.state();
         while state.lent >= readings_at_once() && rayon::current_thread_index().is_none() {
@@ -656,15 +658,18 @@ mod tests {
                 || (),
             )
             .0;
+            let waited = got.recv_timeout(Duration::from_millis(200)).is_err();
+            // Given back before any assertion, so that a failing one cannot leave the outside
+            // thread waiting forever.
+            held.pop();
+            let served = got.recv_timeout(Duration::from_secs(60)).is_ok();
             assert_eq!(lent_then, most + 1);
             assert_eq!(idle_after, 0, "the copy past the bound is dropped");
             assert!(
-                got.recv_timeout(Duration::from_millis(200)).is_err(),
+                waited,
                 "the outside thread waits while {most} copies are lent"
             );
-            held.pop();
-            got.recv_timeout(Duration::from_secs(60))
-                .expect("a copy given back goes to the waiting thread");
+            assert!(served, "a copy given back goes to the waiting thread");
         });
         drop(held);
         let state = model.copies.state();

@@ -75,7 +75,10 @@ pub struct Context {
 
 impl Lethe {
     /// Reads pages back: the decoder's text (the remote decoder's when one is set, else the
-    /// loaded model's; none for an evicted page) and the retained text, each labelled. Counts as an access of each page (reinforcement).
+    /// loaded model's; none for an evicted page) and the retained text, each labelled. Counts as
+    /// an access of each page (reinforcement), recorded once every page is read: a failed
+    /// reading records none. With a model on the CPU, a range's pages are read side by side
+    /// ([`read_side_by_side`]).
     pub fn recall(&self, target: RecallTarget, now: u64) -> Result<Recall> {
         let started = Instant::now();
         let mut usage = self.usage();
@@ -94,9 +97,20 @@ impl Lethe {
                 "no page holds the turns asked for ({target:?})"
             )));
         }
-        // The readings run side by side (a small reader's decode step is too little work to
-        // split over the cores); the store's bookkeeping then runs in page order.
-        let readings = read_side_by_side(&records, |record| self.read_record(record))?;
+        // A model on the CPU reads the pages side by side (a small reader's decode step is too
+        // little work to split over the cores); a remote decoder or a GPU model reads them in
+        // turn (network waits would hold rayon's workers; each reading's cache would sit on the
+        // device). The store's bookkeeping then runs in page order, once every page is read.
+        let side_by_side =
+            self.remote.is_none() && self.model.as_ref().is_some_and(|m| m.device().is_cpu());
+        let readings = if side_by_side {
+            read_side_by_side(&records, |record| self.read_record(record))?
+        } else {
+            records
+                .iter()
+                .map(|record| self.read_record(record))
+                .collect::<Result<Vec<_>>>()?
+        };
         let mut pages = Vec::with_capacity(records.len());
         for (record, (decoded_text, positions, stored_text)) in records.iter().zip(readings) {
             let turn = self.store.next_turn(&record.scope)?;
@@ -296,8 +310,10 @@ impl Lethe {
 /// split over the cores, so whole readings are: on 2 cores, reading 16 pages back with the
 /// embedded reader went from 15-18 s to 8-10 s (lanes on threads of their own, each handing its
 /// reading's parallel work to the pool, took 10-11 s). Stops at the first error, and returns
-/// the first failing item's, as reading in turn would. One item, or one worker, is read on the
-/// calling thread.
+/// the first failing item's, as reading in turn would. One item, one worker, or a caller
+/// already on a rayon worker reads on the calling thread. All callers together run at most
+/// [`OcrModel`]'s bound of lanes at once: a caller waits for the first, and takes more only if
+/// they are free.
 ///
 /// [`Lethe::recall`] reads a range of turns this way; `memctl` scores pages this way.
 ///
@@ -312,7 +328,47 @@ pub fn read_side_by_side<T: Sync, R: Send, E: Send>(
     side_by_side_in(items, model::readings_at_once(), read)
 }
 
-/// [`read_side_by_side`] in at most `lanes` lanes.
+/// Lanes running at once in this process, all callers together: a permit each, at most
+/// [`model::readings_at_once`]. Lanes read on rayon's workers, which never wait for a decoder
+/// copy (`Copies::lend`), so this is what bounds the copies that lanes hold (at most as many
+/// again as the threads calling in from outside the pool, which wait for one).
+static LANES: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static LANE_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// A lane's permit, given back when dropped.
+struct LanePermit;
+
+impl LanePermit {
+    fn running() -> std::sync::MutexGuard<'static, usize> {
+        LANES.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A permit, once one is free (`wait`), or now if one is free.
+    fn take(wait: bool) -> Option<Self> {
+        let mut running = Self::running();
+        loop {
+            if *running < model::readings_at_once() {
+                *running += 1;
+                return Some(LanePermit);
+            }
+            if !wait {
+                return None;
+            }
+            running = LANE_FREED.wait(running).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for LanePermit {
+    fn drop(&mut self) {
+        *Self::running() -= 1;
+        LANE_FREED.notify_one();
+    }
+}
+
+/// [`read_side_by_side`] in at most `lanes` lanes. A caller outside rayon's pool waits for a
+/// lane's permit (it holds no decoder copy, so waiting is safe) and starts as many more lanes
+/// as permits are free; a caller on a worker (a reading inside a lane) reads in turn.
 fn side_by_side_in<T: Sync, R: Send, E: Send>(
     items: &[T],
     lanes: usize,
@@ -320,17 +376,20 @@ fn side_by_side_in<T: Sync, R: Send, E: Send>(
 ) -> std::result::Result<Vec<R>, E> {
     use rayon::prelude::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    // No more lanes than workers, so that the lanes start at once rather than one stacked on
-    // another's reading.
     let lanes = lanes.min(rayon::current_num_threads()).min(items.len());
-    if lanes <= 1 {
+    if lanes <= 1 || rayon::current_thread_index().is_some() {
         return items.iter().map(read).collect();
     }
+    let first = LanePermit::take(true);
+    let permits: Vec<Option<LanePermit>> = std::iter::once(first)
+        .chain((1..lanes).map(|_| LanePermit::take(false)))
+        .filter(Option::is_some)
+        .collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let mut done: Vec<(usize, std::result::Result<R, E>)> = (0..lanes)
+    let mut done: Vec<(usize, std::result::Result<R, E>)> = permits
         .into_par_iter()
-        .flat_map_iter(|_| {
+        .flat_map_iter(|permit| {
             let mut done = Vec::new();
             while !failed.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -341,6 +400,7 @@ fn side_by_side_in<T: Sync, R: Send, E: Send>(
                 }
                 done.push((i, r));
             }
+            drop(permit);
             done
         })
         .collect();

@@ -119,10 +119,10 @@ impl Moe {
         // is a few MB, read on one worker).
         let experts = if vb.device().is_cpu() {
             use rayon::prelude::*;
-            (0..n)
-                .into_par_iter()
-                .map(expert)
-                .collect::<Result<Vec<_>>>()?
+            // Each expert's result kept in order, so that a failure names the first failing
+            // expert, as loading in turn does.
+            let loaded: Vec<Result<Mlp>> = (0..n).into_par_iter().map(expert).collect();
+            loaded.into_iter().collect::<Result<Vec<_>>>()?
         } else {
             (0..n).map(expert).collect::<Result<Vec<_>>>()?
         };

@@ -105,7 +105,7 @@ unsafe fn head_avx2(q: &[f32], k: &[f32], v: &[f32], scale: f32, s: &mut [f32], 
 }
 
 /// [`head`] for heads 64 wide (the embedded reader's), in AVX2 registers with fused
-/// multiply-adds: the query row and then the output row stay in eight registers across the
+/// multiply-adds (so equal to it up to rounding, not bit for bit): the query row and then the output row stay in eight registers across the
 /// cached rows. With a width known only at run time, the output row went through memory every
 /// cached row, each row's adds waiting on the last row's stores.
 ///

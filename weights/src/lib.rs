@@ -314,6 +314,13 @@ fn read_typed<T: Plain>(
 ) -> candle_core::Result<Vec<T>> {
     let bytes = (entry.end - entry.start) as usize;
     let n = bytes / std::mem::size_of::<T>();
+    // `Checkpoint::open` checked that the range holds whole values of the stored dtype, and
+    // `load` reads each dtype as its own type; a mismatch must not write past the vector.
+    assert_eq!(
+        n * std::mem::size_of::<T>(),
+        bytes,
+        "whole values in the tensor's bytes"
+    );
     let mut values: Vec<T> = Vec::with_capacity(n);
     read(values.as_mut_ptr().cast::<u8>(), bytes)?;
     // SAFETY: the read filled all `bytes` bytes, `n` whole values (`Entry`'s range holds whole
@@ -327,7 +334,7 @@ fn read_typed<T: Plain>(
 const READ_CHUNK: usize = 4 << 20;
 
 /// Fills the `len` bytes at `dst` with the bytes of `file` from `offset`, in positioned reads of
-/// [`READ_CHUNK`] run on every core. The memory is not zeroed first: a fresh buffer's pages are
+/// [`READ_CHUNK`] run on every core. The memory is not zeroed first (on unix): a fresh buffer's pages are
 /// first touched by the reads themselves, side by side (a first touch costs ~1 µs a KB on this
 /// project's VMs, so a 300 MB table zeroed on one thread, then copied into on one thread, took
 /// longer than packing it).
@@ -374,6 +381,11 @@ unsafe fn read_at(file: &File, dst: *mut u8, len: usize, offset: u64) -> std::io
     }
     Ok(())
 }
+
+#[cfg(not(any(unix, windows)))]
+compile_error!(
+    "lethe-weights reads tensors with positioned reads, which it has for unix and Windows"
+);
 
 /// As the unix `read_at`, with Windows' positioned read into memory zeroed first.
 ///
