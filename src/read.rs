@@ -103,14 +103,12 @@ impl Lethe {
         // device). The store's bookkeeping then runs in page order, once every page is read.
         let side_by_side =
             self.remote.is_none() && self.model.as_ref().is_some_and(|m| m.device().is_cpu());
-        let readings = if side_by_side {
-            read_side_by_side(&records, |record| self.read_record(record))?
+        let lanes = if side_by_side {
+            model::readings_at_once()
         } else {
-            records
-                .iter()
-                .map(|record| self.read_record(record))
-                .collect::<Result<Vec<_>>>()?
+            1
         };
+        let readings = side_by_side_in(&records, lanes, |record| self.read_record(record))?;
         let mut pages = Vec::with_capacity(records.len());
         for (record, (decoded_text, positions, stored_text)) in records.iter().zip(readings) {
             let turn = self.store.next_turn(&record.scope)?;
@@ -343,19 +341,23 @@ impl LanePermit {
         LANES.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A permit, once one is free (`wait`), or now if one is free.
-    fn take(wait: bool) -> Option<Self> {
+    /// A permit, once one is free.
+    fn wait() -> Self {
         let mut running = Self::running();
-        loop {
-            if *running < model::readings_at_once() {
-                *running += 1;
-                return Some(LanePermit);
-            }
-            if !wait {
-                return None;
-            }
+        while *running >= model::readings_at_once() {
             running = LANE_FREED.wait(running).unwrap_or_else(|p| p.into_inner());
         }
+        *running += 1;
+        LanePermit
+    }
+
+    /// A permit if one is free now.
+    fn try_take() -> Option<Self> {
+        let mut running = Self::running();
+        (*running < model::readings_at_once()).then(|| {
+            *running += 1;
+            LanePermit
+        })
     }
 }
 
@@ -380,10 +382,8 @@ fn side_by_side_in<T: Sync, R: Send, E: Send>(
     if lanes <= 1 || rayon::current_thread_index().is_some() {
         return items.iter().map(read).collect();
     }
-    let first = LanePermit::take(true);
-    let permits: Vec<Option<LanePermit>> = std::iter::once(first)
-        .chain((1..lanes).map(|_| LanePermit::take(false)))
-        .filter(Option::is_some)
+    let permits: Vec<LanePermit> = std::iter::once(LanePermit::wait())
+        .chain((1..lanes).map_while(|_| LanePermit::try_take()))
         .collect();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
