@@ -172,6 +172,25 @@ impl Attention {
         mask: Option<&Tensor>,
         offset: usize,
     ) -> Result<Tensor> {
+        self.forward_rows(x, rotary, mask, offset, false)
+    }
+
+    /// As [`Attention::forward`], returning only the last position's output `[b, 1, hidden]`:
+    /// every position's keys and values are cached, but only the last query is attended and
+    /// projected (it sees every position, so no mask is needed). A prefill's last layer needs
+    /// no more when only the last position gets logits.
+    pub fn forward_last(&mut self, x: &Tensor, rotary: &Rotary, offset: usize) -> Result<Tensor> {
+        self.forward_rows(x, rotary, None, offset, true)
+    }
+
+    fn forward_rows(
+        &mut self,
+        x: &Tensor,
+        rotary: &Rotary,
+        mask: Option<&Tensor>,
+        offset: usize,
+        last_only: bool,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let split = |y: Tensor, heads: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, heads, self.head_dim))?
@@ -188,24 +207,29 @@ impl Attention {
         let v = split(qkv.narrow(2, qw + kw, kw)?, self.num_kv_heads)?;
         let q = rotary.apply(&q, offset)?;
         let k = rotary.apply(&k, offset)?;
+        let (q, rows) = if last_only && t > 1 {
+            (q.narrow(2, t - 1, 1)?.contiguous()?, 1)
+        } else {
+            (q, t)
+        };
 
         let (k, v) = match &mut self.kv_cache {
-            Some(cache) if offset > 0 => {
-                let (k, v) = cache.append(&k, &v)?;
-                if t == 1 {
-                    if let Some(out) = cache.attend_step(&q, self.num_heads, self.head_dim)? {
-                        return self.o_proj.forward(&out);
-                    }
-                }
-                (k, v)
-            }
+            Some(cache) if offset > 0 => cache.append(&k, &v)?,
             _ => {
                 self.kv_cache = Some(KvCache::new(&k, &v)?);
                 (k, v)
             }
         };
+        if rows == 1 && (offset > 0 || last_only) {
+            // One query against the whole cache: a decode step's attention.
+            if let Some(cache) = &self.kv_cache {
+                if let Some(out) = cache.attend_step(&q, self.num_heads, self.head_dim)? {
+                    return self.o_proj.forward(&out);
+                }
+            }
+        }
 
-        if offset == 0 && t > 1 {
+        if offset == 0 && rows > 1 {
             if let Some(out) = self.causal_on_cpu(&q, &k, &v)? {
                 return self.o_proj.forward(&out);
             }
@@ -219,15 +243,16 @@ impl Attention {
         let dt = q.dtype();
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
+        // The last query sees every position: only a full set of queries is masked.
         let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+            Some(m) if rows == t => scores.broadcast_add(m)?,
+            _ => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dt)?;
         let out = probs.matmul(&v)?;
         let out = out
             .transpose(1, 2)?
-            .reshape((b, t, self.num_heads * self.head_dim))?;
+            .reshape((b, rows, self.num_heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 

@@ -76,11 +76,24 @@ impl DecoderLayer {
         mask: Option<&Tensor>,
         offset: usize,
     ) -> Result<(Tensor, Option<Routing>)> {
-        let residual = x;
         let h = self.input_layernorm.forward(x)?;
         let h = self.self_attn.forward(&h, rotary, mask, offset)?;
-        let x = (residual + h)?;
-        let h = self.post_attention_layernorm.forward(&x)?;
+        self.feed_forward(&(x + h)?)
+    }
+
+    /// As [`DecoderLayer::forward`] for the last position only, `[b, 1, hidden]`: the
+    /// attention caches every position's keys and values, but the other positions' outputs,
+    /// which only a later layer would read, are never computed.
+    fn forward_last(&mut self, x: &Tensor, rotary: &Rotary, offset: usize) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let h = self.self_attn.forward_last(&h, rotary, offset)?;
+        let last = x.narrow(1, x.dim(1)? - 1, 1)?;
+        Ok(self.feed_forward(&(last + h)?)?.0)
+    }
+
+    /// The residual stream `x` after attention through the post-attention norm and the MLP.
+    fn feed_forward(&self, x: &Tensor) -> Result<(Tensor, Option<Routing>)> {
+        let h = self.post_attention_layernorm.forward(x)?;
         let (b, t, hidden) = h.dims3()?;
         let (h, routing) = match &self.mlp {
             FeedForward::Dense(m) => (m.forward(&h)?, None),
@@ -397,7 +410,17 @@ impl DecoderModel {
             None
         };
         let mut x = input_embeds.to_dtype(self.dtype)?;
-        for layer in &mut self.layers {
+        // With logits for the last position only (and no trace asking for every layer's
+        // output), the last layer computes that position alone: the others' outputs would feed
+        // nothing, while their keys and values are still cached. A prefill saves nearly a
+        // layer's work (llama.cpp skips the same rows).
+        let last_alone = logits_for == LogitsFor::Last && trace.is_none();
+        let layers = self.layers.len();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            if last_alone && i + 1 == layers {
+                x = layer.forward_last(&x, &self.rotary, seqlen_offset)?;
+                break;
+            }
             let (y, routing) = layer.forward(&x, &self.rotary, mask.as_ref(), seqlen_offset)?;
             x = y;
             if let Some(tr) = trace.as_deref_mut() {
@@ -407,8 +430,8 @@ impl DecoderModel {
         }
         self.seqlen = seqlen_offset + t;
         let x = match logits_for {
-            LogitsFor::All => x,
-            LogitsFor::Last => x.narrow(1, t - 1, 1)?,
+            LogitsFor::Last if x.dim(1)? > 1 => x.narrow(1, t - 1, 1)?,
+            _ => x,
         };
         let x = self.norm.forward(&x)?;
         if let Some(tr) = trace {

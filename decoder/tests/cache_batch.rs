@@ -5,7 +5,9 @@ mod common;
 
 use candle_core::{IndexOp, Tensor};
 use common::{load_case, max_abs_diff, FakeTokenizer};
-use lethe_decoder::{build_prompt, generate, GenerationConfig, Quantization, DEFAULT_PROMPT};
+use lethe_decoder::{
+    build_prompt, generate, GenerationConfig, LogitsFor, Quantization, DEFAULT_PROMPT,
+};
 
 fn embeds_for(model: &lethe_decoder::DecoderModel, name: &str) -> (Vec<u32>, Tensor) {
     let case = load_case(name);
@@ -206,4 +208,64 @@ fn a_cloned_model_keeps_its_own_cache() {
     assert!(max_abs_diff(&la, &want_a) <= 1e-6, "original");
     assert!(max_abs_diff(&lb, &want_b) <= 1e-6, "clone");
     assert!(max_abs_diff(&la, &lb) > 1e-4, "the two histories differ");
+}
+
+#[test]
+fn logits_for_the_last_position_alone_equal_the_last_row_and_cache_the_same() {
+    // With `LogitsFor::Last` the last layer computes only the last position (its keys and
+    // values for all). Its logits equal the last row of every position's; the cache it leaves
+    // is the same, so the next step's logits are bit for bit those after a full forward. Batches
+    // of one and two, a prefill from 0 and a chunk after cached positions.
+    let all_rows = common::tiny_model(Quantization::None);
+    let (_, a) = embeds_for(&all_rows, "doc_tiny");
+    let (_, b) = embeds_for(&all_rows, "wide_tiny");
+    let t = a.dim(1).unwrap().min(b.dim(1).unwrap());
+    let (a, b) = (a.i((.., 0..t, ..)).unwrap(), b.i((.., 0..t, ..)).unwrap());
+    let split = t / 2;
+    for input in [a.clone(), Tensor::cat(&[&a, &b], 0).unwrap()] {
+        let batch = input.dim(0).unwrap();
+        let next = all_rows
+            .embed_ids(
+                &Tensor::from_slice(&[5u32, 9][..batch], (batch, 1), all_rows.device()).unwrap(),
+            )
+            .unwrap();
+        // (first position, chunk) pairs: the whole prefill, or its second half after the first.
+        for from in [0, split] {
+            let mut full = common::tiny_model(Quantization::None);
+            let mut last = common::tiny_model(Quantization::None);
+            let head = input.i((.., 0..from, ..)).unwrap();
+            let chunk = input.i((.., from..t, ..)).unwrap();
+            if from > 0 {
+                full.forward(&head, 0).unwrap();
+                last.forward(&head, 0).unwrap();
+            }
+            let want = full.forward(&chunk, from).unwrap();
+            let want = want.i((.., t - from - 1.., ..)).unwrap();
+            let got = last
+                .forward_with(&chunk, from, LogitsFor::Last, None)
+                .unwrap();
+            assert_eq!(got.dims(), want.dims(), "batch {batch}, from {from}");
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let d = max_abs_diff(&got, &want);
+            eprintln!("batch {batch}, from {from}: last alone vs last row max |diff| {d:.3e} (scale {scale:.2})");
+            assert!(
+                d <= 2e-6 * scale.max(1.0),
+                "batch {batch}, from {from}: {d:.3e} against a scale of {scale:.2}"
+            );
+            assert_eq!(last.cached_len(), t);
+            let step_full = full.forward(&next, t).unwrap();
+            let step_last = last.forward(&next, t).unwrap();
+            assert_eq!(
+                step_full.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                step_last.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "batch {batch}, from {from}: the next step after a last-only forward"
+            );
+        }
+    }
 }
