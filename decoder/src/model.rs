@@ -119,7 +119,10 @@ impl DecoderLayer {
 pub enum LogitsFor {
     /// Every position: `[b, t, vocab]`.
     All,
-    /// Only the last position of each sequence: `[b, 1, vocab]` (what generation needs).
+    /// Only the last position of each sequence: `[b, 1, vocab]` (what generation needs). The
+    /// last layer then computes that position alone (every position's keys and values are still
+    /// cached), so a prefill skips nearly a layer's work; the logits equal the last row of
+    /// [`LogitsFor::All`]'s to rounding.
     Last,
 }
 
@@ -378,7 +381,8 @@ impl DecoderModel {
     }
 
     /// As [`DecoderModel::forward`], choosing which positions get logits and optionally
-    /// recording intermediate values.
+    /// recording intermediate values (a trace records every layer's output at every position,
+    /// so with one the last layer computes every position even for [`LogitsFor::Last`]).
     pub fn forward_with(
         &mut self,
         input_embeds: &Tensor,
