@@ -245,13 +245,7 @@ fn logits_for_the_last_position_alone_equal_the_last_row_and_cache_the_same() {
                 .forward_with(&chunk, from, LogitsFor::Last, None)
                 .unwrap();
             assert_eq!(got.dims(), want.dims(), "batch {batch}, from {from}");
-            let scale = want
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = common::max_abs(&want);
             let d = max_abs_diff(&got, &want);
             eprintln!("batch {batch}, from {from}: last alone vs last row max |diff| {d:.3e} (scale {scale:.2})");
             assert!(

@@ -166,13 +166,7 @@ fn quantised_random_model_with_q4k_widths_tracks_f32() {
         .embed_ids(&Tensor::from_slice(&ids, (1, ids.len()), &dev).unwrap())
         .unwrap();
     let a = f32m.forward_with(&e, 0, LogitsFor::All, None).unwrap();
-    let scale = a
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = common::max_abs(&a);
     let ga = greedy(&mut f32m, &ids, &e, 16);
     // Random weights are a worst case for quantisation (no outliers to protect, router
     // margins tiny); the bounds are what 8.5-bit and 4.5-bit weights give on them.

@@ -74,17 +74,18 @@ pub fn to_i64_vec(t: &Tensor) -> Vec<i64> {
     t.flatten_all().unwrap().to_vec1::<i64>().unwrap()
 }
 
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
+/// The largest magnitude in `t` (f32): the scale a tolerance is taken relative to.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
+        .max_all()
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
 }
 
 pub fn max_abs_diff_vec(a: &[f32], b: &[f32]) -> f32 {
