@@ -143,20 +143,12 @@ fn prefill_flops(cfg: &DecoderConfig, t: usize) -> f64 {
     let h = cfg.hidden_size as f64;
     let lm = cfg.vocab_size as f64 * h;
     let per_token = cfg.active_parameters_per_token() as f64 - lm;
-    let layers = cfg.num_hidden_layers as f64;
-    // As `active_parameters_per_token` counts them: q and o of width `h`, k and v of the kv heads.
-    let kv = h * (cfg.num_kv_heads() * cfg.head_dim()) as f64;
-    let qkv = h * h + 2.0 * kv;
-    // The last layer's parameters a token uses (a MoE layer at these dimensions).
-    let e = cfg.n_routed_experts.unwrap_or(0) as f64;
-    let active = (cfg.experts_per_token() + cfg.n_shared_experts.unwrap_or(0)) as f64;
-    let last = 2.0 * h * h
-        + 2.0 * kv
-        + 2.0 * h
-        + e * h
-        + active * 3.0 * h * cfg.moe_intermediate_size as f64;
+    let layers = cfg.num_hidden_layers;
+    // q of width `h`, k and v of the kv heads, as `active_parameters_of_layer` counts them.
+    let qkv = h * (h + 2.0 * (cfg.num_kv_heads() * cfg.head_dim()) as f64);
+    let last = cfg.active_parameters_of_layer(layers - 1) as f64;
     let skipped = (t - 1) as f64 * (last - qkv);
-    let attn = (layers - 1.0) * 4.0 * (t * t) as f64 * h + 4.0 * t as f64 * h;
+    let attn = (layers - 1) as f64 * 4.0 * (t * t) as f64 * h + 4.0 * t as f64 * h;
     2.0 * (per_token * t as f64 - skipped) + 2.0 * lm + attn
 }
 

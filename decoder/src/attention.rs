@@ -243,10 +243,9 @@ impl Attention {
         let dt = q.dtype();
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        // The last query sees every position: only a full set of queries is masked.
         let scores = match mask {
-            Some(m) if rows == t => scores.broadcast_add(m)?,
-            _ => scores,
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dt)?;
         let out = probs.matmul(&v)?;

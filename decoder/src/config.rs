@@ -322,19 +322,26 @@ impl DecoderConfig {
     /// embedding excluded).
     pub fn active_parameters_per_token(&self) -> usize {
         let h = self.hidden_size;
+        self.vocab_size * h
+            + h
+            + (0..self.num_hidden_layers)
+                .map(|i| self.active_parameters_of_layer(i))
+                .sum::<usize>()
+    }
+
+    /// Parameters layer `i` reads for one token: q, k, v and o, its two norms, and the dense
+    /// MLP or the router with the active routed and shared experts.
+    pub fn active_parameters_of_layer(&self, i: usize) -> usize {
+        let h = self.hidden_size;
         let attn = 2 * h * h + 2 * h * self.num_kv_heads() * self.head_dim();
-        let mut total = self.vocab_size * h + h;
-        for i in 0..self.num_hidden_layers {
-            total += attn + 2 * h;
-            if self.is_moe_layer(i) {
-                let e = self.n_routed_experts.unwrap_or(0);
-                let m = self.moe_intermediate_size;
-                let active = self.experts_per_token() + self.n_shared_experts.unwrap_or(0);
-                total += e * h + active * 3 * h * m;
-            } else {
-                total += 3 * h * self.intermediate_size;
-            }
-        }
-        total
+        let mlp = if self.is_moe_layer(i) {
+            let e = self.n_routed_experts.unwrap_or(0);
+            let m = self.moe_intermediate_size;
+            let active = self.experts_per_token() + self.n_shared_experts.unwrap_or(0);
+            e * h + active * 3 * h * m
+        } else {
+            3 * h * self.intermediate_size
+        };
+        attn + 2 * h + mlp
     }
 }

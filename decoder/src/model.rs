@@ -434,7 +434,7 @@ impl DecoderModel {
         }
         self.seqlen = seqlen_offset + t;
         let x = match logits_for {
-            LogitsFor::Last if x.dim(1)? > 1 => x.narrow(1, t - 1, 1)?,
+            LogitsFor::Last if !last_alone => x.narrow(1, t - 1, 1)?,
             _ => x,
         };
         let x = self.norm.forward(&x)?;

@@ -36,6 +36,24 @@ fn real_config_parses_with_reference_defaults() {
     assert!((2_900_000_000..2_960_000_000).contains(&p), "{p}");
     let a = cfg.active_parameters_per_token();
     assert!((500_000_000..650_000_000).contains(&a), "{a}");
+    // Per layer: q, k, v, o (4 x 1280^2), two norms (2 x 1280), then layer 0's dense SwiGLU
+    // (3 x 1280 x 6848) or a MoE layer's router (64 x 1280) and 6 + 2 experts (8 x 3 x 1280 x 896).
+    assert_eq!(
+        cfg.active_parameters_of_layer(0),
+        6_553_600 + 2_560 + 26_296_320
+    );
+    assert_eq!(
+        cfg.active_parameters_of_layer(1),
+        6_553_600 + 2_560 + 81_920 + 27_525_120
+    );
+    let layers: usize = (0..cfg.num_hidden_layers)
+        .map(|i| cfg.active_parameters_of_layer(i))
+        .sum();
+    assert_eq!(
+        a,
+        layers + cfg.vocab_size * 1280 + 1280,
+        "lm_head and the final norm besides"
+    );
 }
 
 #[test]
