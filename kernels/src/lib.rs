@@ -38,6 +38,7 @@ const NR: usize = 32;
 const KC: usize = 256;
 const MC: usize = 144;
 const NC: usize = 3072;
+const NC_WIDENED: usize = 512;
 
 /// A strided read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -1264,18 +1265,49 @@ unsafe fn gemm_block_raw(
         if ap.len() < KC * MC {
             ap.resize(KC * MC, 0.0);
         }
+        // A bf16 B read by a few tiles a panel only is widened in the SIMD kernels'
+        // registers; else each block of panels is widened once, here, for all of A's rows
+        // (a panel widened once per block of `MC` rows was 6% of a small-mode encode).
+        let direct = match bp {
+            Panels::Half(Half::Bf16, bits)
+                if isa != Isa::Portable && m.div_ceil(MR) <= DIRECT_TILES =>
+            {
+                Some(bits)
+            }
+            _ => None,
+        };
         let mut wide = WIDE.with(|w| std::mem::take(&mut *w.borrow_mut()));
-        if wide.len() < KC * NR {
-            wide.resize(KC * NR, 0.0);
-        }
+        // Widened blocks are kept narrow enough to stay in L2 beside A's block.
+        let nc_max = match bp {
+            Panels::F32(_) => NC,
+            _ => NC_WIDENED,
+        };
         let mut jc = 0;
         while jc < len {
-            let nc = NC.min(len - jc);
+            let nc = nc_max.min(len - jc);
+            let panels = nc.div_ceil(NR);
             let mut pc = 0;
             while pc < k {
                 let kc = KC.min(k - pc);
                 let first = pc == 0;
                 let last = pc + kc == k;
+                let at0 = pc * npad + (j0 + jc) / NR * NR * kc;
+                let block: &[f32] = match bp {
+                    _ if direct.is_some() => &[],
+                    Panels::F32(v) => &v[at0..at0 + panels * NR * kc],
+                    _ => {
+                        if wide.len() < panels * NR * kc {
+                            wide.resize(panels * NR * kc, 0.0);
+                        }
+                        for (i, out) in wide[..panels * NR * kc]
+                            .chunks_exact_mut(NR * kc)
+                            .enumerate()
+                        {
+                            bp.slice(at0 + i * NR * kc, NR * kc, out);
+                        }
+                        &wide[..panels * NR * kc]
+                    }
+                };
                 let mut ic = 0;
                 while ic < m {
                     let mc = MC.min(m - ic);
@@ -1286,24 +1318,13 @@ unsafe fn gemm_block_raw(
                         }
                         ASrc::Packed { data, mpad } => &data[pc * mpad + ic * kc..],
                     };
-                    // A bf16 panel read by a few tiles only is widened in the AVX2 kernel's
-                    // registers; one read by many is widened once, here.
-                    let direct = match bp {
-                        Panels::Half(Half::Bf16, bits)
-                            if isa == Isa::Avx2 && mc.div_ceil(MR) <= DIRECT_TILES =>
-                        {
-                            Some(bits)
-                        }
-                        _ => None,
-                    };
                     let mut jr = 0;
                     while jr < nc {
                         let nr = NR.min(nc - jr);
-                        let panel = (j0 + jc + jr) / NR;
-                        let at = pc * npad + panel * NR * kc;
+                        let at = jr * kc;
                         let bpanel = match direct {
-                            Some(bits) => B::Bf16(&bits[at..at + NR * kc]),
-                            None => B::F32(bp.slice(at, NR * kc, &mut wide)),
+                            Some(bits) => B::Bf16(&bits[at0 + at..at0 + at + NR * kc]),
+                            None => B::F32(&block[at..at + NR * kc]),
                         };
                         let mut ir = 0;
                         while ir < mc {
@@ -1326,6 +1347,15 @@ unsafe fn gemm_block_raw(
                             unsafe {
                                 match bpanel {
                                     B::F32(b) => kernel(isa, kc, apanel, b, c.add(c0), &tile),
+                                    #[cfg(target_arch = "x86_64")]
+                                    #[cfg(target_arch = "x86_64")]
+                                    B::Bf16(b) if isa == Isa::Avx512 => kernel_avx512_rows::<true>(
+                                        kc,
+                                        apanel,
+                                        b.as_ptr().cast(),
+                                        c.add(c0),
+                                        &tile,
+                                    ),
                                     #[cfg(target_arch = "x86_64")]
                                     B::Bf16(b) => kernel_avx2_rows::<true>(
                                         kc,
@@ -1352,8 +1382,8 @@ unsafe fn gemm_block_raw(
     });
 }
 
-/// Up to this many tiles a panel, the AVX2 kernel reads bf16 panels as they are held and
-/// widens them in registers: for the few rows of a routed expert, widening each panel into a
+/// Up to this many tiles a panel (rows of A), the SIMD kernels read bf16 panels as they are
+/// held and widen them in registers: for the few rows of a routed expert, widening each panel into a
 /// buffer first cost as much as a fifth of the product.
 const DIRECT_TILES: usize = 3;
 
@@ -1365,7 +1395,8 @@ enum B<'a> {
 }
 
 thread_local! {
-    /// Per-thread buffer for one panel of B widened from 16 bits.
+    /// Per-thread buffer for one block of B's panels (up to `KC` x `NC`) widened from 16 bits
+    /// or from q8_0.
     static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread buffer for packed A blocks.
     static AP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -1459,16 +1490,10 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    /// Whether the tile is all of a kernel's `rows` x `NR`: the AVX2 kernels then store it
+    /// Whether the tile is all of a kernel's `rows` x `NR`: the SIMD kernels then store it
     /// straight from their registers, activation included.
     fn whole(&self, rows: usize) -> bool {
         self.mr == rows && self.nr == NR
-    }
-
-    /// [`Tile::whole`], with no activation to apply in this k-block (the AVX-512 kernel stores
-    /// only these from its registers).
-    fn whole_without_act(&self, rows: usize) -> bool {
-        self.whole(rows) && (self.act == Act::None || !self.last)
     }
 }
 
@@ -1605,7 +1630,7 @@ unsafe fn kernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Til
     match isa {
         // SAFETY: the caller guarantees the CPU has the instructions of `isa`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { kernel_avx512(kc, a, b, c, t) },
+        Isa::Avx512 => unsafe { kernel_avx512_rows::<false>(kc, a, b.as_ptr().cast(), c, t) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { kernel_avx2_rows::<false>(kc, a, b.as_ptr().cast(), c, t) },
@@ -1698,26 +1723,102 @@ macro_rules! store_whole {
     }};
 }
 
+/// An AVX-512 tile of `t.mr` rows (see [`kernel`]), B read as f32 or, with `BF16`, as bf16
+/// bits widened in registers. A product's last tile multiplies only its own rows.
+///
+/// # Safety
+/// As [`kernel_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn kernel_avx512_rows<const BF16: bool>(
+    kc: usize,
+    a: &[f32],
+    b: *const u8,
+    c: *mut f32,
+    t: &Tile,
+) {
+    // SAFETY: as the caller vouches.
+    unsafe {
+        match t.mr {
+            1 => kernel_avx512::<1, BF16>(kc, a, b, c, t),
+            2 => kernel_avx512::<2, BF16>(kc, a, b, c, t),
+            3 => kernel_avx512::<3, BF16>(kc, a, b, c, t),
+            4 => kernel_avx512::<4, BF16>(kc, a, b, c, t),
+            5 => kernel_avx512::<5, BF16>(kc, a, b, c, t),
+            _ => kernel_avx512::<MR, BF16>(kc, a, b, c, t),
+        }
+    }
+}
+
+/// Sixteen lanes of a B panel from `$b` (a byte pointer) at value `$at`: f32, or with `$bf16`
+/// bf16 bits widened in registers (as [`load_b`] does for eight).
+#[cfg(target_arch = "x86_64")]
+macro_rules! load_b16 {
+    ($bf16:expr, $b:expr, $at:expr) => {
+        if $bf16 {
+            let bits = _mm256_loadu_si256($b.cast::<u16>().add($at).cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(bits)))
+        } else {
+            _mm512_loadu_ps($b.cast::<f32>().add($at))
+        }
+    };
+}
+
+/// Asks for the `R` rows of C's tile at `c` (`ldc` apart, `NR` values each: two cache lines,
+/// or three where C is not 64-byte aligned, as a large buffer from `malloc` is not) while the
+/// micro-kernel multiplies: a large product's C is far from the core, and its store waited on
+/// each row's load (or, on the first k-block, on the line's ownership).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_tile<const R: usize>(c: *mut f32, ldc: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for r in 0..R {
+        let row = c.wrapping_add(r * ldc).cast::<i8>();
+        // SAFETY: a prefetch is a hint: it reads nothing the program sees and does not fault.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(row);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR * 4 - 1));
+        }
+    }
+}
+
+/// The AVX-512 micro-kernel for a tile of `R` rows (`t.mr == R`): each row two 16-lane
+/// registers, `2 R` accumulators. `b` points at the panel's `kc * NR` values: f32, or with
+/// `BF16` bf16 bits widened as they are loaded. Each element is summed in the same order at
+/// every `R`, so a short tile's values are those of a whole one.
+///
+/// # Safety
+/// As [`kernel`], with AVX-512F, `t.mr == R`, and `b` valid for reads of `kc * NR` values of
+/// its type.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) {
-    // SAFETY: the caller checked AVX-512F; every load reads within `a` (`kc * MR` values) and
-    // `b` (`kc * NR`), and every store writes within the tile of `c` that `t` describes.
+unsafe fn kernel_avx512<const R: usize, const BF16: bool>(
+    kc: usize,
+    a: &[f32],
+    b: *const u8,
+    c: *mut f32,
+    t: &Tile,
+) {
+    debug_assert_eq!(t.mr, R);
+    // SAFETY: the caller checked AVX-512F; every load reads within `a` (`kc * MR` values, of
+    // which the first `R` a step) and `b` (`kc * NR` of its type), and every store writes
+    // within the tile of `c` that `t` describes.
     unsafe {
         use std::arch::x86_64::*;
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        prefetch_tile::<R>(c, t.ldc);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let ap = a.as_ptr();
-        let bp = b.as_ptr();
         for p in 0..kc {
-            let b0 = _mm512_loadu_ps(bp.add(p * NR));
-            let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+            let b0 = load_b16!(BF16, b, p * NR);
+            let b1 = load_b16!(BF16, b, p * NR + 16);
             for (r, row) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*ap.add(p * MR + r));
                 row[0] = _mm512_fmadd_ps(av, b0, row[0]);
                 row[1] = _mm512_fmadd_ps(av, b1, row[1]);
             }
         }
-        if t.whole_without_act(MR) {
+        if t.whole(R) {
             store_whole!(
                 acc,
                 c,
@@ -1730,7 +1831,7 @@ unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Tile) 
             );
             return;
         }
-        let mut tmp = [[0f32; NR]; MR];
+        let mut tmp = [[0f32; NR]; R];
         for (r, row) in acc.iter().enumerate() {
             _mm512_storeu_ps(tmp[r].as_mut_ptr(), row[0]);
             _mm512_storeu_ps(tmp[r].as_mut_ptr().add(16), row[1]);
@@ -1765,6 +1866,7 @@ unsafe fn kernel_avx2<const R: usize, const BF16: bool>(
         let tp = tmp.as_mut_ptr().cast::<f32>();
         let ap = a.as_ptr();
         let whole = t.whole(R);
+        prefetch_tile::<R>(c, t.ldc);
         for half in 0..2 {
             let mut acc = [[_mm256_setzero_ps(); 2]; R];
             for p in 0..kc {
@@ -1823,6 +1925,7 @@ unsafe fn kernel_avx2_short<const R: usize, const BF16: bool>(
     // `R` are read.
     unsafe {
         use std::arch::x86_64::*;
+        prefetch_tile::<R>(c, t.ldc);
         let mut lo = [[_mm256_setzero_ps(); 2]; R];
         let mut hi = [[_mm256_setzero_ps(); 2]; R];
         let ap = a.as_ptr();
@@ -2870,7 +2973,7 @@ mod tests {
         let to_f16 = |x: f32| half::f16::from_f32(x).to_f32();
         // Matrix-vector products (1-4 rows, one split over the threads) and GEMMs (ragged,
         // several KC blocks, split by columns and by rows). Up to `DIRECT_TILES` tiles, the
-        // AVX2 kernels read bf16 panels as held (7, 10 and 17 rows on one thread, 16 split by
+        // SIMD kernels read bf16 panels as held (7, 10 and 17 rows on one thread, 16 split by
         // columns: every short and whole tile height).
         let shapes = [
             (1, 45, 300),
