@@ -2188,15 +2188,19 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
-/// The largest value of `row` (negative infinity when empty), in eight independent lanes so
-/// that the reduction vectorises.
+/// The largest value of `row` (negative infinity when empty), in sixteen independent lanes
+/// (one AVX-512 register, two AVX2) so that the reduction vectorises. A comparison, not
+/// `f32::max`: that one's NaN rule took three instructions a vector, and a NaN is skipped
+/// either way.
 #[inline(always)]
 fn row_max(row: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact(8);
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
         for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = l.max(v);
+            if v > *l {
+                *l = v;
+            }
         }
     }
     chunks
@@ -2207,12 +2211,16 @@ fn row_max(row: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// Lanes of the softmax's reductions: the same in every build, so that every build sums in
+/// the same order and gives the same bits.
+const LANES: usize = 16;
+
 /// Replaces each value `v` of `row` by `exp(v - max)` and returns their sum, in one pass
-/// (eight lanes, then the remainder).
+/// (sixteen lanes, then the remainder).
 #[inline(always)]
 fn exp_sum(row: &mut [f32], max: f32) -> f32 {
-    let mut sums = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (l, v) in sums.iter_mut().zip(c.iter_mut()) {
             *v = exp(*v - max);
