@@ -1639,6 +1639,22 @@ unsafe fn kernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], c: *mut f32, t: &Til
     }
 }
 
+/// A tile of `$t.mr` rows sent to the kernel built for that many: `$short` up to 3 rows,
+/// `$whole` from 4 (`MR` for a whole tile); `$bf16` and the arguments passed through.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($t:expr, $short:ident, $whole:ident, $bf16:ident, $($arg:expr),+) => {
+        match $t.mr {
+            1 => $short::<1, $bf16>($($arg),+),
+            2 => $short::<2, $bf16>($($arg),+),
+            3 => $short::<3, $bf16>($($arg),+),
+            4 => $whole::<4, $bf16>($($arg),+),
+            5 => $whole::<5, $bf16>($($arg),+),
+            _ => $whole::<MR, $bf16>($($arg),+),
+        }
+    };
+}
+
 /// An AVX2 tile of `t.mr` rows (see [`kernel`]), B read as f32 or, with `BF16`, as bf16 bits
 /// widened in registers.
 ///
@@ -1657,14 +1673,7 @@ unsafe fn kernel_avx2_rows<const BF16: bool>(
     unsafe {
         // A product's last tile multiplies only its own rows (a routed expert's 26 rows
         // were five whole tiles, 30 rows' work: 76 -> 86 GFLOP/s on one Zen 3 core).
-        match t.mr {
-            1 => kernel_avx2_short::<1, BF16>(kc, a, b, c, t),
-            2 => kernel_avx2_short::<2, BF16>(kc, a, b, c, t),
-            3 => kernel_avx2_short::<3, BF16>(kc, a, b, c, t),
-            4 => kernel_avx2::<4, BF16>(kc, a, b, c, t),
-            5 => kernel_avx2::<5, BF16>(kc, a, b, c, t),
-            _ => kernel_avx2::<MR, BF16>(kc, a, b, c, t),
-        }
+        by_rows!(t, kernel_avx2_short, kernel_avx2, BF16, kc, a, b, c, t)
     }
 }
 
@@ -1738,16 +1747,7 @@ unsafe fn kernel_avx512_rows<const BF16: bool>(
     t: &Tile,
 ) {
     // SAFETY: as the caller vouches.
-    unsafe {
-        match t.mr {
-            1 => kernel_avx512::<1, BF16>(kc, a, b, c, t),
-            2 => kernel_avx512::<2, BF16>(kc, a, b, c, t),
-            3 => kernel_avx512::<3, BF16>(kc, a, b, c, t),
-            4 => kernel_avx512::<4, BF16>(kc, a, b, c, t),
-            5 => kernel_avx512::<5, BF16>(kc, a, b, c, t),
-            _ => kernel_avx512::<MR, BF16>(kc, a, b, c, t),
-        }
-    }
+    unsafe { by_rows!(t, kernel_avx512, kernel_avx512, BF16, kc, a, b, c, t) }
 }
 
 /// Sixteen lanes of a B panel from `$b` (a byte pointer) at value `$at`: f32, or with `$bf16`
