@@ -1348,7 +1348,6 @@ unsafe fn gemm_block_raw(
                                 match bpanel {
                                     B::F32(b) => kernel(isa, kc, apanel, b, c.add(c0), &tile),
                                     #[cfg(target_arch = "x86_64")]
-                                    #[cfg(target_arch = "x86_64")]
                                     B::Bf16(b) if isa == Isa::Avx512 => kernel_avx512_rows::<true>(
                                         kc,
                                         apanel,
@@ -1383,8 +1382,8 @@ unsafe fn gemm_block_raw(
 }
 
 /// Up to this many tiles a panel (rows of A), the SIMD kernels read bf16 panels as they are
-/// held and widen them in registers: for the few rows of a routed expert, widening each panel into a
-/// buffer first cost as much as a fifth of the product.
+/// held and widen them in registers: for the few rows of a routed expert, widening each panel
+/// into a buffer first cost as much as a fifth of the product.
 const DIRECT_TILES: usize = 3;
 
 /// One panel of B as a tile reads it.
@@ -1395,8 +1394,8 @@ enum B<'a> {
 }
 
 thread_local! {
-    /// Per-thread buffer for one block of B's panels (up to `KC` x `NC`) widened from 16 bits
-    /// or from q8_0.
+    /// Per-thread buffer for one block of B's panels (up to `KC` x `NC_WIDENED`) widened from
+    /// 16 bits or from q8_0.
     static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Per-thread buffer for packed A blocks.
     static AP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
