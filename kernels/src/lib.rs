@@ -213,7 +213,7 @@ impl PackedB {
         let npad = n.div_ceil(NR) * NR;
         let groups = k / Q8_GROUP;
         // Each row quantised on its own (in parallel), its scales kept by row, then laid out
-        // `[k / 32, npad]`.
+        // in the panels' order (`widen::q8_scales_at`).
         let mut rows = vec![0i8; n * k];
         let mut row_scales = vec![0u16; n * groups];
         rows.par_chunks_exact_mut(k)
@@ -231,7 +231,10 @@ impl PackedB {
         let mut scales = vec![0u16; groups * npad];
         for (col, d) in row_scales.chunks_exact(groups).enumerate() {
             for (g, &d) in d.iter().enumerate() {
-                scales[g * npad + col] = d;
+                let pc = g * Q8_GROUP / KC * KC;
+                let kc = KC.min(k - pc);
+                let at = widen::q8_scales_at(npad, pc, kc, col / NR, g - pc / Q8_GROUP);
+                scales[at + col % NR] = d;
             }
         }
         let mut quants = vec![0i8; k * npad];
@@ -623,7 +626,7 @@ unsafe fn gemv_q8_avx512<const R: usize>(
     acc: &mut PanelAcc,
 ) {
     use std::arch::x86_64::*;
-    use widen::Q8_GROUP;
+    use widen::{q8_scales_at, Q8_GROUP};
     assert!(R <= GEMV_MAX_ROWS && x.len() >= R * k && quants.len() >= k * npad);
     assert!(k.is_multiple_of(Q8_GROUP) && scales.len() >= k / Q8_GROUP * npad);
     let mut sums = [[_mm512_setzero_ps(); 2]; R];
@@ -632,13 +635,12 @@ unsafe fn gemv_q8_avx512<const R: usize>(
         let kc = KC.min(k - pc);
         let base = pc * npad + panel * NR * kc;
         for g in 0..kc / Q8_GROUP {
-            // SAFETY: the group's scales are NR values of row `(pc / 32 + g)` from the panel's
-            // first column, inside `scales` (checked above); the quants read below are the
+            // SAFETY: the group's NR scales from `q8_scales_at` lie inside the block's
+            // `kc / 32 * npad`, inside `scales` (checked above); the quants read below are the
             // panel block's `kc * NR` bytes from `base`, inside `quants`; x reads as in
             // `gemv_half_avx512`.
             unsafe {
-                let row = (pc / Q8_GROUP + g) * npad + panel * NR;
-                let s = scales.as_ptr().add(row);
+                let s = scales.as_ptr().add(q8_scales_at(npad, pc, kc, panel, g));
                 let s0 = _mm512_cvtph_ps(_mm256_loadu_si256(s.cast()));
                 let s1 = _mm512_cvtph_ps(_mm256_loadu_si256(s.add(16).cast()));
                 for p in g * Q8_GROUP..(g + 1) * Q8_GROUP {
@@ -760,7 +762,7 @@ unsafe fn gemv_q8_avx2<const R: usize>(
     acc: &mut PanelAcc,
 ) {
     use std::arch::x86_64::*;
-    use widen::Q8_GROUP;
+    use widen::{q8_scales_at, Q8_GROUP};
     assert!(R <= 2 && x.len() >= R * k && quants.len() >= k * npad);
     assert!(k.is_multiple_of(Q8_GROUP) && scales.len() >= k / Q8_GROUP * npad);
     let mut sums = [[_mm256_setzero_ps(); 4]; R];
@@ -773,7 +775,7 @@ unsafe fn gemv_q8_avx2<const R: usize>(
             // SAFETY: as in `gemv_q8_avx512`: the group's NR scales and the panel block's
             // `kc * NR` bytes from `base` are inside `scales` and `quants`.
             unsafe {
-                let s = scales.as_ptr().add((pc / Q8_GROUP + g) * npad + panel * NR);
+                let s = scales.as_ptr().add(q8_scales_at(npad, pc, kc, panel, g));
                 for (q, sq) in scale.iter_mut().enumerate() {
                     *sq = _mm256_cvtph_ps(_mm_loadu_si128(s.add(8 * q).cast()));
                 }

@@ -19,7 +19,8 @@ pub(crate) enum Store {
     /// Each value exactly, in the 16-bit form named.
     Half(Half, Vec<u16>),
     /// `q8_0`: one byte a value in the panels' order, and the f16 bits of one scale per 32
-    /// inputs (`KC` blocks hold whole groups) and column, `[k / 32, npad]`.
+    /// inputs (`KC` blocks hold whole groups) and column, in the panels' order too (see
+    /// [`q8_scales_at`]).
     Q8 {
         quants: Vec<i8>,
         scales: Vec<u16>,
@@ -136,7 +137,7 @@ impl<'a> Panels<'a> {
                     .zip(quants[at..at + len].chunks(Q8_GROUP * NR))
                     .enumerate()
                 {
-                    let row = (pc / Q8_GROUP + g) * npad + panel * NR;
+                    let row = q8_scales_at(npad, pc, kc, panel, g);
                     widen_f16(&scales[row..row + NR], &mut scale);
                     for (o, q) in out.chunks_exact_mut(NR).zip(q.chunks_exact(NR)) {
                         for ((o, &q), &d) in o.iter_mut().zip(q).zip(&scale) {
@@ -152,6 +153,18 @@ impl<'a> Panels<'a> {
 
 /// Inputs that share one `q8_0` scale.
 pub(crate) const Q8_GROUP: usize = 32;
+
+/// Where the `NR` scales of group `g` of panel `panel` start, in the block of `kc` inputs from
+/// input `pc` of a `q8_0` weight `npad` columns wide. The scales are laid out as the bytes they
+/// scale are: block by block, panel by panel within a block, group by group within a panel. So
+/// a panel block's scales are one run of `kc / 32 * NR` values, which a matrix-vector product
+/// reads in order beside its bytes. (With one row of scales for all columns, a panel's next
+/// group was `2 * npad` bytes on: past the hardware's stride prefetcher for `npad` above 1,024,
+/// so every group's scales missed the cache.)
+#[inline(always)]
+pub(crate) fn q8_scales_at(npad: usize, pc: usize, kc: usize, panel: usize, g: usize) -> usize {
+    pc / Q8_GROUP * npad + (panel * (kc / Q8_GROUP) + g) * NR
+}
 
 /// ggml's reference `Q8_0` quantisation of `values` (one group): the scale's f16 bits and each
 /// value's byte. The scale is `max |v| / 127`, rounded to f16 once stored; the bytes round
