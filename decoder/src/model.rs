@@ -388,6 +388,24 @@ impl DecoderModel {
         input_embeds: &Tensor,
         seqlen_offset: usize,
         logits_for: LogitsFor,
+        trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
+        if !self.device.is_cpu() {
+            return self.forward_here(input_embeds, seqlen_offset, logits_for, trace);
+        }
+        // On the CPU the whole pass runs on one of rayon's workers: its products then split
+        // over the other workers as local joins, where a caller outside the pool hands each one
+        // over and sleeps until it is done (a decode step makes about 85 such products, one
+        // wake-up each). `rayon::scope` runs the pass in place when already on a worker.
+        rayon::scope(|_| self.forward_here(input_embeds, seqlen_offset, logits_for, trace))
+    }
+
+    /// [`DecoderModel::forward_with`] on the calling thread.
+    fn forward_here(
+        &mut self,
+        input_embeds: &Tensor,
+        seqlen_offset: usize,
+        logits_for: LogitsFor,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let (_, t, h) = input_embeds.dims3()?;

@@ -236,21 +236,30 @@ impl Moe {
         groups: &[(Vec<u32>, Vec<f32>)],
     ) -> Vec<f32> {
         use rayon::prelude::*;
-        let outputs: Vec<Vec<f32>> = active
-            .par_iter()
-            .map(|&e| {
-                let (toks, ws) = &groups[e];
-                let mut xe = Vec::with_capacity(toks.len() * hidden);
-                for &t in toks {
-                    xe.extend_from_slice(&x[t as usize * hidden..][..hidden]);
-                }
-                let mut y = self.experts[e].forward_host(&xe, toks.len());
-                for (row, &w) in y.chunks_exact_mut(hidden).zip(ws) {
-                    row.iter_mut().for_each(|v| *v *= w);
-                }
-                y
-            })
-            .collect();
+        let routed = || -> Vec<Vec<f32>> {
+            active
+                .par_iter()
+                .map(|&e| {
+                    let (toks, ws) = &groups[e];
+                    let mut xe = Vec::with_capacity(toks.len() * hidden);
+                    for &t in toks {
+                        xe.extend_from_slice(&x[t as usize * hidden..][..hidden]);
+                    }
+                    let mut y = self.experts[e].forward_host(&xe, toks.len());
+                    for (row, &w) in y.chunks_exact_mut(hidden).zip(ws) {
+                        row.iter_mut().for_each(|v| *v *= w);
+                    }
+                    y
+                })
+                .collect()
+        };
+        // The shared experts run beside the routed ones (a decode step's products are each a
+        // thread's worth, and one join keeps both threads streaming), and are added last.
+        let (outputs, shared) = rayon::join(routed, || {
+            self.shared_experts
+                .as_ref()
+                .map(|shared| shared.forward_host(x, tokens))
+        });
         let mut acc = vec![0f32; tokens * hidden];
         for (&e, y) in active.iter().zip(&outputs) {
             for (&t, row) in groups[e].0.iter().zip(y.chunks_exact(hidden)) {
@@ -258,8 +267,7 @@ impl Moe {
                 dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
             }
         }
-        if let Some(shared) = &self.shared_experts {
-            let s = shared.forward_host(x, tokens);
+        if let Some(s) = shared {
             acc.iter_mut().zip(&s).for_each(|(d, v)| *d += v);
         }
         acc
