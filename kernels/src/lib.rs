@@ -10,7 +10,9 @@
 //! while `MR`-row panels of A stream from L2. A weight is packed once ([`PackedB`]) and every
 //! product after that reads it in the kernel's order. Short products (a decode step, CLIP at
 //! tiny, one expert's tokens) split their columns between the rayon threads, tall ones their
-//! rows. `LETHE_CPU_KERNEL=avx2` forces the AVX2 kernel on an AVX-512 machine.
+//! rows. Where the CPU has AMX, products of a bf16-held B (every checkpoint weight) run on its
+//! tiles at f32 accuracy instead (`amx`). `LETHE_CPU_KERNEL=avx512` keeps the AVX-512 kernel on
+//! an AMX machine, `LETHE_CPU_KERNEL=avx2` the AVX2 one on an AVX-512 machine.
 //!
 //! ```
 //! use lethe_kernels::{Act, MatRef, PackedB};
@@ -27,6 +29,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod step;
 mod widen;
 pub use step::{attend_step, KvBlocks};
@@ -945,14 +949,25 @@ unsafe fn sgemm_prepacked(
             rows_on_one(0, m);
             return;
         }
+        // On AMX each part splits A's rows into bf16 parts itself, from A as it lies.
+        #[cfg(target_arch = "x86_64")]
+        let amx = amx_bits(isa, bp, m).is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let amx = false;
         let mut ap = Vec::new();
-        pack_a_into(m, k, &a, &mut ap);
+        if !amx {
+            pack_a_into(m, k, &a, &mut ap);
+        }
         let mpad = m.div_ceil(MR) * MR;
         let per = panels.div_ceil(threads * 2).max(1) * NR;
         (0..n.div_ceil(per)).into_par_iter().for_each(|i| {
             let j0 = i * per;
             let len = per.min(n - j0);
-            let a = ASrc::Packed { data: &ap, mpad };
+            let a = if amx {
+                ASrc::Raw(a)
+            } else {
+                ASrc::Packed { data: &ap, mpad }
+            };
             // SAFETY: the C the caller vouches for; the parts write disjoint column ranges
             // `j0..j0 + len` of it.
             unsafe { gemm_block_raw(isa, m, k, a, bp, npad, j0, len, bias, act, c.at(j0), n) };
@@ -1264,6 +1279,38 @@ unsafe fn gemm_block_raw(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(bits), ASrc::Raw(ar)) = (amx_bits(isa, bp, m), a) {
+        // Whole blocks of 32 rows on AMX, the rest (fewer) on the f32 kernels: a 32-row
+        // block for CLIP's last token at tiny (65 rows) made its products half as long again.
+        let main = m / amx::ROWS * amx::ROWS;
+        // SAFETY: as the caller vouches; `amx_bits` checked AMX.
+        unsafe { gemm_block_amx(main, k, ar, bits, npad, j0, len, bias, act, c, ldc) };
+        if main < m {
+            let rest = MatRef {
+                data: &ar.data[main * ar.rs..],
+                ..ar
+            };
+            // SAFETY: the caller's rows `main..m` of C.
+            unsafe {
+                gemm_block_raw(
+                    isa,
+                    m - main,
+                    k,
+                    ASrc::Raw(rest),
+                    bp,
+                    npad,
+                    j0,
+                    len,
+                    bias,
+                    act,
+                    c.add(main * ldc),
+                    ldc,
+                )
+            };
+        }
+        return;
+    }
     AP.with(|ap| {
         let mut ap = ap.borrow_mut();
         if ap.len() < KC * MC {
@@ -1383,6 +1430,160 @@ unsafe fn gemm_block_raw(
         }
         WIDE.with(|w| *w.borrow_mut() = wide);
     });
+}
+
+/// A bf16 B's values when a product of `m` rows runs on AMX (see [`amx`]): the CPU has it, and
+/// A has a whole block of 32 rows (its last rows, fewer, run on the f32 kernels).
+#[cfg(target_arch = "x86_64")]
+fn amx_bits<'a>(isa: Isa, bp: Panels<'a>, m: usize) -> Option<&'a [u16]> {
+    match bp {
+        Panels::Half(Half::Bf16, bits)
+            if isa == Isa::Avx512 && m >= amx::ROWS && amx::available() =>
+        {
+            Some(bits)
+        }
+        _ => None,
+    }
+}
+
+/// An AMX product's blocks: `NC_AMX` columns of B laid out in the tile multiply's pair order
+/// at a time, `KC_AMX` inputs summed in one pass of the tiles (a multiple of `KC`), `MC_AMX`
+/// rows of A split in three parts at a time. B's block (1 MB) and A's (384 KB) stay in L2.
+#[cfg(target_arch = "x86_64")]
+const NC_AMX: usize = 512;
+#[cfg(target_arch = "x86_64")]
+const KC_AMX: usize = 4 * KC;
+#[cfg(target_arch = "x86_64")]
+const MC_AMX: usize = 64;
+
+thread_local! {
+    /// Per-thread buffers of an AMX product: A's block in three bf16 parts, a row of A, and
+    /// B's block in pair order.
+    #[cfg(target_arch = "x86_64")]
+    static AMX_BUFS: std::cell::RefCell<(Vec<u16>, Vec<f32>, Vec<u16>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// [`gemm_block_raw`] for a bf16 B on AMX: the same blocks (`NC_AMX` columns, `KC` inputs, `MC`
+/// rows), each 32 x 32 block of C summed in tiles over a `KC` block, then stored by
+/// [`store_tile`] (bias, accumulation and activation as every kernel does).
+///
+/// # Safety
+/// As [`gemm_block_raw`], and [`amx::available`] must be true.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block_amx(
+    m: usize,
+    k: usize,
+    a: MatRef,
+    bits: &[u16],
+    npad: usize,
+    j0: usize,
+    len: usize,
+    bias: Option<&[f32]>,
+    act: Act,
+    c: *mut f32,
+    ldc: usize,
+) {
+    #[cfg(test)]
+    tests::AMX_PRODUCTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: AMX as the caller vouches; released below.
+    unsafe { amx::configure() };
+    AMX_BUFS.with(|bufs| {
+        let (ap, gathered, bv) = &mut *bufs.borrow_mut();
+        let mut jc = 0;
+        while jc < len {
+            let nc = NC_AMX.min(len - jc);
+            let panels = nc.div_ceil(NR);
+            // Inputs `pc..pc + kc` in one pass of the tiles (several of B's `KC` blocks).
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC_AMX.min(k - pc);
+                let kp = amx::padded(kc);
+                bv.clear();
+                bv.resize(panels * kp * NR, 0);
+                let mut ps = pc;
+                while ps < pc + kc {
+                    let kcs = KC.min(k - ps);
+                    let at = ps * npad + (j0 + jc) / NR * NR * kcs;
+                    amx::pack_b(
+                        &bits[at..at + panels * NR * kcs],
+                        panels,
+                        kcs,
+                        ps - pc,
+                        kp,
+                        bv,
+                    );
+                    ps += kcs;
+                }
+                let mut ic = 0;
+                while ic < m {
+                    let mc = MC_AMX.min(m - ic);
+                    if a.cs == 1 {
+                        amx::pack_a(mc, kc, |r| &a.data[(ic + r) * a.rs + pc..][..kc], ap);
+                    } else {
+                        // A strided A's rows gathered first.
+                        gathered.clear();
+                        gathered.resize(mc * kc, 0.0);
+                        for (r, out) in gathered.chunks_exact_mut(kc).enumerate() {
+                            for (p, v) in out.iter_mut().enumerate() {
+                                *v = a.at(ic + r, pc + p);
+                            }
+                        }
+                        amx::pack_a(mc, kc, |r| &gathered[r * kc..][..kc], ap);
+                    }
+                    let part = mc.div_ceil(amx::ROWS) * amx::ROWS * kp;
+                    let mut out = [[0f32; NR]; amx::ROWS];
+                    for jr in 0..panels {
+                        let nr = NR.min(nc - jr * NR);
+                        let col = j0 + jc + jr * NR;
+                        for ir in (0..mc).step_by(amx::ROWS) {
+                            let at = ir * kp;
+                            let parts = [&ap[at..], &ap[part + at..], &ap[2 * part + at..]];
+                            let tile = Tile {
+                                mr: amx::ROWS.min(mc - ir),
+                                nr,
+                                ldc,
+                                first: pc == 0,
+                                last: pc + kc == k,
+                                bias: bias.map(|b| &b[col..col + nr]),
+                                act,
+                            };
+                            let whole = tile.whole(amx::ROWS);
+                            let cb = c.wrapping_add((ic + ir) * ldc + jc + jr * NR);
+                            // A whole block is summed in C itself (from what it holds after
+                            // the first pass); an edge block in `out`, stored by `store_tile`.
+                            let (dst, ld) = if whole {
+                                (cb, ldc)
+                            } else {
+                                (out.as_mut_ptr().cast::<f32>(), NR)
+                            };
+                            // SAFETY: AMX configured above as the caller vouches; each part
+                            // holds 32 rows of `kp` from `at` (`mc` rounded up to 32), the
+                            // panel `kp * NR`; `dst` is a whole block of C or `out`.
+                            unsafe {
+                                amx::block(
+                                    parts.map(<[u16]>::as_ptr),
+                                    kp,
+                                    bv[jr * kp * NR..][..kp * NR].as_ptr(),
+                                    kp / amx::KSTEP,
+                                    dst,
+                                    ld,
+                                    whole && pc > 0,
+                                );
+                                finish_amx_block(&out, cb, &tile);
+                            }
+                        }
+                    }
+                    ic += mc;
+                }
+                pc += kc;
+            }
+            jc += nc;
+        }
+    });
+    // SAFETY: as above.
+    unsafe { amx::release() };
 }
 
 /// Up to this many tiles a panel (rows of A), the SIMD kernels read bf16 panels as they are
@@ -1733,6 +1934,49 @@ macro_rules! store_whole {
             $store(cp.add($w), v1);
         }
     }};
+}
+
+/// Finishes an AMX block of C at `c` after [`amx::block`]: a whole one, summed in C, gets
+/// the bias on the first k-block and the activation on the last, in AVX-512 registers; an edge
+/// one, summed in `out`, is stored by [`store_tile`].
+///
+/// # Safety
+/// As [`store_tile`] for `t`'s rows and columns of C at `c`, with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_amx_block(out: &[[f32; NR]; amx::ROWS], c: *mut f32, t: &Tile) {
+    use std::arch::x86_64::*;
+    if !t.whole(amx::ROWS) {
+        // SAFETY: as the caller vouches.
+        unsafe { store_tile(out, c, t) };
+        return;
+    }
+    let bias = t.bias.filter(|_| t.first);
+    let act = if t.last { t.act } else { Act::None };
+    if bias.is_none() && act == Act::None {
+        return;
+    }
+    for r in 0..amx::ROWS {
+        // SAFETY: row `r` of the whole block, written by the tiles.
+        unsafe {
+            let cp = c.add(r * t.ldc);
+            let (mut v0, mut v1) = (_mm512_loadu_ps(cp), _mm512_loadu_ps(cp.add(16)));
+            if let Some(b) = bias {
+                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(b.as_ptr()));
+                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(b.as_ptr().add(16)));
+            }
+            if act != Act::None {
+                let mut lanes = [0f32; NR];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), v0);
+                _mm512_storeu_ps(lanes.as_mut_ptr().add(16), v1);
+                activate(&mut lanes, act);
+                v0 = _mm512_loadu_ps(lanes.as_ptr());
+                v1 = _mm512_loadu_ps(lanes.as_ptr().add(16));
+            }
+            _mm512_storeu_ps(cp, v0);
+            _mm512_storeu_ps(cp.add(16), v1);
+        }
+    }
 }
 
 /// An AVX-512 tile of `t.mr` rows (see [`kernel`]), B read as f32 or, with `BF16`, as bf16
@@ -3032,11 +3276,16 @@ mod tests {
                 let am = MatRef::rows(&a, k);
                 compact.matmul(m, am, Some(&bias), Act::Gelu, &mut c16);
                 wide.matmul(m, am, Some(&bias), Act::Gelu, &mut c32);
-                let same = c16
-                    .iter()
-                    .zip(&c32)
-                    .all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "{kind} {m}x{n}x{k}: products differ from f32 storage");
+                if kind == "bf16" && amx_runs(m) {
+                    // AMX sums in another order (`amx_products_are_within_a_sums_rounding`).
+                    assert_within_rounding(&c16, &c32, &a, &w, &bias, (m, n, k));
+                } else {
+                    let same = c16
+                        .iter()
+                        .zip(&c32)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{kind} {m}x{n}x{k}: products differ from f32 storage");
+                }
                 // Every matrix-vector kernel this CPU has, panel by panel: in registers or
                 // through a buffer.
                 if m <= GEMV_MAX_ROWS {
@@ -3105,6 +3354,122 @@ mod tests {
     #[should_panic(expected = "divisible by 32")]
     fn q8_needs_whole_groups() {
         PackedB::from_rows_q8(&[0.0; 40], 1, 40);
+    }
+
+    /// Products of a bf16 B that ran on AMX, counted to show a test reached that path.
+    pub(crate) static AMX_PRODUCTS: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    /// Whether a bf16 product of `m` rows runs on AMX on this machine.
+    fn amx_runs(m: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let bits = [0u16; 1];
+            amx_bits(Isa::detect(), Panels::Half(Half::Bf16, &bits), m).is_some()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = m;
+            false
+        }
+    }
+
+    /// `got` and `want`, two results of `gelu(a w^T + bias)` summed in different orders, each
+    /// within the rounding bound of a sum of `k + 1` terms: `(k + 1) u S` with `u = 2^-24`
+    /// and `S` the sum of the terms' magnitudes; GELU's slope is below 1.13, and its own
+    /// rounding adds a few `u` of the value.
+    fn assert_within_rounding(
+        got: &[f32],
+        want: &[f32],
+        a: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        (m, n, k): (usize, usize, usize),
+    ) {
+        let u = f64::from(f32::EPSILON) / 2.0;
+        for i in 0..m {
+            for j in 0..n {
+                let s: f64 = (0..k)
+                    .map(|p| f64::from(a[i * k + p] * w[j * k + p]).abs())
+                    .sum::<f64>()
+                    + f64::from(bias[j]).abs();
+                let (x, y) = (got[i * n + j], want[i * n + j]);
+                let bound = 2.0 * 1.13 * (k + 1) as f64 * u * s + 8.0 * u * f64::from(y.abs());
+                assert!(
+                    (f64::from(x) - f64::from(y)).abs() <= bound,
+                    "{m}x{n}x{k} [{i}, {j}]: {x} vs {y} (bound {bound:e})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn amx_products_are_within_a_sums_rounding() {
+        // A bf16 B on AMX (where this CPU has it; else the f32 kernels, compared the same way):
+        // rows, columns and inputs off every block size (32-row blocks, 64-row `MC_AMX`,
+        // 32-column panels, 512-column `NC_AMX`, 32-input steps, `KC` and `KC_AMX` blocks), on
+        // one thread (A read in place) and two (A packed once and split by columns, or split
+        // by rows), written into a C full of NaN (never read on the first pass).
+        let before = AMX_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed);
+        let pools = [1, 2].map(|t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+        });
+        let shapes = [
+            (19, 33, 1),
+            (32, 32, 32),
+            (33, 70, 31),
+            (64, 600, 100),
+            (65, 512, 300),
+            (100, 40, 1100),
+            (150, 300, 1024),
+            (700, 64, 300),
+        ];
+        for (case, &(m, n, k)) in shapes.iter().enumerate() {
+            let w: Vec<f32> = seeded(n * k, 1300 + case as u32)
+                .into_iter()
+                .map(|x| f32::from_bits(x.to_bits() & 0xffff_0000))
+                .collect();
+            // Activations of all scales, so the three bf16 parts all matter.
+            let a: Vec<f32> = seeded(m * k, 1400 + case as u32)
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x * [1e-3, 1.0, 37.0][i % 3])
+                .collect();
+            let bias = seeded(n, 1500 + case as u32);
+            let (held, wide) = (
+                PackedB::from_rows_compact(&w, n, k),
+                PackedB::from_rows(&w, n, k),
+            );
+            assert_eq!(held.storage(), "bf16");
+            let mut want = vec![0f32; m * n];
+            wide.matmul(m, MatRef::rows(&a, k), Some(&bias), Act::Gelu, &mut want);
+            for pool in &pools {
+                let mut got = vec![f32::NAN; m * n];
+                pool.install(|| {
+                    held.matmul(m, MatRef::rows(&a, k), Some(&bias), Act::Gelu, &mut got)
+                });
+                assert_within_rounding(&got, &want, &a, &w, &bias, (m, n, k));
+            }
+            // A read through strides (its transpose's columns).
+            let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+            let view = MatRef {
+                data: &at,
+                rs: 1,
+                cs: m,
+            };
+            let mut got = vec![f32::NAN; m * n];
+            held.matmul(m, view, Some(&bias), Act::Gelu, &mut got);
+            assert_within_rounding(&got, &want, &a, &w, &bias, (m, n, k));
+        }
+        let ran = AMX_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed) - before;
+        if amx_runs(64) {
+            assert!(ran > 0, "AMX is available, yet no product ran on it");
+        } else {
+            eprintln!("no AMX on this machine: the f32 kernels were compared instead");
+        }
     }
 
     /// `x` against the naive `y`, to a tolerance that grows with the sum's length `k`.
