@@ -53,6 +53,81 @@ fn encode_writes_reference_tokens() {
     assert!(diff <= 1e-4, "image_embeds max abs diff {diff:e}");
 }
 
+/// The largest absolute difference between two `--out` files' `image_embeds`.
+fn max_diff(a: &std::path::Path, b: &std::path::Path) -> f32 {
+    let load = |p| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    let (a, b) = (load(a), load(b));
+    (&a["image_embeds"] - &b["image_embeds"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn encode_with_bf16_weights_keeps_parity_on_every_kernel() {
+    // Checkpoints hold bf16 weights, and where the CPU has AMX their products run on its tiles
+    // (the kernels' `amx` module), which sum in another order than the f32 kernels. The tiny
+    // fixture's weights rounded to bf16, encoded with the default kernels and with the f32
+    // ones forced: the embeddings must agree within the parity tolerance (1e-4). Without AMX
+    // both runs take the same kernels and agree exactly.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny/config.json"),
+        model.join("config.json"),
+    )
+    .unwrap();
+    let weights = candle_core::safetensors::load(
+        fixtures().join("tiny/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let rounded: std::collections::HashMap<String, candle_core::Tensor> = weights
+        .into_iter()
+        .map(|(name, t)| {
+            let r = if t.dtype() == candle_core::DType::F32 {
+                t.to_dtype(candle_core::DType::BF16)
+                    .and_then(|b| b.to_dtype(candle_core::DType::F32))
+                    .unwrap()
+            } else {
+                t
+            };
+            (name, r)
+        })
+        .collect();
+    candle_core::safetensors::save(&rounded, model.join("model.safetensors")).unwrap();
+    let encode = |kernel: &str| {
+        let out = dir.path().join(format!("{kernel}.safetensors"));
+        let res = memctl()
+            .env("LETHE_CPU_KERNEL", kernel)
+            .arg("encode")
+            .arg(fixtures().join("inputs/card_500x400.png"))
+            .args(["--mode", "tiny", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            res.status.success(),
+            "LETHE_CPU_KERNEL={kernel}: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        out
+    };
+    let (default, f32_kernels) = (encode("amx"), encode("avx512"));
+    let diff = max_diff(&default, &f32_kernels);
+    eprintln!("bf16 weights: default kernels against the f32 ones, max abs diff {diff:e}");
+    assert!(diff <= 1e-4, "image_embeds max abs diff {diff:e}");
+}
+
 #[test]
 fn encode_repeat_reports_a_warm_run() {
     let v = encode_card_tiny(&["--repeat", "3"]);
