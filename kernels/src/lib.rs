@@ -1500,7 +1500,6 @@ unsafe fn gemm_block_amx(
             while pc < k {
                 let kc = KC_AMX.min(k - pc);
                 let kp = amx::padded(kc);
-                bv.clear();
                 bv.resize(panels * kp * NR, 0);
                 let mut ps = pc;
                 while ps < pc + kc {
@@ -1516,6 +1515,7 @@ unsafe fn gemm_block_amx(
                     );
                     ps += kcs;
                 }
+                amx::zero_b_padding(bv, panels, kc, kp);
                 let mut ic = 0;
                 while ic < m {
                     let mc = MC_AMX.min(m - ic);
@@ -3417,6 +3417,19 @@ mod tests {
                 .build()
                 .unwrap()
         });
+        // First a product whose A is all NaN, so that each thread's buffers hold NaN where
+        // the next products' padding lies: the padding must be zeroed, not left as it was.
+        for pool in &pools {
+            let (m, n, k) = (150, 600, 1100);
+            let w: Vec<f32> = seeded(n * k, 1299)
+                .into_iter()
+                .map(|x| f32::from_bits(x.to_bits() & 0xffff_0000))
+                .collect();
+            let held = PackedB::from_rows_compact(&w, n, k);
+            let mut c = vec![0f32; m * n];
+            let nan = vec![f32::NAN; m * k];
+            pool.install(|| held.matmul(m, MatRef::rows(&nan, k), None, Act::None, &mut c));
+        }
         let shapes = [
             (19, 33, 1),
             (32, 32, 32),
