@@ -159,21 +159,6 @@ unsafe fn split(x: &[f32], (hi, mid, lo): (&mut [u16], &mut [u16], &mut [u16])) 
     }
 }
 
-/// Lays out `panels` bf16 panels of one `KC` block of B (`[kc][NR]` each, one after
-/// another, as `PackedB` holds them) in the tile multiply's pair order into `out`, which holds
-/// `panels` panels of `[kp / 2][NR][2]`, at input `row0` of each (a multiple of 32).
-pub(crate) fn pack_b(
-    bits: &[u16],
-    panels: usize,
-    kc: usize,
-    row0: usize,
-    kp: usize,
-    out: &mut [u16],
-) {
-    // SAFETY: `available()` (the caller's condition) checked AVX-512F and BW.
-    unsafe { pack_b_avx512(bits, panels, kc, row0, kp, out) }
-}
-
 /// Zeroes the pair rows of `panels` panels of `[kp / 2][NR][2]` in `out` past the `kc` inputs
 /// [`pack_b`] wrote.
 pub(crate) fn zero_b_padding(out: &mut [u16], panels: usize, kc: usize, kp: usize) {
@@ -182,12 +167,15 @@ pub(crate) fn zero_b_padding(out: &mut [u16], panels: usize, kc: usize, kp: usiz
     }
 }
 
-/// [`pack_b`], compiled for AVX-512F and BW (so that [`interleave`] is inlined).
+/// Lays out `panels` bf16 panels of one `KC` block of B (`[kc][NR]` each, one after
+/// another, as `PackedB` holds them) in the tile multiply's pair order into `out`, which holds
+/// `panels` panels of `[kp / 2][NR][2]`, at input `row0` of each (a multiple of 32). Compiled
+/// for AVX-512F and BW, so that [`interleave`] is inlined.
 ///
 /// # Safety
-/// AVX-512F and AVX-512BW must be available.
+/// AVX-512F and AVX-512BW must be available ([`available`] checks both).
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_b_avx512(
+pub(crate) unsafe fn pack_b(
     bits: &[u16],
     panels: usize,
     kc: usize,

@@ -1505,14 +1505,17 @@ unsafe fn gemm_block_amx(
                 while ps < pc + kc {
                     let kcs = KC.min(k - ps);
                     let at = ps * npad + (j0 + jc) / NR * NR * kcs;
-                    amx::pack_b(
-                        &bits[at..at + panels * NR * kcs],
-                        panels,
-                        kcs,
-                        ps - pc,
-                        kp,
-                        bv,
-                    );
+                    // SAFETY: AMX, as the caller vouches, comes with AVX-512F and BW.
+                    unsafe {
+                        amx::pack_b(
+                            &bits[at..at + panels * NR * kcs],
+                            panels,
+                            kcs,
+                            ps - pc,
+                            kp,
+                            bv,
+                        )
+                    };
                     ps += kcs;
                 }
                 amx::zero_b_padding(bv, panels, kc, kp);
@@ -1951,31 +1954,34 @@ unsafe fn finish_amx_block(out: &[[f32; NR]; amx::ROWS], c: *mut f32, t: &Tile) 
         unsafe { store_tile(out, c, t) };
         return;
     }
+    // C holds the whole sum already: what is left is a first block's bias and a last block's
+    // activation, which `store_whole!` adds to registers loaded from C (as "first", so that it
+    // does not add C to itself).
     let bias = t.bias.filter(|_| t.first);
-    let act = if t.last { t.act } else { Act::None };
-    if bias.is_none() && act == Act::None {
+    if bias.is_none() && !(t.last && t.act != Act::None) {
         return;
     }
-    for r in 0..amx::ROWS {
-        // SAFETY: row `r` of the whole block, written by the tiles.
-        unsafe {
-            let cp = c.add(r * t.ldc);
-            let (mut v0, mut v1) = (_mm512_loadu_ps(cp), _mm512_loadu_ps(cp.add(16)));
-            if let Some(b) = bias {
-                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(b.as_ptr()));
-                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(b.as_ptr().add(16)));
-            }
-            if act != Act::None {
-                let mut lanes = [0f32; NR];
-                _mm512_storeu_ps(lanes.as_mut_ptr(), v0);
-                _mm512_storeu_ps(lanes.as_mut_ptr().add(16), v1);
-                activate(&mut lanes, act);
-                v0 = _mm512_loadu_ps(lanes.as_ptr());
-                v1 = _mm512_loadu_ps(lanes.as_ptr().add(16));
-            }
-            _mm512_storeu_ps(cp, v0);
-            _mm512_storeu_ps(cp.add(16), v1);
-        }
+    let t = Tile {
+        first: true,
+        bias,
+        ..*t
+    };
+    // SAFETY: the whole block's rows, written by the tiles.
+    unsafe {
+        let acc: [[__m512; 2]; amx::ROWS] = std::array::from_fn(|r| {
+            let row = c.add(r * t.ldc);
+            [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))]
+        });
+        store_whole!(
+            acc,
+            c,
+            t,
+            0,
+            16,
+            _mm512_loadu_ps,
+            _mm512_add_ps,
+            _mm512_storeu_ps
+        );
     }
 }
 
