@@ -396,8 +396,9 @@ impl DecoderModel {
         // On the CPU the whole pass runs on one of rayon's workers: its products then split
         // over the other workers as local joins, where a caller outside the pool hands each one
         // over and sleeps until it is done (a decode step makes about 85 such products, one
-        // wake-up each). `rayon::scope` runs the pass in place when already on a worker.
-        rayon::scope(|_| self.forward_here(input_embeds, seqlen_offset, logits_for, trace))
+        // wake-up each). The other workers spin for the pass's length (`run_hot`) instead of
+        // sleeping between products.
+        lethe_kernels::run_hot(|| self.forward_here(input_embeds, seqlen_offset, logits_for, trace))
     }
 
     /// [`DecoderModel::forward_with`] on the calling thread.

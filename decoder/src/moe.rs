@@ -194,10 +194,9 @@ impl Moe {
             })?;
             return Ok((Tensor::from_vec(out, (tokens, hidden), device)?, routing));
         }
-        // On the CPU the experts run side by side on rayon's workers: a decode step's few
-        // experts each on one thread (their weights are below the products' split threshold),
-        // a prefill's experts (a few dozen rows each) as whole tasks rather than each product
-        // split thinly over the threads.
+        // On the CPU the experts run side by side on rayon's workers: a prefill's experts (a
+        // few dozen rows each) as whole tasks rather than each product split thinly over the
+        // threads; a decode step's products also split their columns.
         let outputs: Vec<Result<Tensor>> = if device.is_cpu() {
             use rayon::prelude::*;
             active
@@ -253,8 +252,8 @@ impl Moe {
                 })
                 .collect()
         };
-        // The shared experts run beside the routed ones (a decode step's products are each a
-        // thread's worth, and one join keeps both threads streaming), and are added last.
+        // The shared experts run beside the routed ones (one join keeps both threads
+        // streaming), and are added last.
         let (outputs, shared) = rayon::join(routed, || {
             self.shared_experts
                 .as_ref()
