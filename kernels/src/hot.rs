@@ -7,14 +7,18 @@
 //! [`run_hot`] runs a closure on one worker while every other worker polls for the work it
 //! splits off, so each product starts on all threads at once.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `f` on one of rayon's workers while every other worker of the pool spins, taking the
 /// work that `f` splits off (joins, parallel iterators) the moment it is pushed, rather than
 /// sleeping between one product and the next. The spinning ends when `f` returns or panics.
 ///
-/// Meant for a burst of short products (a decode step): the other workers burn their cores
-/// for as long as `f` runs, even while it does serial work. With one worker `f` simply runs.
+/// Meant for a burst of short products (a decode step) started from outside the pool: the
+/// other workers burn their cores for as long as `f` runs, even while it does serial work.
+/// Called on one of the pool's workers (several readings side by side, each on its own
+/// worker), or with a pool of one, `f` simply runs in place: the other workers have work of
+/// their own.
 ///
 /// ```
 /// let sum: u64 = lethe_kernels::run_hot(|| {
@@ -24,22 +28,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// assert_eq!(sum, (0..2000u64).sum::<u64>());
 /// ```
 pub fn run_hot<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    /// Sets the flag when dropped, so that a panic in `f` also releases the spinners.
-    struct Release<'a>(&'a AtomicBool);
-    impl Drop for Release<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Release);
-        }
+    if rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2 {
+        return f();
     }
     let done = AtomicBool::new(false);
     rayon::scope(|s| {
-        let body = rayon::current_thread_index();
         let done = &done;
         for _ in 1..rayon::current_num_threads() {
             s.spawn(move |_| {
-                // The body's own thread can pick this job up while it waits on a join; it must
-                // not spin there, or the body would never resume to end the spinning.
-                if rayon::current_thread_index() == body {
+                // A worker with a body on its stack (this one's, waiting on a join, or another
+                // caller's) must not spin here: that body could not resume until this spinning
+                // ended, and two such waits would hold each other forever.
+                if IN_BODY.get() {
                     return;
                 }
                 while !done.load(Ordering::Acquire) {
@@ -49,68 +49,119 @@ pub fn run_hot<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 }
             });
         }
-        let _release = Release(done);
+        let _hot = Hot::enter(done);
         f()
     })
+}
+
+thread_local! {
+    /// Whether this worker is running the body of a [`run_hot`].
+    static IN_BODY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the body's worker for as long as it runs, and when dropped (the body returned or
+/// panicked) releases the spinners.
+struct Hot<'a> {
+    done: &'a AtomicBool,
+    was_in_body: bool,
+}
+
+impl<'a> Hot<'a> {
+    fn enter(done: &'a AtomicBool) -> Self {
+        Self {
+            done,
+            was_in_body: IN_BODY.replace(true),
+        }
+    }
+}
+
+impl Drop for Hot<'_> {
+    fn drop(&mut self) {
+        IN_BODY.set(self.was_in_body);
+        self.done.store(true, Ordering::Release);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use rayon::prelude::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
 
-    fn pool(threads: usize) -> rayon::ThreadPool {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("a rayon pool")
+    /// 200 joins inside `run_hot`, each half noting its worker; returns how many workers took
+    /// part and the sum the halves computed.
+    fn joins() -> (u32, u64) {
+        let mask = std::sync::Mutex::new(0u64);
+        let note = || {
+            let i = rayon::current_thread_index().unwrap_or(63);
+            *mask.lock().unwrap() |= 1 << i;
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        let mut sum = 0;
+        for i in 0..200u64 {
+            let (a, b) = rayon::join(
+                || {
+                    note();
+                    i
+                },
+                || {
+                    note();
+                    2 * i
+                },
+            );
+            sum += a + b;
+        }
+        let seen = mask.lock().unwrap().count_ones();
+        (seen, sum)
+    }
+
+    /// Runs `f` on a thread of its own and fails if it has not finished within a minute (a
+    /// deadlock fails the test instead of hanging the suite).
+    fn within_a_minute(f: impl FnOnce() + Send + 'static) {
+        let (sent, got) = mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            sent.send(()).ok();
+        });
+        got.recv_timeout(Duration::from_secs(60))
+            .expect("run_hot did not finish within a minute");
     }
 
     #[test]
-    fn joins_inside_use_every_worker_and_the_result_comes_back() {
-        for threads in [1, 2, 3] {
-            let seen = pool(threads).install(|| {
-                run_hot(|| {
-                    let threads_seen = AtomicUsize::new(0);
-                    let mask = std::sync::Mutex::new(0u64);
-                    // Enough joins that every worker takes part when it spins.
-                    for _ in 0..200 {
-                        rayon::join(
-                            || {
-                                let i = rayon::current_thread_index().unwrap_or(63);
-                                *mask.lock().unwrap() |= 1 << i;
-                                std::thread::sleep(std::time::Duration::from_micros(50));
-                            },
-                            || {
-                                let i = rayon::current_thread_index().unwrap_or(63);
-                                *mask.lock().unwrap() |= 1 << i;
-                                std::thread::sleep(std::time::Duration::from_micros(50));
-                            },
-                        );
-                        threads_seen.fetch_add(1, Ordering::Relaxed);
-                    }
-                    assert_eq!(threads_seen.load(Ordering::Relaxed), 200);
-                    let m = *mask.lock().unwrap();
-                    m.count_ones() as usize
-                })
-            });
-            // The second halves ran on the other workers (which one varies).
-            if threads == 1 {
-                assert_eq!(seen, 1);
-            } else {
-                assert!(seen >= 2 && seen <= threads, "{seen} of {threads} workers");
-            }
-        }
+    fn joins_inside_use_the_other_workers_and_the_result_comes_back() {
+        let threads = rayon::current_num_threads();
+        eprintln!("{threads} workers");
+        let (seen, sum) = run_hot(joins);
+        assert_eq!(sum, 3 * (0..200u64).sum::<u64>());
+        // The second halves ran on the spinning workers (which one varies).
+        assert!(
+            seen as usize >= threads.min(2),
+            "{seen} of {threads} workers"
+        );
     }
 
     #[test]
     fn a_panic_in_the_body_ends_the_spinning_and_propagates() {
-        let p = pool(2);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            p.install(|| run_hot(|| -> u32 { panic!("planted") }))
-        }));
+        let r = std::panic::catch_unwind(|| run_hot(|| -> u32 { panic!("planted") }));
         assert!(r.is_err());
-        // The pool is still usable: nothing was left spinning.
-        assert_eq!(p.install(|| run_hot(|| 7)), 7);
+        // Nothing was left spinning: the pool still runs a hot body to its end.
+        within_a_minute(|| assert_eq!(run_hot(|| 7), 7));
+    }
+
+    #[test]
+    fn bodies_side_by_side_on_workers_and_from_two_callers_all_finish() {
+        // On the pool's workers (as readings in lanes): each body runs in place.
+        within_a_minute(|| {
+            let sums: Vec<u64> = (0..4).into_par_iter().map(|_| run_hot(joins).1).collect();
+            assert!(sums.iter().all(|&s| s == 3 * (0..200u64).sum::<u64>()));
+        });
+        // Two callers outside the pool at once: neither may spin on a worker that holds the
+        // other's body.
+        within_a_minute(|| {
+            let a = std::thread::spawn(|| run_hot(joins).1);
+            let b = run_hot(joins).1;
+            assert_eq!(a.join().unwrap(), b);
+        });
     }
 }
