@@ -331,6 +331,72 @@ impl PackedB {
         c
     }
 
+    /// Column ranges, on the packing's panel boundaries, that split a one-row product into
+    /// pieces of about `bytes` of weights each (at least one panel a piece), for
+    /// [`PackedB::row_product_part`]. Callers that run several products at once (a decode
+    /// step's experts) put all their pieces in one parallel loop, where each product split on
+    /// its own would join the threads once per product.
+    pub fn row_pieces(&self, bytes: usize) -> Vec<std::ops::Range<usize>> {
+        let panels = self.n.div_ceil(NR);
+        let panel_bytes = (self.bytes() / panels.max(1)).max(1);
+        let per = (bytes / panel_bytes).clamp(1, panels.max(1));
+        (0..panels)
+            .step_by(per)
+            .map(|p| p * NR..((p + per) * NR).min(self.n))
+            .collect()
+    }
+
+    /// Columns `cols` of the one-row product `x B` (no bias, no activation) into `out`
+    /// (`cols.len()` values), on the calling thread: one of [`PackedB::row_pieces`]. The values
+    /// are bit for bit those [`PackedB::matmul`] gives for these columns.
+    ///
+    /// # Panics
+    /// If `x` holds fewer than `k` values, `out` fewer than `cols.len()`, or `cols` does not
+    /// start and end on panel boundaries (or end at `n`).
+    pub fn row_product_part(&self, x: &[f32], cols: std::ops::Range<usize>, out: &mut [f32]) {
+        assert!(
+            x.len() >= self.k,
+            "x holds {} values, not {}",
+            x.len(),
+            self.k
+        );
+        assert!(
+            cols.start.is_multiple_of(NR)
+                && cols.start <= cols.end
+                && (cols.end.is_multiple_of(NR) && cols.end <= self.n || cols.end == self.n),
+            "columns {cols:?} of {} are not a piece of this product",
+            self.n
+        );
+        let out = &mut out[..cols.len()];
+        if out.is_empty() || self.k == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let npad = self.n.div_ceil(NR) * NR;
+        // Panel `p` writes C's columns from `p * NR`: C here starts `cols.start` columns
+        // before `out` (only offsets from `cols.start` on are written).
+        let c = OutPtr(out.as_mut_ptr().wrapping_sub(cols.start));
+        let panels = cols.start / NR..cols.end.div_ceil(NR);
+        // SAFETY: one row (`m = 1`); the panels' columns are exactly `cols.start..cols.end`
+        // (asserted above: a panel that `cols.end` cuts is the product's last, which writes
+        // only up to `n`), and they land on `out`, borrowed mutably for the call.
+        unsafe {
+            gemv_panels(
+                Isa::detect(),
+                1,
+                self.n,
+                self.k,
+                x,
+                self.data.panels(),
+                npad,
+                panels,
+                None,
+                Act::None,
+                c,
+            )
+        };
+    }
+
     /// [`PackedB::matmul`] through a pointer to C, which is only written before it is read
     /// (every value of C is written by the first `KC` block of the product).
     ///
@@ -396,32 +462,51 @@ unsafe fn gemv_packed(
         1
     };
     let per = panels.div_ceil(chunks);
-    let run = |i: usize| -> Vec<PanelAcc> {
-        // Room for one block of a panel widened from 16 bits, where the kernel does not widen
-        // in registers (AVX-512 does).
-        let mut wide = match (isa, bp) {
-            (Isa::Avx2 | Isa::Portable, Panels::Half(..) | Panels::Q8 { .. }) => {
-                vec![0f32; KC * NR]
-            }
-            _ => Vec::new(),
-        };
-        (i * per..((i + 1) * per).min(panels))
-            .map(|panel| {
-                let mut acc = [[0f32; NR]; GEMV_MAX_ROWS];
-                gemv_panel(isa, m, k, &x, bp, npad, panel, &mut acc, &mut wide);
-                acc
-            })
-            .collect()
+    let run = |i: usize| {
+        let part = i * per..((i + 1) * per).min(panels);
+        // SAFETY: the parts' columns are disjoint; C as the caller vouches.
+        unsafe { gemv_panels(isa, m, n, k, &x, bp, npad, part, bias, act, c) }
     };
-    let parts: Vec<Vec<PanelAcc>> = if chunks > 1 {
-        (0..panels.div_ceil(per)).into_par_iter().map(run).collect()
+    if chunks > 1 {
+        (0..panels.div_ceil(per)).into_par_iter().for_each(run);
     } else {
-        vec![run(0)]
+        run(0);
+    }
+}
+
+/// The columns of panels `part` of the matrix-vector product (`m <= GEMV_MAX_ROWS` rows of `x`,
+/// each `k` long), written to C with the bias and activation: C's value `(r, j)` is at
+/// `c.at(r * n + j)`.
+///
+/// # Safety
+/// C must be valid for writes of those columns of its `m` rows, which no other code touches
+/// during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_panels(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    bp: Panels,
+    npad: usize,
+    part: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    act: Act,
+    c: OutPtr,
+) {
+    // Room for one block of a panel widened from 16 bits, where the kernel does not widen in
+    // registers (AVX-512 does).
+    let mut wide = match (isa, bp) {
+        (Isa::Avx2 | Isa::Portable, Panels::Half(..) | Panels::Q8 { .. }) => vec![0f32; KC * NR],
+        _ => Vec::new(),
     };
     // The bias is added (or 0.0, as the GEMM's epilogue does) in a loop of its own for each
     // case: an `lm_head`'s 129,280 columns took a millisecond a step with the choice inside.
     let zeros = [0f32; NR];
-    for (panel, acc) in parts.iter().flatten().enumerate() {
+    for panel in part {
+        let mut acc = [[0f32; NR]; GEMV_MAX_ROWS];
+        gemv_panel(isa, m, k, x, bp, npad, panel, &mut acc, &mut wide);
         let j0 = panel * NR;
         let nr = NR.min(n - j0);
         let add = bias.map_or(&zeros[..nr], |b| &b[j0..j0 + nr]);
@@ -3306,6 +3391,48 @@ mod tests {
         // Values with no exact 16-bit form stay f32.
         let w = seeded(45 * 300, 900);
         assert_eq!(PackedB::from_rows_compact(&w, 45, 300).storage(), "f32");
+    }
+
+    #[test]
+    fn row_pieces_cover_the_columns_once_and_give_the_products_bits() {
+        // Every storage, column counts on and off the panel width, pieces of one panel to the
+        // whole product; the pieces run in reverse order into one buffer.
+        let seed = 1500;
+        eprintln!("seed {seed}");
+        for (case, &(n, k)) in [(45, 96), (320, 64), (1000, 256), (33, 32)]
+            .iter()
+            .enumerate()
+        {
+            let w = seeded(n * k, seed + case as u32);
+            let x = seeded(k, seed + 10 + case as u32);
+            let half: Vec<u16> = w.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+            for packed in [
+                PackedB::from_rows(&w, n, k),
+                PackedB::from_rows_half(&half, Half::Bf16, n, k),
+                PackedB::from_rows_q8(&w, n, k),
+            ] {
+                let whole = packed.matmul_vec(1, MatRef::rows(&x, k), None, Act::None);
+                for bytes in [1, 5_000, 40_000, usize::MAX] {
+                    let pieces = packed.row_pieces(bytes);
+                    assert_eq!(pieces.first().map(|r| r.start), Some(0));
+                    assert_eq!(pieces.last().map(|r| r.end), Some(n));
+                    assert!(pieces.windows(2).all(|p| p[0].end == p[1].start));
+                    let mut out = vec![f32::NAN; n];
+                    for cols in pieces.iter().rev() {
+                        packed.row_product_part(&x, cols.clone(), &mut out[cols.clone()]);
+                    }
+                    let same = out
+                        .iter()
+                        .zip(&whole)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{} {n}x{k}, pieces of {bytes} bytes",
+                        packed.storage()
+                    );
+                }
+            }
+        }
     }
 
     #[test]
