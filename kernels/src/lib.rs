@@ -201,7 +201,8 @@ impl PackedB {
     /// of a row share an f16 scale, one signed byte a value) and holds it in the panels' order:
     /// about a quarter of the f32 bytes. Each panel is widened to f32 as it is read, so products
     /// are bit-for-bit those of [`PackedB::from_rows`] over the dequantised weight
-    /// ([`PackedB::to_rows`]).
+    /// ([`PackedB::to_rows`]), except AVX-512's matrix-vector products (up to 4 rows), which
+    /// scale each group's sum once and so differ by rounding.
     ///
     /// # Panics
     /// If `k` is not a multiple of 32 or `w` holds fewer than `n * k` values.
@@ -706,9 +707,13 @@ unsafe fn gemv_half_avx512<const BF16: bool, const R: usize>(
 }
 
 /// [`gemv_panel`] for a `q8_0` panel, widened in registers as it is read (a quarter of the f32
-/// bytes streamed): each byte times its group's scale is exactly the dequantised value, and
-/// each lane multiplies and then adds in [`gemv_panel_rows`]' order, so the sums are
-/// bit-for-bit those of the dequantised f32 panel.
+/// bytes streamed). Each group of 32 inputs is summed as `x * q` with fused multiply-adds and
+/// scaled once, where multiplying every byte by its scale first (the dequantised value) and
+/// then adding cost two more vector operations a byte row: with five a row on the two vector
+/// ports, the kernel read its weights at 85% of a streaming read's rate, and 14-20% faster
+/// with three (two threads, expert- and `qkv`-shaped weights). The sums differ from the
+/// dequantised f32 panel's by rounding only (each `x * q` is exact in an FMA, the scale's
+/// product rounds once a group).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gemv_q8_avx512<const R: usize>(
@@ -736,16 +741,25 @@ unsafe fn gemv_q8_avx512<const R: usize>(
             // `gemv_half_avx512`.
             unsafe {
                 let s = scales.as_ptr().add(q8_scales_at(npad, pc, kc, panel, g));
-                let s0 = _mm512_cvtph_ps(_mm256_loadu_si256(s.cast()));
-                let s1 = _mm512_cvtph_ps(_mm256_loadu_si256(s.add(16).cast()));
+                let mut group = [[_mm512_setzero_ps(); 2]; R];
                 for p in g * Q8_GROUP..(g + 1) * Q8_GROUP {
                     let at = quants.as_ptr().add(base + p * NR);
                     prefetch(at.wrapping_add(PREFETCH_BYTES));
                     let lo = _mm_loadu_si128(at.cast());
                     let hi = _mm_loadu_si128(at.add(16).cast());
-                    let b0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), s0);
-                    let b1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), s1);
-                    accumulate_rows(&mut sums, x, k, pc + p, b0, b1);
+                    let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
+                    let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
+                    for (r, row) in group.iter_mut().enumerate() {
+                        let xv = _mm512_set1_ps(*x.as_ptr().add(r * k + pc + p));
+                        row[0] = _mm512_fmadd_ps(xv, q0, row[0]);
+                        row[1] = _mm512_fmadd_ps(xv, q1, row[1]);
+                    }
+                }
+                let s0 = _mm512_cvtph_ps(_mm256_loadu_si256(s.cast()));
+                let s1 = _mm512_cvtph_ps(_mm256_loadu_si256(s.add(16).cast()));
+                for (row, part) in sums.iter_mut().zip(&group) {
+                    row[0] = _mm512_fmadd_ps(part[0], s0, row[0]);
+                    row[1] = _mm512_fmadd_ps(part[1], s1, row[1]);
                 }
             }
         }
@@ -844,7 +858,8 @@ unsafe fn gemv_half_avx2<const BF16: bool, const R: usize>(
     unsafe { store_sums_avx2(&sums, acc) };
 }
 
-/// [`gemv_q8_avx512`] for AVX2 (one or two rows), bit for bit the dequantised f32 panel's sums.
+/// [`gemv_panel`] for a `q8_0` panel on AVX2 (one or two rows), each byte times its scale (the
+/// dequantised value) before the multiply-add: bit for bit the dequantised f32 panel's sums.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_q8_avx2<const R: usize>(
@@ -3268,6 +3283,19 @@ mod tests {
                 let (c, w32) = (held.data.panels(), wide.data.panels());
                 gemv_panel(isa, m, k, a, c, npad, panel, &mut got, &mut buf);
                 gemv_panel(isa, m, k, a, w32, npad, panel, &mut want, &mut []);
+                if isa == Isa::Avx512 && matches!(c, Panels::Q8 { .. }) {
+                    // Each group's sum scaled once: the same sums up to rounding.
+                    let (j0, nr) = (panel * NR, NR.min(n - panel * NR));
+                    let rows = wide.to_rows();
+                    let flat = |v: &[[f32; NR]]| -> Vec<f32> {
+                        v.iter().flat_map(|r| r[..nr].to_vec()).collect()
+                    };
+                    let w = &rows[j0 * k..(j0 + nr) * k];
+                    let zeros = vec![0f32; nr];
+                    let (g, wa) = (flat(&got[..m]), flat(&want[..m]));
+                    assert_within_rounding(&g, &wa, a, w, &zeros, (m, nr, k));
+                    continue;
+                }
                 assert_eq!(
                     bits(&got[..m]),
                     bits(&want[..m]),
@@ -3436,7 +3464,7 @@ mod tests {
     }
 
     #[test]
-    fn q8_weights_give_the_dequantised_products_bit_for_bit() {
+    fn q8_weights_give_the_dequantised_products() {
         // Matrix-vector products (1-4 rows, one split over the threads) and GEMMs, widths of
         // one to several KC blocks, column counts off the panel width.
         let shapes = [
@@ -3476,11 +3504,16 @@ mod tests {
             let am = MatRef::rows(&a, k);
             q8.matmul(m, am, Some(&bias), Act::Gelu, &mut cq);
             wide.matmul(m, am, Some(&bias), Act::Gelu, &mut c32);
-            let same = cq.iter().zip(&c32).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(
-                same,
-                "q8_0 {m}x{n}x{k}: products differ from the dequantised f32"
-            );
+            if m <= GEMV_MAX_ROWS && Isa::detect() == Isa::Avx512 {
+                // The AVX-512 matrix-vector kernel scales each group's sum once.
+                assert_within_rounding(&cq, &c32, &a, &back, &bias, (m, n, k));
+            } else {
+                let same = cq.iter().zip(&c32).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "q8_0 {m}x{n}x{k}: products differ from the dequantised f32"
+                );
+            }
             if m <= GEMV_MAX_ROWS {
                 assert_panels_match_f32("q8_0", m, &a, &q8, &wide);
             }
