@@ -89,31 +89,19 @@ mod tests {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    /// 200 joins inside `run_hot`, each half noting its worker; returns how many workers took
-    /// part and the sum the halves computed.
-    fn joins() -> (u32, u64) {
-        let mask = std::sync::Mutex::new(0u64);
-        let note = || {
-            let i = rayon::current_thread_index().unwrap_or(63);
-            *mask.lock().unwrap() |= 1 << i;
+    /// 200 joins whose halves sleep a little (so that the other workers steal them); returns
+    /// the sum the halves computed.
+    fn joins() -> u64 {
+        let half = |v: u64| {
             std::thread::sleep(Duration::from_micros(50));
+            v
         };
-        let mut sum = 0;
-        for i in 0..200u64 {
-            let (a, b) = rayon::join(
-                || {
-                    note();
-                    i
-                },
-                || {
-                    note();
-                    2 * i
-                },
-            );
-            sum += a + b;
-        }
-        let seen = mask.lock().unwrap().count_ones();
-        (seen, sum)
+        (0..200u64)
+            .map(|i| {
+                let (a, b) = rayon::join(|| half(i), || half(2 * i));
+                a + b
+            })
+            .sum()
     }
 
     /// Runs `f` on a thread of its own and fails if it has not finished within a minute (a
@@ -129,16 +117,10 @@ mod tests {
     }
 
     #[test]
-    fn joins_inside_use_the_other_workers_and_the_result_comes_back() {
-        let threads = rayon::current_num_threads();
-        eprintln!("{threads} workers");
-        let (seen, sum) = run_hot(joins);
-        assert_eq!(sum, 3 * (0..200u64).sum::<u64>());
-        // The second halves ran on the spinning workers (which one varies).
-        assert!(
-            seen as usize >= threads.min(2),
-            "{seen} of {threads} workers"
-        );
+    fn joins_inside_return_their_result() {
+        // Whether the other workers took part depends on what else the shared pool runs
+        // meanwhile (other tests): `tests/run_hot.rs` checks that in a process of its own.
+        assert_eq!(run_hot(joins), 3 * (0..200u64).sum::<u64>());
     }
 
     #[test]
@@ -153,14 +135,14 @@ mod tests {
     fn bodies_side_by_side_on_workers_and_from_two_callers_all_finish() {
         // On the pool's workers (as readings in lanes): each body runs in place.
         within_a_minute(|| {
-            let sums: Vec<u64> = (0..4).into_par_iter().map(|_| run_hot(joins).1).collect();
+            let sums: Vec<u64> = (0..4).into_par_iter().map(|_| run_hot(joins)).collect();
             assert!(sums.iter().all(|&s| s == 3 * (0..200u64).sum::<u64>()));
         });
         // Two callers outside the pool at once: neither may spin on a worker that holds the
         // other's body.
         within_a_minute(|| {
-            let a = std::thread::spawn(|| run_hot(joins).1);
-            let b = run_hot(joins).1;
+            let a = std::thread::spawn(|| run_hot(joins));
+            let b = run_hot(joins);
             assert_eq!(a.join().unwrap(), b);
         });
     }
