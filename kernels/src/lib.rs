@@ -201,8 +201,8 @@ impl PackedB {
     /// of a row share an f16 scale, one signed byte a value) and holds it in the panels' order:
     /// about a quarter of the f32 bytes. Each panel is widened to f32 as it is read, so products
     /// are bit-for-bit those of [`PackedB::from_rows`] over the dequantised weight
-    /// ([`PackedB::to_rows`]), except AVX-512's matrix-vector products (up to 4 rows), which
-    /// scale each group's sum once and so differ by rounding.
+    /// ([`PackedB::to_rows`]), except the matrix-vector products on AVX-512 (up to 4 rows) and
+    /// AVX2 (one row), which scale each group's sum once and so differ by rounding.
     ///
     /// # Panics
     /// If `k` is not a multiple of 32 or `w` holds fewer than `n * k` values.
@@ -858,8 +858,9 @@ unsafe fn gemv_half_avx2<const BF16: bool, const R: usize>(
     unsafe { store_sums_avx2(&sums, acc) };
 }
 
-/// [`gemv_panel`] for a `q8_0` panel on AVX2 (one or two rows), each byte times its scale (the
-/// dequantised value) before the multiply-add: bit for bit the dequantised f32 panel's sums.
+/// [`gemv_panel`] for a `q8_0` panel on AVX2: one row as `gemv_q8_avx512` sums it (each
+/// group's `x * q` scaled once); two rows with each byte times its scale (the dequantised value)
+/// before the multiply-add, bit for bit the dequantised f32 panel's sums.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemv_q8_avx2<const R: usize>(
@@ -888,6 +889,25 @@ unsafe fn gemv_q8_avx2<const R: usize>(
                 let s = scales.as_ptr().add(q8_scales_at(npad, pc, kc, panel, g));
                 for (q, sq) in scale.iter_mut().enumerate() {
                     *sq = _mm256_cvtph_ps(_mm_loadu_si128(s.add(8 * q).cast()));
+                }
+                if R == 1 {
+                    // One row: the group's `x * q` summed with FMAs and scaled once, as
+                    // `gemv_q8_avx512` does (two rows would need 8 more registers than AVX2
+                    // has).
+                    let mut group = [_mm256_setzero_ps(); 4];
+                    for p in g * Q8_GROUP..(g + 1) * Q8_GROUP {
+                        let at = quants.as_ptr().add(base + p * NR);
+                        prefetch(at.wrapping_add(PREFETCH_BYTES));
+                        let xv = _mm256_set1_ps(*x.as_ptr().add(pc + p));
+                        for (q, part) in group.iter_mut().enumerate() {
+                            let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(at.add(8 * q).cast()));
+                            *part = _mm256_fmadd_ps(xv, _mm256_cvtepi32_ps(v), *part);
+                        }
+                    }
+                    for ((sum, part), &sq) in sums[0].iter_mut().zip(&group).zip(&scale) {
+                        *sum = _mm256_fmadd_ps(*part, sq, *sum);
+                    }
+                    continue;
                 }
                 for p in g * Q8_GROUP..(g + 1) * Q8_GROUP {
                     let at = quants.as_ptr().add(base + p * NR);
@@ -3271,6 +3291,12 @@ mod tests {
     /// Every matrix-vector kernel this CPU has, panel by panel: `held` (16-bit or q8_0; AVX-512,
     /// and AVX2 at one or two rows, widen it in registers, the others through a buffer) gives
     /// bit for bit what `wide`, the same weight in f32, gives for `m` rows of `a`.
+    /// Whether the q8_0 matrix-vector kernel for `isa` and `m` rows sums each group's `x * q`
+    /// and scales it once (so differs from the dequantised product by rounding).
+    fn q8_scales_sums(isa: Isa, m: usize) -> bool {
+        isa == Isa::Avx512 || isa == Isa::Avx2 && m == 1
+    }
+
     fn assert_panels_match_f32(kind: &str, m: usize, a: &[f32], held: &PackedB, wide: &PackedB) {
         let (k, n) = (held.k, held.n);
         let npad = n.div_ceil(NR) * NR;
@@ -3283,7 +3309,7 @@ mod tests {
                 let (c, w32) = (held.data.panels(), wide.data.panels());
                 gemv_panel(isa, m, k, a, c, npad, panel, &mut got, &mut buf);
                 gemv_panel(isa, m, k, a, w32, npad, panel, &mut want, &mut []);
-                if isa == Isa::Avx512 && matches!(c, Panels::Q8 { .. }) {
+                if matches!(c, Panels::Q8 { .. }) && q8_scales_sums(isa, m) {
                     // Each group's sum scaled once: the same sums up to rounding.
                     let (j0, nr) = (panel * NR, NR.min(n - panel * NR));
                     let rows = wide.to_rows();
@@ -3504,8 +3530,8 @@ mod tests {
             let am = MatRef::rows(&a, k);
             q8.matmul(m, am, Some(&bias), Act::Gelu, &mut cq);
             wide.matmul(m, am, Some(&bias), Act::Gelu, &mut c32);
-            if m <= GEMV_MAX_ROWS && Isa::detect() == Isa::Avx512 {
-                // The AVX-512 matrix-vector kernel scales each group's sum once.
+            if m <= GEMV_MAX_ROWS && q8_scales_sums(Isa::detect(), m) {
+                // These matrix-vector kernels scale each group's sum once.
                 assert_within_rounding(&cq, &c32, &a, &back, &bias, (m, n, k));
             } else {
                 let same = cq.iter().zip(&c32).all(|(x, y)| x.to_bits() == y.to_bits());
