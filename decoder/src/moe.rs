@@ -67,17 +67,10 @@ impl Mlp {
     /// # Panics
     /// Unless [`Mlp::on_host`].
     fn forward_host(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (Some(gate), Some(up), Some(down)) = (
-            self.gate_proj.packed(),
-            self.up_proj.packed(),
-            self.down_proj.packed(),
-        ) else {
-            panic!("Mlp::forward_host needs packed weights");
-        };
-        let mut g = packed_product(gate, x, rows);
-        let u = packed_product(up, x, rows);
+        let mut g = packed_product(packed(&self.gate_proj), x, rows);
+        let u = packed_product(packed(&self.up_proj), x, rows);
         lethe_kernels::silu_mul(&mut g, &u);
-        packed_product(down, &g, rows)
+        packed_product(packed(&self.down_proj), &g, rows)
     }
 
     /// Bytes held by the weights.
@@ -195,9 +188,10 @@ impl Moe {
             })?;
             return Ok((Tensor::from_vec(out, (tokens, hidden), device)?, routing));
         }
-        // On the CPU the experts run side by side on rayon's workers: a prefill's experts (a
-        // few dozen rows each) as whole tasks rather than each product split thinly over the
-        // threads; a decode step's products also split their columns.
+        // On the CPU the experts run side by side on rayon's workers: a decode step's few
+        // experts each on one thread (their weights are below the products' split threshold),
+        // a prefill's experts (a few dozen rows each) as whole tasks rather than each product
+        // split thinly over the threads.
         let outputs: Vec<Result<Tensor>> = if device.is_cpu() {
             use rayon::prelude::*;
             active
@@ -350,7 +344,8 @@ impl Moe {
     }
 }
 
-/// A packed weight, as [`Moe::forward_host`] requires every one to be.
+/// A packed weight, as [`Mlp::forward_host`] and [`Moe::forward_host`] require every one to
+/// be.
 fn packed(w: &Linear) -> &PackedB {
     w.packed().expect("forward_host runs on packed weights")
 }

@@ -423,11 +423,10 @@ impl PackedB {
 const GEMV_MAX_ROWS: usize = 4;
 
 /// Matrix-vector products over at least this many weights split their panels over rayon's
-/// workers; smaller ones (a router, a small model's layers) stay on one thread. A routed
-/// expert's 1280 x 896 products split too: whole experts, one to a thread, left one thread
-/// idle for up to an expert's time at the end of every MoE layer (a q8_0 decode step measured
-/// 2% faster split).
-const GEMV_PARALLEL_MIN: usize = 1_000_000;
+/// workers; smaller ones (a routed expert) stay on one thread, since their callers run several
+/// side by side (a decode step's MoE splits its experts' products itself, into pieces of one
+/// parallel loop: `PackedB::row_pieces`).
+const GEMV_PARALLEL_MIN: usize = 1_500_000;
 
 /// One panel's accumulators: `R` rows of `NR` columns.
 type PanelAcc = [[f32; NR]; GEMV_MAX_ROWS];
@@ -3302,6 +3301,8 @@ mod tests {
         let npad = n.div_ceil(NR) * NR;
         let mut buf = vec![0f32; KC * NR];
         let bits = |v: &[[f32; NR]]| v.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+        // The dequantised rows, for the rounding bound of the group-scaled q8_0 kernels.
+        let rows = wide.to_rows();
         for isa in available_isas() {
             for panel in 0..npad / NR {
                 let mut got = [[0f32; NR]; GEMV_MAX_ROWS];
@@ -3312,7 +3313,6 @@ mod tests {
                 if matches!(c, Panels::Q8 { .. }) && q8_scales_sums(isa, m) {
                     // Each group's sum scaled once: the same sums up to rounding.
                     let (j0, nr) = (panel * NR, NR.min(n - panel * NR));
-                    let rows = wide.to_rows();
                     let flat = |v: &[[f32; NR]]| -> Vec<f32> {
                         v.iter().flat_map(|r| r[..nr].to_vec()).collect()
                     };
